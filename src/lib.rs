@@ -1,0 +1,25 @@
+//! netfence: Kubernetes NetworkPolicy enforcement on nftables.
+//!
+//! The crate reads top to bottom as the data flows (see ARCHITECTURE.md):
+//! `yaml`/`model` (objects, loading) → `selector` → `ir` (policies resolved
+//! to pods) → `graph` (allow graph) → `eval` (the reference verdict, with its
+//! trace) → `explain` (rendering traces) → `nft` (the typed nftables program,
+//! its interpreter and diff) → `apply` (transactions into the kernel), with
+//! `policytest`, `dataplane`, `agent` and `cli` on top. No stage imports a
+//! later one.
+
+pub mod yaml;
+pub mod model;
+pub mod selector;
+pub mod ir;
+pub mod graph;
+pub mod eval;
+pub mod explain;
+pub mod nft;
+pub mod apply;
+pub mod netns;
+pub mod policytest;
+pub mod dataplane;
+pub mod agent;
+pub mod gen;
+pub mod cli;

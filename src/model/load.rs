@@ -1,0 +1,238 @@
+//! Reading manifests: files, folders, multi-document YAML and `kind: List`.
+//!
+//! Everything that can go wrong with user input surfaces here as a
+//! [`LoadError`] naming the file, the line, the field path and what was
+//! expected; nothing past this module has to handle malformed objects.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{convert, Cluster, Origin};
+use crate::yaml::{self, Doc, Pos};
+
+/// Bad input, located as precisely as we can.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LoadError {
+    pub file: String,
+    pub pos: Option<Pos>,
+    /// The field path inside the object (`spec.ingress[0].from`), if any.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(p) = self.pos {
+            write!(f, ":{p}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl LoadError {
+    pub fn new(file: &str, pos: Option<Pos>, path: &str, message: impl Into<String>) -> LoadError {
+        LoadError { file: file.to_string(), pos, path: path.to_string(), message: message.into() }
+    }
+
+    /// An error about the field at `path` of `doc`.
+    pub fn at(file: &str, doc: &Doc, path: &str, message: impl Into<String>) -> LoadError {
+        LoadError::new(file, Some(doc.pos(path)), path, message)
+    }
+}
+
+/// Accumulates objects from any number of sources into one cluster.
+#[derive(Debug, Default)]
+pub struct ClusterBuilder {
+    cluster: Cluster,
+    /// Things worth telling the user that are not errors (ignored kinds).
+    pub notices: Vec<String>,
+}
+
+impl ClusterBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name order.
+    pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
+        for file in manifest_files(path)? {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                LoadError::new(&file.display().to_string(), None, "", format!("cannot read: {e}"))
+            })?;
+            self.add_text(&file.display().to_string(), &text)?;
+        }
+        Ok(())
+    }
+
+    pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
+        let docs = parse_docs(file, text)?;
+        for doc in &docs {
+            self.add_doc(file, doc)?;
+        }
+        Ok(())
+    }
+
+    /// One object, or a `kind: List` of them. Null documents (a trailing
+    /// `---`) are skipped.
+    pub fn add_doc(&mut self, file: &str, doc: &Doc) -> Result<(), LoadError> {
+        let obj = match &doc.value {
+            Value::Null => return Ok(()),
+            Value::Object(o) => o,
+            _ => return Err(LoadError::at(file, doc, "", "expected a Kubernetes object (a mapping with apiVersion and kind)")),
+        };
+        let kind = match obj.get("kind") {
+            Some(Value::String(k)) => k.as_str(),
+            _ => return Err(LoadError::at(file, doc, "kind", "every object needs a `kind` (e.g. kind: NetworkPolicy)")),
+        };
+        let c = &mut self.cluster;
+        match kind {
+            "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" => {
+                let items = match obj.get("items") {
+                    Some(Value::Array(items)) => items.clone(),
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(_) => return Err(LoadError::at(file, doc, "items", "expected a list of objects")),
+                };
+                let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+                for (i, mut item) in items.into_iter().enumerate() {
+                    // Typed lists (`kind: PodList`) leave kind off their items.
+                    if let (Some(k), Value::Object(o)) = (item_kind, &mut item) {
+                        o.entry("kind").or_insert_with(|| Value::String(k.to_string()));
+                        let api = if k == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" };
+                        o.entry("apiVersion").or_insert_with(|| Value::String(api.to_string()));
+                    }
+                    let sub = doc.sub(&format!("items[{i}]"), item);
+                    self.add_doc(file, &sub)?;
+                }
+            }
+            "Namespace" => {
+                let ns = typed(file, doc)?;
+                let ns = convert::namespace(&ns).map_err(|e| field_error(file, doc, e))?;
+                c.namespaces.insert(ns.name.clone(), ns);
+            }
+            "Node" => {
+                let n = typed(file, doc)?;
+                let n = convert::node(&n).map_err(|e| field_error(file, doc, e))?;
+                c.nodes.insert(n.name.clone(), n);
+            }
+            "Pod" => {
+                let p = typed(file, doc)?;
+                c.pods.push(convert::pod(&p).map_err(|e| field_error(file, doc, e))?);
+            }
+            "NetworkPolicy" => {
+                let np = typed(file, doc)?;
+                let origin = Origin::new(file, Some(doc.start));
+                c.policies.push(convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?);
+            }
+            other => {
+                let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("?");
+                self.notices.push(format!("{file}:{}: ignoring {other} {name:?} (netfence reads Namespace, Pod, Node and NetworkPolicy)", doc.start.line));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> (Cluster, Vec<String>) {
+        self.cluster.normalize();
+        (self.cluster, self.notices)
+    }
+}
+
+/// Load a cluster from files and folders of manifests.
+pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>), LoadError> {
+    let mut b = ClusterBuilder::new();
+    for p in paths {
+        b.add_path(p.as_ref())?;
+    }
+    Ok(b.finish())
+}
+
+pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, LoadError> {
+    yaml::parse(text).map_err(|e| LoadError::new(file, Some(e.pos), "", format!("invalid YAML: {}", e.message)))
+}
+
+/// Deserialise a document into a k8s-openapi type, keeping the field path
+/// of a type error so it can be located.
+pub fn typed<T: DeserializeOwned>(file: &str, doc: &Doc) -> Result<T, LoadError> {
+    serde_path_to_error::deserialize(doc.value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        LoadError::at(file, doc, &path, e.into_inner().to_string())
+    })
+}
+
+fn field_error(file: &str, doc: &Doc, e: convert::FieldError) -> LoadError {
+    LoadError::at(file, doc, &e.path, e.message)
+}
+
+fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| LoadError::new(&path.display().to_string(), None, "", format!("cannot read: {e}")))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| LoadError::new(&dir.display().to_string(), None, "", format!("cannot read folder: {e}")))?;
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Cluster, LoadError> {
+        let mut b = ClusterBuilder::new();
+        b.add_text("snap.yaml", text)?;
+        Ok(b.finish().0)
+    }
+
+    #[test]
+    fn list_and_documents() {
+        let c = load(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: x, labels: {a: b}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nstatus: {podIP: 10.0.0.1}\n",
+        )
+        .unwrap();
+        assert_eq!(c.namespaces["x"].labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("x"));
+        assert_eq!(c.pods[0].ips, vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn errors_carry_file_line_and_path() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - protocol: ICMP\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(e.to_string(), "snap.yaml:8:7: spec.ingress[0].ports[0].protocol: unknown protocol \"ICMP\" (expected TCP, UDP or SCTP)");
+
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  ingress:\n  - ports:\n    - port: [80]\n";
+        let e = load(text).unwrap_err();
+        assert_eq!((e.pos.map(|p| p.line), e.path.as_str()), (Some(7), "spec.ingress[0].ports[0].port"), "{e}");
+
+        let e = load("kind: Pod\nmetadata: {name: [\n").unwrap_err();
+        assert!(e.message.starts_with("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn other_kinds_are_noticed_not_rejected() {
+        let mut b = ClusterBuilder::new();
+        b.add_text("s.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
+        assert_eq!(b.notices.len(), 1);
+    }
+}

@@ -1,0 +1,217 @@
+//! Label selectors, validated once at load time and matched many times.
+//!
+//! A `Selector` can only be built through [`Selector::from_k8s`], which rejects
+//! what the API server rejects (unknown operators, `In` without values,
+//! `Exists` with values), so matching itself cannot fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde::Serialize;
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    pub values: BTreeSet<String>,
+}
+
+/// A validated label selector. The empty selector matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Selector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// What is wrong with a selector, and the field (relative to the selector)
+/// where it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectorError {
+    pub field: String,
+    pub message: String,
+}
+
+impl Selector {
+    pub fn from_k8s(sel: &LabelSelector) -> Result<Selector, SelectorError> {
+        let match_labels = sel.match_labels.clone().unwrap_or_default();
+        for (k, v) in &match_labels {
+            check_label_value(v).map_err(|m| SelectorError { field: format!("matchLabels.{k}"), message: m })?;
+        }
+        let mut match_expressions = Vec::new();
+        for (i, req) in sel.match_expressions.iter().flatten().enumerate() {
+            let field = |f: &str| format!("matchExpressions[{i}].{f}");
+            let operator = match req.operator.as_str() {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                other => {
+                    return Err(SelectorError {
+                        field: field("operator"),
+                        message: format!("unknown operator {other:?} (expected In, NotIn, Exists, DoesNotExist)"),
+                    })
+                }
+            };
+            let values: BTreeSet<String> = req.values.iter().flatten().cloned().collect();
+            match operator {
+                Operator::In | Operator::NotIn if values.is_empty() => {
+                    return Err(SelectorError {
+                        field: field("values"),
+                        message: format!("operator {:?} needs at least one value", req.operator),
+                    })
+                }
+                Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+                    return Err(SelectorError {
+                        field: field("values"),
+                        message: format!("operator {:?} takes no values", req.operator),
+                    })
+                }
+                _ => {}
+            }
+            if req.key.is_empty() {
+                return Err(SelectorError { field: field("key"), message: "the key must not be empty".into() });
+            }
+            match_expressions.push(Requirement { key: req.key.clone(), operator, values });
+        }
+        Ok(Selector { match_labels, match_expressions })
+    }
+
+    /// The selector that matches exactly `key=value`.
+    pub fn label(key: &str, value: &str) -> Selector {
+        Selector { match_labels: [(key.to_string(), value.to_string())].into(), match_expressions: vec![] }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let v = labels.get(&self.key);
+        match self.operator {
+            Operator::In => v.is_some_and(|v| self.values.contains(v)),
+            // As in Kubernetes: NotIn also matches objects without the key.
+            Operator::NotIn => v.is_none_or(|v| !self.values.contains(v)),
+            Operator::Exists => v.is_some(),
+            Operator::DoesNotExist => v.is_none(),
+        }
+    }
+}
+
+fn check_label_value(v: &str) -> Result<(), String> {
+    let ok = v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{v:?} is not a valid label value (at most 63 characters: alphanumerics, '-', '_', '.', starting and ending alphanumeric)"))
+    }
+}
+
+impl fmt::Display for Selector {
+    /// kubectl's selector syntax: `app=web,tier in (a,b),!legacy`; `{}` for
+    /// the empty selector, so an empty one is visible in explanations.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("{}");
+        }
+        let mut parts: Vec<String> = self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for r in &self.match_expressions {
+            let vals = r.values.iter().cloned().collect::<Vec<_>>().join(",");
+            parts.push(match r.operator {
+                Operator::In => format!("{} in ({vals})", r.key),
+                Operator::NotIn => format!("{} notin ({vals})", r.key),
+                Operator::Exists => r.key.clone(),
+                Operator::DoesNotExist => format!("!{}", r.key),
+            });
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn sel(json: serde_json::Value) -> Result<Selector, SelectorError> {
+        Selector::from_k8s(&serde_json::from_value::<LabelSelector>(json).unwrap())
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn matching() {
+        let cases: &[(serde_json::Value, &[(&str, &str)], bool)] = &[
+            (serde_json::json!({}), &[], true),
+            (serde_json::json!({"matchLabels": {"a": "1"}}), &[("a", "1"), ("b", "2")], true),
+            (serde_json::json!({"matchLabels": {"a": "1"}}), &[("a", "2")], false),
+            (serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]}), &[("a", "2")], true),
+            (serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1"]}]}), &[], false),
+            (serde_json::json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}), &[], true),
+            (serde_json::json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}), &[("a", "1")], false),
+            (serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exists"}]}), &[("a", "")], true),
+            (serde_json::json!({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}), &[("a", "x")], false),
+            (
+                serde_json::json!({"matchLabels": {"b": "2"}, "matchExpressions": [{"key": "a", "operator": "Exists"}]}),
+                &[("a", "1")],
+                false,
+            ),
+        ];
+        for (json, l, want) in cases {
+            assert_eq!(sel(json.clone()).unwrap().matches(&labels(l)), *want, "{json} on {l:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_selectors() {
+        let cases = [
+            (serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exist"}]}), "matchExpressions[0].operator"),
+            (serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In"}]}), "matchExpressions[0].values"),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+                "matchExpressions[0].values",
+            ),
+            (serde_json::json!({"matchLabels": {"a": "has space"}}), "matchLabels.a"),
+        ];
+        for (json, field) in cases {
+            assert_eq!(sel(json.clone()).unwrap_err().field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn display() {
+        let s = Selector::from_k8s(&LabelSelector {
+            match_labels: Some([("app".to_string(), "web".to_string())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["b".into(), "a".into()]),
+            }]),
+        })
+        .unwrap();
+        assert_eq!(s.to_string(), "app=web,tier notin (a,b)");
+        assert_eq!(Selector::default().to_string(), "{}");
+    }
+}
