@@ -2,7 +2,9 @@
 //! (a doc comment on every flag) and a `run` returning the exit status.
 //! Exit statuses everywhere: 0 ok, 1 a check failed, 2 bad usage or input.
 
+mod diff;
 mod explain;
+mod lint;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,10 @@ enum Command {
     Test(test::Args),
     /// Explain why a flow is allowed or denied.
     Explain(explain::Args),
+    /// Warn about the classic NetworkPolicy mistakes.
+    Lint(lint::Args),
+    /// Show which flows between pods a policy change opens or closes.
+    Diff(diff::Args),
 }
 
 pub fn main() -> i32 {
@@ -35,6 +41,8 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Test(a) => test::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Lint(a) => lint::run(a),
+        Command::Diff(a) => diff::run(a),
     }
 }
 
