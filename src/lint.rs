@@ -111,11 +111,20 @@ pub fn lint(cluster: &Cluster, ir: &Ir) -> Vec<Warning> {
                 }
             }
         }
-        if pol.types.egress && !pol.egress.is_empty() && !allows_dns(pol) {
+        // DNS may come from another policy selecting the same pods: only warn
+        // about pods that no egress-isolating policy lets resolve names.
+        let no_dns = pir
+            .selected
+            .iter()
+            .filter(|&&pod| {
+                !ir.selecting[pod].iter().any(|&q| cluster.policies[q].types.egress && allows_dns(&cluster.policies[q]))
+            })
+            .count();
+        if pol.types.egress && no_dns > 0 {
             warn(
                 "egress-without-dns",
                 "spec.egress".into(),
-                "isolates egress but no egress rule allows port 53 (UDP and TCP): selected pods cannot resolve names".into(),
+                format!("isolates egress of {no_dns} pod(s) that no policy allows to reach port 53/UDP: they cannot resolve names"),
             );
         }
     }
@@ -161,7 +170,7 @@ mod tests {
             codes("{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]}"),
             ["pod-selector-in-other-namespace"]
         );
-        assert_eq!(codes("{podSelector: {}, ingress: [{}], policyTypes: [Egress]}"), ["rules-ignored"]);
+        assert_eq!(codes("{podSelector: {}, ingress: [{}], policyTypes: [Egress]}"), ["rules-ignored", "egress-without-dns"]);
         assert_eq!(codes("{podSelector: {}, egress: [{ports: [{port: 443}]}]}"), ["egress-without-dns"]);
         assert_eq!(codes("{podSelector: {}, egress: [{ports: [{port: 443}, {port: 53, protocol: UDP}]}]}"), Vec::<&str>::new());
         assert_eq!(codes("{podSelector: {}, ingress: [{ports: [{port: http}]}]}"), ["named-port-not-declared"]);

@@ -197,7 +197,7 @@ fn expectation(file: &str, doc: &Doc, path: &str, v: &Value) -> Result<Expectati
                 .iter()
                 .map(|s| match *s {
                     "." => Ok(Some(true)),
-                    "X" | "x" => Ok(Some(false)),
+                    "X" => Ok(Some(false)),
                     "?" => Ok(None),
                     other => Err(bad(format!("row {endpoint}: unknown cell {other:?} (expected . allowed, X denied, ? not checked)"))),
                 })
