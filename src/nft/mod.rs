@@ -9,9 +9,11 @@
 pub mod program;
 pub mod transaction;
 pub mod json;
+pub mod compile;
 pub mod interp;
 pub mod diff;
 
+pub use compile::{compile, compile_all};
 pub use diff::diff;
 pub use program::{
     Action, AddrField, AddrMatch, BaseHook, Chain, ChainPolicy, CtState, Element, Hook, Icmpv6Type, KeyType, Map, Match,
