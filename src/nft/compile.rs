@@ -559,4 +559,37 @@ counter accept comment \"x/web ingress rule 1\"
         let c = comment(&"n".repeat(300), " egress rule 1 peer 2 port 3");
         assert_eq!(c.len(), MAX_COMMENT);
     }
+
+    /// Pod churn changes elements only: the promise that keeps a sync in
+    /// milliseconds at any scale.
+    #[test]
+    fn pod_churn_is_element_operations_only() {
+        use crate::apply::{FakeKernel, Kernel};
+        let policies = format!(
+            "{}{}",
+            np("x", "web", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: serve-80-tcp}]}]}"),
+            np("y", "out", "{podSelector: {}, egress: [{to: [{namespaceSelector: {}}]}]}"),
+        );
+        let pod = |ns: &str, name: &str, label: &str, node: &str, ip: &str| {
+            format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{pod: {label}}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, ports: [{{name: serve-80-tcp, containerPort: 8080}}]}}]}}\nstatus: {{podIP: {ip}}}\n")
+        };
+        let before = node1(&policies);
+        let cases = [
+            pod("x", "a2", "a", "node-1", "10.244.1.50"),  // local, selected by x/web
+            pod("x", "b2", "b", "node-2", "10.244.2.50"),  // remote, a peer of x/web
+            pod("y", "n", "new", "node-1", "10.244.1.51"), // local, isolated by y/out
+            pod("z", "n", "new", "node-1", "10.244.1.52"), // local, not isolated
+        ];
+        for extra in cases {
+            let after = node1(&format!("{policies}{extra}"));
+            let tx = crate::nft::diff(Some(&before), &after);
+            assert!(!tx.is_empty() && tx.only_elements(), "{extra}\n{tx}");
+            let mut k = FakeKernel::with(before.clone());
+            k.apply(&tx).unwrap();
+            assert_eq!(k.table(TABLE), Some(&after));
+            // And back: the pod is deleted.
+            let back = crate::nft::diff(Some(&after), &before);
+            assert!(back.only_elements(), "{back}");
+        }
+    }
 }
