@@ -14,7 +14,9 @@ use std::fmt;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::nft::program::{Action, AddrMatch, Chain, Element, Match, Program, ValidationError, Verdict};
+use crate::nft::program::{
+    check_overlaps, element_fits, render_element, Action, AddrMatch, Chain, Element, Match, Program, ValidationError, Verdict,
+};
 use crate::nft::transaction::{Op, OpLine, Transaction};
 
 pub trait Kernel {
@@ -396,11 +398,13 @@ fn apply_op(tables: &mut BTreeMap<String, Program>, table: &str, op: &Op) -> OpR
         }
         Op::AddElements { set, elements } => {
             let Some(s) = p.sets.get_mut(set) else { return missing("set", set) };
+            if let Some(e) = elements.iter().find(|e| !element_fits(e, s.key, s.interval)) {
+                return Err((Reason::Invalid, format!("{} does not fit set {set:?}", render_element(e))));
+            }
             s.elements.extend(elements.iter().copied());
-            let s = s.clone();
-            let mut one = Program::new(&p.table);
-            one.add_set(s);
-            one.validate().map_err(refusal)?;
+            if s.interval {
+                check_overlaps(s).map_err(refusal)?;
+            }
         }
         Op::DeleteElements { set, elements } => {
             let Some(s) = p.sets.get_mut(set) else { return missing("set", set) };
@@ -414,7 +418,7 @@ fn apply_op(tables: &mut BTreeMap<String, Program>, table: &str, op: &Op) -> OpR
             let Some(m) = p.maps.get(map) else { return missing("map", map) };
             for (k, v) in elements {
                 if m.elements.get(k).is_some_and(|old| old != v) {
-                    return Err((Reason::Exists, format!("map {map:?} already maps {}", crate::nft::program::render_element(k))));
+                    return Err((Reason::Exists, format!("map {map:?} already maps {}", render_element(k))));
                 }
             }
             p.maps.get_mut(map).expect("checked").elements.extend(elements.iter().cloned());
@@ -434,7 +438,7 @@ fn apply_op(tables: &mut BTreeMap<String, Program>, table: &str, op: &Op) -> OpR
 }
 
 fn missing_element(set: &str, e: &Element) -> (Reason, String) {
-    (Reason::NotFound, format!("{set:?} has no element {}", crate::nft::program::render_element(e)))
+    (Reason::NotFound, format!("{set:?} has no element {}", render_element(e)))
 }
 
 fn refusal(e: ValidationError) -> (Reason, String) {
@@ -468,7 +472,9 @@ fn chain_uses_set(c: &Chain, name: &str) -> bool {
 /// of the one it replaces. It is filled under the other of two names the
 /// agent owns, with its base chains (the only things netfilter runs) left
 /// out until the end: until then it is never consulted, and a failure
-/// half-way leaves `live` in force.
+/// half-way leaves `live` in force. `live` must be the table that enforces
+/// now (`None` only when none does: the first transaction wipes
+/// `program.table`); [`crate::nft::other_table`] names the staging one.
 pub fn staged(program: &Program, live: Option<&str>, batch: usize) -> Vec<Transaction> {
     assert!(live != Some(program.table.as_str()), "the staging table must differ from the live one");
     let batch = batch.max(1);
@@ -555,7 +561,7 @@ mod tests {
     use crate::model::Family;
     use crate::nft::diff::diff;
     use crate::nft::program::tests::{addr_set, chain, sample, saddr_in};
-    use crate::nft::program::{KeyType, Rule};
+    use crate::nft::program::{KeyType, Rule, ALT_TABLE};
 
     fn check_refused(tx_lines: impl Fn(&mut Transaction), op: usize, reason: Reason) {
         let mut k = FakeKernel::with(sample());
@@ -620,7 +626,7 @@ mod tests {
         p.add_set(addr_set("peer4_big", Family::IPv4, &big.iter().map(String::as_str).collect::<Vec<_>>()));
         p.chains.get_mut("pol_a").unwrap().rules.push(Rule::verdict(vec![saddr_in("peer4_big")], Verdict::Accept));
         let mut target = p.clone();
-        target.table = "netfence-b".into();
+        target.table = ALT_TABLE.into();
         let old = Program::new("netfence");
         let mut k = FakeKernel::with(old.clone());
         let txs = staged(&target, Some("netfence"), 100);
@@ -633,12 +639,12 @@ mod tests {
             if !last {
                 // Nothing of the new table is hooked; the old one is in force.
                 assert_eq!(k.table("netfence"), Some(&old));
-                assert!(k.table("netfence-b").unwrap().chains.values().all(|c| c.base.is_none()));
+                assert!(k.table(ALT_TABLE).unwrap().chains.values().all(|c| c.base.is_none()));
             }
         }
         assert_eq!(txs.last().unwrap().len(), 1 + 1 + 5, "delete the old table, add the base chain and its rules");
         assert_eq!(k.table("netfence"), None);
-        assert_eq!(k.table("netfence-b"), Some(&target));
+        assert_eq!(k.table(ALT_TABLE), Some(&target));
         // From here on the new table is synced incrementally.
         assert!(diff(Some(&target), &target).is_empty());
     }
@@ -647,7 +653,7 @@ mod tests {
     fn staged_failure_keeps_the_live_table() {
         let mut k = FakeKernel::with(sample());
         let mut target = sample();
-        target.table = "netfence-b".into();
+        target.table = ALT_TABLE.into();
         target.add_chain(chain("broken", vec![Rule::verdict(vec![saddr_in("missing")], Verdict::Accept)]));
         // Invalid programs never reach the kernel.
         assert!(matches!(apply_staged(&mut k, &target, Some("netfence"), 2), Err(ApplyError::Invalid(_))));
@@ -658,7 +664,7 @@ mod tests {
         assert_eq!(e.reason(), Some(Reason::Invalid));
         assert_eq!(k.applied, before + 1, "only the cleanup went through");
         assert_eq!(k.table("netfence"), Some(&sample()));
-        assert_eq!(k.table("netfence-b"), None);
+        assert_eq!(k.table(ALT_TABLE), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod common;
 
 use common::{compile, Netns, CASES};
 use netfence::apply::{apply_staged, ApplyError, Kernel, NftKernel, Reason};
-use netfence::nft::{diff, Element, Op, Program, Rule, Transaction, Verdict};
+use netfence::nft::{diff, Element, Op, Program, Rule, Transaction, Verdict, ALT_TABLE};
 
 /// Apply, then read back and compare: the kernel holds what we think.
 fn apply_and_verify(k: &mut NftKernel, tx: &Transaction, want: &Program) {
@@ -92,10 +92,10 @@ fn staged_cold_start_switches_tables_atomically() {
     let old = compile(&["fixtures/clusters/standard.yaml"], "node-1");
     apply_and_verify(&mut k, &diff(None, &old), &old);
     let mut new = compile(&["fixtures/clusters/standard.yaml", "tests/golden/policies/mix.yaml"], "node-1");
-    new.table = "netfence-b".into();
+    new.table = ALT_TABLE.into();
     apply_staged(&mut k, &new, Some(&old.table), 3).unwrap();
     assert_eq!(k.read_table("netfence").unwrap(), None);
-    assert_eq!(k.read_table("netfence-b").unwrap().as_ref(), Some(&new));
+    assert_eq!(k.read_table(ALT_TABLE).unwrap().as_ref(), Some(&new));
 }
 
 #[test]

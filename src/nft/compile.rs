@@ -34,7 +34,6 @@
 //!   name. Pod churn changes set and map elements only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -58,6 +57,13 @@ pub fn hook_of(dir: Direction) -> Hook {
     }
 }
 
+/// The node a pod runs on; `""` for a pod without `spec.nodeName` (a
+/// hand-written snapshot may leave it out): such pods share one pseudo-node,
+/// so their policies are still compiled and can be checked.
+pub fn node_of(pod: &crate::model::Pod) -> &str {
+    pod.node.as_deref().unwrap_or("")
+}
+
 /// The program for `node`: its local pods' isolation, the rules of the
 /// policies isolating them, and the address sets those rules need.
 pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
@@ -66,7 +72,7 @@ pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
         .pods
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.is_policy_pod() && p.node.as_deref() == Some(node))
+        .filter(|(_, p)| p.is_policy_pod() && node_of(p) == node)
         .map(|(id, _)| id)
         .collect();
     let node = cluster.nodes.get(node);
@@ -76,9 +82,12 @@ pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
     c.p
 }
 
-/// Every node's program, by node name.
+/// The program of every node, by name: the cluster's nodes and any node a
+/// pod names (see [`node_of`]).
 pub fn compile_all(cluster: &Cluster, ir: &Ir) -> BTreeMap<String, Program> {
-    cluster.nodes.keys().map(|n| (n.clone(), compile(cluster, ir, n))).collect()
+    let names: BTreeSet<&str> =
+        cluster.nodes.keys().map(String::as_str).chain(cluster.pods.iter().filter(|p| p.is_policy_pod()).map(node_of)).collect();
+    names.into_iter().map(|n| (n.to_string(), compile(cluster, ir, n))).collect()
 }
 
 struct Compiler<'a> {
@@ -401,18 +410,8 @@ impl Names {
     }
 }
 
-/// Family-specific addresses of a program's local pods (for tests and
-/// `explain`): every element of the dispatch maps.
-pub fn programmed_addresses(p: &Program) -> BTreeSet<IpAddr> {
-    p.maps
-        .values()
-        .flat_map(|m| m.elements.keys())
-        .filter_map(|e| if let Element::Addr(ip) = e { Some(*ip) } else { None })
-        .collect()
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::load::ClusterBuilder;
 

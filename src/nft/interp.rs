@@ -207,7 +207,7 @@ fn place(cluster: &Cluster, e: &Endpoint) -> Option<(String, bool)> {
     match e {
         Endpoint::Pod(id) => {
             let pod = &cluster.pods[*id];
-            Some((pod.node.clone()?, pod.is_policy_pod()))
+            Some((super::compile::node_of(pod).to_string(), pod.is_policy_pod()))
         }
         Endpoint::Node(n) => Some((n.clone(), false)),
         Endpoint::Ip(_) => None,
@@ -362,5 +362,27 @@ mod tests {
         p.add_chain(base("b", 5, vec![Rule::verdict(vec![Match::Proto { proto: Protocol::Udp, dport: None }], Verdict::Drop)]));
         check(&p, tcp("1.1.1.1", "2.2.2.2", 1), true, "b policy");
         check(&p, Packet { l4: L4::Port { proto: Protocol::Udp, dport: 1 }, ..tcp("1.1.1.1", "2.2.2.2", 1) }, false, "b[0]");
+    }
+
+    #[test]
+    fn hops_follow_the_packet() {
+        let c = crate::nft::compile::tests::cluster(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: h, namespace: x}\nspec: {nodeName: node-2, hostNetwork: true}\nstatus: {podIP: 172.18.0.3}\n",
+        );
+        let e = |s: &str| Endpoint::parse(&c, s).unwrap();
+        let check = |from: &str, to: &str, want: &str| {
+            let got: Vec<String> = hops(&c, &e(from), &e(to)).iter().map(|h| format!("{}:{}", h.node, h.hook.name())).collect();
+            assert_eq!(got.join(" "), want, "{from} -> {to}");
+        };
+        check("x/a", "x/a", "");
+        check("x/a", "x/c", "node-1:prerouting node-1:postrouting");
+        check("x/a", "x/b", "node-1:prerouting node-1:postrouting node-2:prerouting node-2:postrouting");
+        check("x/a", "node/node-1", "node-1:prerouting node-1:input");
+        check("x/a", "node/node-2", "node-1:prerouting node-1:postrouting node-2:prerouting node-2:input");
+        check("x/a", "192.0.2.1", "node-1:prerouting");
+        check("192.0.2.1", "x/b", "node-2:prerouting node-2:postrouting");
+        check("node/node-1", "x/a", "node-1:output node-1:postrouting");
+        check("x/h", "x/a", "node-2:output node-2:postrouting node-1:prerouting node-1:postrouting");
+        check("node/node-2", "192.0.2.1", "node-2:output");
     }
 }

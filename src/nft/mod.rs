@@ -17,6 +17,7 @@ pub use compile::{compile, compile_all};
 pub use diff::diff;
 pub use program::{
     Action, AddrField, AddrMatch, BaseHook, Chain, ChainPolicy, CtState, Element, Hook, Icmpv6Type, KeyType, Map, Match,
-    PortRange, Program, Rule, Set, ValidationError, Verdict, TABLE,
+    PortRange, Program, Rule, Set, ValidationError, Verdict, ALT_TABLE, TABLE,
 };
+pub use program::other_table;
 pub use transaction::{Op, Transaction};

@@ -24,6 +24,20 @@ use crate::model::{Family, Protocol};
 /// flushed or touched.
 pub const TABLE: &str = "netfence";
 
+/// The second name netfence owns: nftables cannot rename a table, so a
+/// large cold start is built under whichever of the two is not live, then
+/// switched to in one small transaction ([`crate::apply::staged`]).
+pub const ALT_TABLE: &str = "netfence-b";
+
+/// The table to stage a rebuild in while `live` enforces.
+pub fn other_table(live: &str) -> &'static str {
+    if live == TABLE {
+        ALT_TABLE
+    } else {
+        TABLE
+    }
+}
+
 /// The longest comment nft keeps on a rule (`NFTNL_UDATA_COMMENT_MAXLEN`
 /// is 128 bytes with its terminating NUL).
 pub const MAX_COMMENT: usize = 127;
@@ -328,8 +342,8 @@ pub enum ValidationError {
     Dangling { chain: String, rule: usize, what: &'static str, target: String },
     #[error("map {map:?}: element {element} jumps to missing chain {target:?}")]
     DanglingMapJump { map: String, element: String, target: String },
-    #[error("chain {chain:?}: jump to base chain {target:?}")]
-    JumpToBase { chain: String, target: String },
+    #[error("{from}: jump to base chain {target:?}")]
+    JumpToBase { from: String, target: String },
     #[error("chain {chain:?} rule {rule}: {message}")]
     TypeMismatch { chain: String, rule: usize, message: String },
     #[error("{what} {name:?}: element {element} does not fit its key type {key}")]
@@ -411,7 +425,7 @@ impl Program {
                             })
                         }
                         Some(c) if c.base.is_some() => {
-                            return Err(ValidationError::JumpToBase { chain: m.name.clone(), target: t.clone() })
+                            return Err(ValidationError::JumpToBase { from: format!("map {:?}", m.name), target: t.clone() })
                         }
                         Some(_) => {}
                     }
@@ -479,7 +493,7 @@ impl Program {
             Action::Verdict(Verdict::Jump(t)) => match self.chains.get(t) {
                 None => return Err(dangling("chain", t)),
                 Some(tc) if tc.base.is_some() => {
-                    return Err(ValidationError::JumpToBase { chain: c.name.clone(), target: t.clone() })
+                    return Err(ValidationError::JumpToBase { from: format!("chain {:?} rule {i}", c.name), target: t.clone() })
                 }
                 Some(_) => {}
             },
@@ -566,7 +580,7 @@ pub fn is_identifier(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-fn element_fits(e: &Element, key: KeyType, interval: bool) -> bool {
+pub(crate) fn element_fits(e: &Element, key: KeyType, interval: bool) -> bool {
     match (e, key) {
         (Element::Addr(ip), KeyType::Addr(f)) => !interval && Family::of(ip) == f,
         (Element::Net(n), KeyType::Addr(f)) => interval && Family::of_net(n) == f && n.trunc() == *n,
@@ -584,7 +598,7 @@ fn bad_element(what: &'static str, name: &str, e: &Element, key: KeyType) -> Val
     }
 }
 
-fn check_overlaps(s: &Set) -> Result<(), ValidationError> {
+pub(crate) fn check_overlaps(s: &Set) -> Result<(), ValidationError> {
     // Sorted by (network, prefix length): a prefix that contains later ones
     // sorts first, so comparing neighbours finds every overlap.
     let nets: Vec<IpNet> = s.elements.iter().filter_map(|e| if let Element::Net(n) = e { Some(*n) } else { None }).collect();
