@@ -408,6 +408,10 @@ impl Program {
         }
         for (k, m) in &self.maps {
             check_name("map", &m.name)?;
+            if self.sets.contains_key(k) {
+                // Sets and maps share one namespace in a table.
+                return Err(ValidationError::BadName { what: "map (also a set)", name: k.clone() });
+            }
             if *k != m.name {
                 return Err(ValidationError::NameMismatch { what: "map", key: k.clone(), name: m.name.clone() });
             }
@@ -977,6 +981,7 @@ pub(crate) mod tests {
         check(|p| p.sets.get_mut("peer4_a").unwrap().key = KeyType::Addr(Family::IPv6), "set \"peer4_a\"");
         check(|p| p.chains.get_mut("pol_a").unwrap().rules[0].comment = Some("x".repeat(200)), "comment");
         check(|p| p.table = "1abc".into(), "not an nft identifier");
+        check(|p| p.add_set(addr_set("ingress4", Family::IPv4, &[])), "also a set");
         check(|p| p.table = "a".repeat(MAX_NAME + 1), "not an nft identifier");
         check(
             |p| p.chains.get_mut("pol_a").unwrap().rules[0].matches.push(Match::CtState(BTreeSet::new())),
