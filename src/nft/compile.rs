@@ -581,6 +581,7 @@ counter accept comment \"x/web ingress rule 1\"
         ];
         for extra in cases {
             let after = node1(&format!("{policies}{extra}"));
+            assert_eq!(after.rule_count(), before.rule_count());
             let tx = crate::nft::diff(Some(&before), &after);
             assert!(!tx.is_empty() && tx.only_elements(), "{extra}\n{tx}");
             let mut k = FakeKernel::with(before.clone());

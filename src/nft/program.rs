@@ -741,16 +741,6 @@ impl fmt::Display for Rule {
     }
 }
 
-/// `type ipv4_addr; flags interval;` — a set declaration's body on one line.
-pub fn set_spec(s: &Set) -> String {
-    let flags = if s.interval { " flags interval;" } else { "" };
-    format!("type {};{flags}", key_type_name(s.key))
-}
-
-pub fn map_spec(m: &Map) -> String {
-    format!("type {} : verdict;", key_type_name(m.key))
-}
-
 pub fn map_element(e: &Element, v: &Verdict) -> String {
     format!("{} : {v}", render_element(e))
 }
