@@ -460,7 +460,11 @@ impl FakeDataplane {
                 return Ok(c);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(format!("not committed within {timeout:?}; history {:?}, committed {:?}", self.history(), self.committed()));
+                let summary = self.committed().map(|c| (c.namespaces.len(), c.nodes.len(), c.pods.len(), c.policies.len()));
+                return Err(format!(
+                    "not committed within {timeout:?}; history {:?}, committed (namespaces, nodes, pods, policies) {summary:?}",
+                    self.history()
+                ));
             }
         }
     }
