@@ -101,6 +101,10 @@ pub const WATCHED: [WatchedResource; 4] = [
 /// every write verb are deliberately absent from its ClusterRole.
 pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
 
+/// The default port of /healthz, /readyz and /metrics; the DaemonSet's
+/// probes point at it.
+pub const METRICS_PORT: u16 = 9964;
+
 pub fn watched(kind: Kind) -> &'static WatchedResource {
     WATCHED.iter().find(|w| w.kind == kind).expect("every kind is watched")
 }

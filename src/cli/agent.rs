@@ -70,7 +70,7 @@ pub struct Args {
     pub conntrack: PathBuf,
 
     /// Address serving /healthz, /readyz and /metrics (Prometheus).
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9964")]
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], agent::METRICS_PORT)))]
     pub metrics_addr: SocketAddr,
 
     /// Log format: human-readable `text`, or one JSON object per line.
