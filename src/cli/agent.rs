@@ -74,7 +74,7 @@ pub struct Args {
     pub metrics_addr: SocketAddr,
 
     /// Log format: human-readable `text`, or one JSON object per line.
-    /// Verbosity follows RUST_LOG (default `info`).
+    /// Verbosity follows NETFENCE_LOG (default `info`, e.g. `netfence=debug`).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -140,7 +140,7 @@ fn flows(args: &Args) -> anyhow::Result<Option<Box<dyn Flows>>> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETFENCE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A subscriber may already be installed (tests); keep it.
