@@ -31,13 +31,25 @@ pub enum FlowsError {
 #[derive(Debug, Clone)]
 pub struct ConntrackCli {
     bin: PathBuf,
+    /// Run inside this named network namespace (`ip netns exec`), for
+    /// end-to-end tests; the agent itself runs in the host's.
+    netns: Option<String>,
 }
 
 impl ConntrackCli {
     /// Check at start that the binary runs, so `--established cut` on a node
     /// without conntrack fails loudly instead of at the first change.
     pub fn new(bin: impl Into<PathBuf>) -> Result<ConntrackCli, FlowsError> {
-        let cli = ConntrackCli { bin: bin.into() };
+        ConntrackCli { bin: bin.into(), netns: None }.checked()
+    }
+
+    /// The same, in a named network namespace.
+    pub fn in_netns(bin: impl Into<PathBuf>, netns: &str) -> Result<ConntrackCli, FlowsError> {
+        ConntrackCli { bin: bin.into(), netns: Some(netns.to_string()) }.checked()
+    }
+
+    fn checked(self) -> Result<ConntrackCli, FlowsError> {
+        let cli = self;
         let out = cli.command(&["--version"])?;
         if !out.status.success() {
             return Err(cli.failed(&["--version"], &out));
@@ -46,10 +58,15 @@ impl ConntrackCli {
     }
 
     fn command(&self, args: &[&str]) -> Result<std::process::Output, FlowsError> {
-        Command::new(&self.bin)
-            .args(args)
-            .output()
-            .map_err(|source| FlowsError::Spawn { bin: self.bin.display().to_string(), source })
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.args(args).output().map_err(|source| FlowsError::Spawn { bin: self.bin.display().to_string(), source })
     }
 
     fn failed(&self, args: &[&str], out: &std::process::Output) -> FlowsError {
@@ -96,9 +113,6 @@ impl FakeFlows {
     pub fn cut_ips(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(ToString::to_string).collect()
     }
-    pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
 }
 
 impl Flows for FakeFlows {
@@ -129,14 +143,15 @@ mod tests {
 
     #[test]
     fn deletes_in_a_private_network_namespace() {
-        // Runs conntrack inside a namespace of its own: the machine's table is never touched.
+        // conntrack runs inside a namespace of its own: the machine's table is never touched.
         let ns = Netns::new();
-        let mut cli = ConntrackCli::new("conntrack").unwrap();
-        let r = ns.run(|| cli.cut(&["10.99.0.1".parse().unwrap(), "fd00::99".parse().unwrap()]));
-        assert_eq!(r.unwrap(), 0);
+        let mut cli = ConntrackCli::in_netns("conntrack", &ns.0).unwrap();
+        assert_eq!(cli.cut(&["10.99.0.1".parse().unwrap(), "fd00::99".parse().unwrap()]).unwrap(), 0);
+        let e = ConntrackCli::in_netns("conntrack", "nf-no-such-netns").unwrap_err();
+        assert!(e.to_string().contains("nf-no-such-netns"), "{e}");
     }
 
-    /// A scratch network namespace entered by the calling thread only.
+    /// A scratch network namespace, deleted on drop (also when the test fails).
     struct Netns(String);
 
     impl Netns {
@@ -147,24 +162,6 @@ mod tests {
             let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success());
             assert!(matches!(ok, Ok(true)), "ip netns add {name}");
             Netns(name)
-        }
-
-        /// Run `f` on a fresh thread switched into the namespace, so the
-        /// test's own thread and the rest of the process stay where they are.
-        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-            let path = format!("/run/netns/{}", self.0);
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let file = std::fs::File::open(&path).expect("open netns");
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: setns on a valid fd affects only this thread.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns");
-                    f()
-                })
-                .join()
-                .expect("netns thread")
-            })
         }
     }
 

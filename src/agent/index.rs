@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Node as K8sNode, Pod
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::metrics::InvalidObjects;
 use crate::model::convert::{self, FieldError};
@@ -96,7 +95,7 @@ pub enum Entry {
 
 /// A k8s-openapi type the agent watches, with its conversion to the model.
 pub trait Watched:
-    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + fmt::Debug + Send + Sync + 'static
+    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static
 {
     const KIND: Kind;
     fn to_entry(&self) -> Result<Entry, FieldError>;

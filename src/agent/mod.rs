@@ -26,7 +26,11 @@
 //! connections only; flows already in conntrack carry on. With `cut`, after
 //! a change is applied the agent deletes the conntrack entries to and from
 //! the pods whose effective policy changed (as reported by the dataplane),
-//! so the next packet of such a flow is judged by the new rules.
+//! so the next packet of such a flow is judged by the new rules. The first
+//! sync after start cuts nothing: it adopts an earlier run's ruleset, whose
+//! content the new process cannot know, and flushing every flow on each
+//! restart would hurt more than it helps. A failed deletion is logged and
+//! counted, never fails the sync.
 
 pub mod conntrack;
 pub mod fake_api;
@@ -254,8 +258,15 @@ pub async fn start(
     let (metrics_addr, server) = http::serve(config.metrics_addr, metrics.clone())
         .await
         .with_context(|| format!("cannot serve metrics on {}", config.metrics_addr))?;
+    let sources = match source::spawn(&config.source, &store, &metrics).await {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            server.abort();
+            return Err(e);
+        }
+    };
     let mut tasks = vec![server];
-    tasks.extend(source::spawn(&config.source, &store, &metrics).await?);
+    tasks.extend(sources);
     tracing::info!(node = %config.node, %metrics_addr, "agent started");
 
     let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, flows, store.clone(), metrics.clone());

@@ -9,7 +9,9 @@
 //! backoff. A full apply also happens on start (adopting and atomically
 //! replacing whatever an earlier run left) and every `resync` to repair
 //! drift. With `--established cut`, conntrack entries of the pods the
-//! dataplane reports as affected are deleted after each successful sync.
+//! dataplane reports as affected are deleted after each successful sync but
+//! the first (which adopts an earlier run's ruleset, whose content is
+//! unknown).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -197,6 +199,8 @@ pub(crate) struct Reconciler {
     need_full: bool,
     /// First change not yet applied (kept across failed attempts).
     pending_since: Option<Instant>,
+    /// Has any sync succeeded since start?
+    synced_once: bool,
 }
 
 impl Reconciler {
@@ -219,6 +223,7 @@ impl Reconciler {
             next_resync: None,
             need_full: true,
             pending_since: None,
+            synced_once: false,
         }
     }
 
@@ -282,8 +287,14 @@ impl Reconciler {
         let now = Instant::now();
         match result {
             Ok(report) => {
+                // The first sync adopts what an earlier run left: what that
+                // run enforced is unknown, and flushing every flow on each
+                // restart would hurt more than it helps, so it cuts nothing.
+                let adopting = !self.synced_once;
                 self.succeeded(&report, full, now);
-                self.cut_flows(report.affected).await?;
+                if !adopting {
+                    self.cut_flows(report.affected).await?;
+                }
             }
             Err(e) => {
                 self.need_full = true;
@@ -336,6 +347,7 @@ impl Reconciler {
         }
         m.set_ready(true);
         self.need_full = false;
+        self.synced_once = true;
         self.retry_at = None;
         self.backoff.reset();
         if full {
@@ -746,7 +758,7 @@ mod tests {
             let h = Harness::start(ReconcileConfig { established, ..cfg() });
             h.list_all(&[pod("a", "10.0.0.1")]);
             advance(100).await;
-            h.flows.clear();
+            assert_eq!(h.flows.cut_ips(), Vec::<String>::new(), "the adopting first sync cuts nothing");
             h.apply(pod("b", "10.0.0.2"));
             advance(100).await;
             assert_eq!(h.flows.cut_ips(), expected, "{established:?}");

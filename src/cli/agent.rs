@@ -60,8 +60,9 @@ pub struct Args {
     /// continue under the rules that admitted them (new connections follow
     /// the new policy; most implementations do this); `cut` deletes the
     /// conntrack entries to and from every pod whose effective policy
-    /// changed, so their next packet is judged by the new rules. `cut` needs
-    /// the conntrack binary and fails at start without it.
+    /// changed, so their next packet is judged by the new rules (not on the
+    /// first sync after start, which adopts the previous run's ruleset).
+    /// `cut` needs the conntrack binary and fails at start without it.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = EstablishedArg::Keep)]
     pub established: EstablishedArg,
 
