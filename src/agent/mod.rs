@@ -33,6 +33,7 @@
 //! counted, never fails the sync.
 
 pub mod conntrack;
+pub mod dataplane;
 pub mod fake_api;
 pub mod http;
 pub mod index;
@@ -53,7 +54,8 @@ use crate::model::Cluster;
 pub use conntrack::{ConntrackCli, Flows};
 pub use index::{Index, Key, Kind, Watched};
 pub use metrics::Metrics;
-pub use reconcile::{Dataplane, DryRun, FakeDataplane, ReconcileConfig, SyncError, SyncReport};
+pub use dataplane::{Dataplane, DryRun, FakeDataplane, SyncError, SyncReport};
+pub use reconcile::ReconcileConfig;
 
 /// A Kubernetes resource the agent lists and watches. The watchers, the fake
 /// API server and the RBAC test all read [`WATCHED`], so the ClusterRole in
