@@ -38,6 +38,7 @@ pub mod fake_api;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod nftables;
 pub mod reconcile;
 pub mod source;
 
@@ -55,6 +56,7 @@ pub use conntrack::{ConntrackCli, Flows};
 pub use index::{Index, Key, Kind, Watched};
 pub use metrics::Metrics;
 pub use dataplane::{Dataplane, DryRun, FakeDataplane, SyncError, SyncReport};
+pub use nftables::NftDataplane;
 pub use reconcile::ReconcileConfig;
 
 /// A Kubernetes resource the agent lists and watches. The watchers, the fake

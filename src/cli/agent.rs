@@ -128,7 +128,7 @@ fn dataplane(args: &Args) -> anyhow::Result<Box<dyn Dataplane>> {
     if args.dry_run {
         return Ok(Box::new(DryRun));
     }
-    anyhow::bail!("this build has no nftables dataplane yet; run with --dry-run")
+    Ok(Box::new(crate::agent::NftDataplane::new(&args.node, Box::new(crate::apply::NftKernel::new()))))
 }
 
 fn flows(args: &Args) -> anyhow::Result<Option<Box<dyn Flows>>> {

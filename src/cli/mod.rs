@@ -2,6 +2,7 @@
 //! (a doc comment on every flag) and a `run` returning the exit status.
 //! Exit statuses everywhere: 0 ok, 1 a check failed, 2 bad usage or input.
 
+mod agent;
 mod compile;
 mod diff;
 mod explain;
@@ -24,6 +25,8 @@ enum Command {
     Test(test::Args),
     /// Explain why a flow is allowed or denied.
     Explain(explain::Args),
+    /// Run the per-node agent: watch the cluster, keep this node's nftables in step.
+    Agent(agent::Args),
     /// Print the nftables program of one node.
     Compile(compile::Args),
     /// Warn about the classic NetworkPolicy mistakes.
@@ -40,8 +43,14 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    // The agent sets up its own logging (--log-format, default level info).
+    let command = match cli.command {
+        Command::Agent(a) => return agent::run(a),
+        other => other,
+    };
     init_logging();
-    match cli.command {
+    match command {
+        Command::Agent(_) => unreachable!("dispatched above"),
         Command::Test(a) => test::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Compile(a) => compile::run(a),
