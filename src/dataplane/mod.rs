@@ -1,0 +1,208 @@
+//! `netfence test --dataplane`: verdicts proven with real packets through
+//! real nftables, in network namespaces shaped like the cluster.
+//!
+//! [`Dataplane::build`] lays the cluster out as namespaces ([`topology`]),
+//! checks that every pod is reachable before any ruleset exists (so a
+//! denied probe later means the ruleset denied it, never a wiring fault),
+//! then hands each node's namespace to the caller's `install` step.
+//! [`Dataplane::probe_all`] sends packets for a list of flows ([`probe`]).
+//! Dropping the dataplane removes every namespace, and with them every link
+//! and ruleset; see [`crate::netns`] for panics and signals.
+//!
+//! Invariant: nothing here touches the host namespace's links, addresses,
+//! routes or ruleset; the install step runs inside node namespaces only.
+
+pub mod probe;
+pub mod sctp;
+pub mod topology;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::model::{Cluster, Family, Protocol};
+use crate::netns::Netns;
+use topology::{Place, Topology};
+
+/// An endpoint of a flow, as the policy test format names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Endpoint {
+    /// `ns/name`: a pod that takes part (host-network pods are found in
+    /// their node's namespace).
+    Pod { namespace: String, name: String },
+    /// `node/NAME`: the node's InternalIP.
+    Node(String),
+    /// An IP literal: a node's address means that node; any other must be
+    /// one of the external addresses the dataplane was built with.
+    Ip(IpAddr),
+}
+
+impl Endpoint {
+    pub fn pod(namespace: &str, name: &str) -> Endpoint {
+        Endpoint::Pod { namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
+            Endpoint::Node(name) => write!(f, "node/{name}"),
+            Endpoint::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// One flow to try with real packets.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProbeSpec {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    pub family: Family,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl fmt::Display for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {} {}/{} {}", self.from, self.to, self.port, self.protocol, self.family)
+    }
+}
+
+/// What the packets said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// The answer came back: the flow and its replies got through.
+    pub allowed: bool,
+    /// How: `answered in 0.3ms`, or each attempt's failure
+    /// (`no answer within 400ms`, `refused`, ...).
+    pub detail: String,
+    pub elapsed: Duration,
+}
+
+/// How hard to try.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// How long one attempt waits for its answer: a denied flow costs
+    /// `attempts * timeout`.
+    pub timeout: Duration,
+    /// Attempts before a flow counts as denied; more than one keeps a lost
+    /// packet from passing for a denial.
+    pub attempts: u32,
+    /// Probes in flight at once.
+    pub parallel: usize,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions { timeout: Duration::from_millis(400), attempts: 2, parallel: 128 }
+    }
+}
+
+/// Where the time of [`Dataplane::build`] went.
+#[derive(Debug, Clone, Default)]
+pub struct BuildTimings {
+    pub namespaces: usize,
+    pub topology: Duration,
+    pub self_check: Duration,
+    pub install: Duration,
+}
+
+/// The cluster as network namespaces, with each node's ruleset installed.
+#[derive(Debug)]
+pub struct Dataplane {
+    topology: Topology,
+    pub options: ProbeOptions,
+    pub timings: BuildTimings,
+}
+
+impl Dataplane {
+    /// Build the namespaces for `cluster`, with `externals` (every IP
+    /// literal a test's expectations name) in the outside namespace, check
+    /// the wiring, then call `install(node_name, node_namespace)` once per
+    /// node to load its ruleset (e.g. `|node, ns| ns.run(|| kernel.apply(&tx[node]))?`).
+    pub fn build<F>(cluster: &Cluster, externals: &[IpAddr], install: F) -> anyhow::Result<Dataplane>
+    where
+        F: FnMut(&str, &Netns) -> anyhow::Result<()>,
+    {
+        let plan = topology::plan(cluster, externals).context("cannot lay the cluster out as network namespaces")?;
+        let topology = Topology::build(plan).context("cannot build the dataplane's network namespaces")?;
+        let timings =
+            BuildTimings { namespaces: topology.plan.roles.len(), topology: topology.build_time, ..Default::default() };
+        let mut dp = Dataplane { topology, options: ProbeOptions::default(), timings };
+        let start = Instant::now();
+        dp.self_check()?;
+        dp.timings.self_check = start.elapsed();
+        let start = Instant::now();
+        dp.install(install)?;
+        dp.timings.install = start.elapsed();
+        Ok(dp)
+    }
+
+    /// Call `install` for every node's namespace, in node name order. The
+    /// caller replaces whatever an earlier install left.
+    pub fn install<F>(&self, mut install: F) -> anyhow::Result<()>
+    where
+        F: FnMut(&str, &Netns) -> anyhow::Result<()>,
+    {
+        for (node, ns) in self.topology.plan.nodes() {
+            install(node, self.topology.netns(ns)).with_context(|| format!("cannot install the ruleset of node {node}"))?;
+        }
+        Ok(())
+    }
+
+    /// Probe every flow, in parallel; results in the order of `specs`.
+    /// `Err`: a spec names what the dataplane does not have, or probing
+    /// itself failed; never a verdict.
+    pub fn probe_all(&self, specs: &[ProbeSpec]) -> anyhow::Result<Vec<ProbeResult>> {
+        let flows = specs
+            .iter()
+            .map(|spec| self.flow(spec).map_err(|e| anyhow::anyhow!("cannot probe {spec}: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        probe::run(&flows, &self.options)
+    }
+
+    /// The namespace of a node, for installing or inspecting its ruleset.
+    pub fn node_netns(&self, node: &str) -> Option<&Netns> {
+        self.topology.plan.node_ns(node).map(|ns| self.topology.netns(ns))
+    }
+
+    /// Every namespace this dataplane made.
+    pub fn netns_names(&self) -> Vec<String> {
+        self.topology.names().map(str::to_string).collect()
+    }
+
+    fn flow(&self, spec: &ProbeSpec) -> Result<probe::Flow<'_>, String> {
+        let plan = &self.topology.plan;
+        let Place { ns: src, ip: src_ip } = plan.locate(&spec.from, spec.family)?;
+        let Place { ns: dst, ip: dst_ip } = plan.locate(&spec.to, spec.family)?;
+        Ok(probe::Flow {
+            src: self.topology.netns(src),
+            src_ip,
+            dst: self.topology.netns(dst),
+            dst_ip,
+            protocol: spec.protocol,
+            port: spec.port,
+        })
+    }
+
+    /// Before any ruleset: every pod answers a node other than its own (or
+    /// its own, with one node) and the outside, and each node answers the
+    /// next one, in every family they share. Exercises every route.
+    fn self_check(&self) -> anyhow::Result<()> {
+        let specs = self.topology.plan.wiring_checks();
+        let results = self.probe_all(&specs)?;
+        let broken: Vec<String> =
+            specs.iter().zip(&results).filter(|(_, r)| !r.allowed).map(|(s, r)| format!("{s}: {}", r.detail)).collect();
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "the dataplane's wiring is broken before any ruleset was installed (a netfence bug):\n  {}",
+                broken.join("\n  ")
+            )
+        }
+    }
+}
