@@ -1,10 +1,9 @@
 //! Real packets: listeners in destination namespaces, probes from sources.
 //!
-//! Every socket is created on a short-lived thread that has joined the
-//! right namespace ([`Netns::run`]) and keeps that namespace for life, so
-//! all the I/O then runs on one tokio current-thread runtime: no thread
-//! per listener or per probe, and thousands of probes in flight cost
-//! little. A probe counts as allowed only when the answer came back, so the
+//! Every socket is created by a worker thread that stays in the right
+//! namespace ([`Netns::worker`]) and keeps that namespace for life, so all
+//! the I/O then runs on one tokio current-thread runtime: no thread per
+//! listener or per probe, and thousands of probes in flight cost little. A probe counts as allowed only when the answer came back, so the
 //! return path is proven too:
 //! - TCP: connect, send a token, read the listener's acknowledgement of it;
 //! - UDP: the same as a datagram exchange;
@@ -30,7 +29,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use super::sctp;
 use super::{ProbeOptions, ProbeResult};
 use crate::model::Protocol;
-use crate::netns::Netns;
+use crate::netns::{Netns, Worker};
 
 const IPPROTO_SCTP: i32 = 132;
 /// How long a listener waits for a connected client's token.
@@ -63,13 +62,20 @@ pub fn run(flows: &[Flow<'_>], options: &ProbeOptions) -> anyhow::Result<Vec<Pro
 }
 
 async fn probe_all(flows: &[Flow<'_>], options: &ProbeOptions) -> anyhow::Result<Vec<ProbeResult>> {
-    start_listeners(flows)?;
-    let results = futures::stream::iter(flows)
-        .map(|flow| probe(flow, options))
-        .buffered(options.parallel.max(1))
+    let workers = Workers::start(flows)?;
+    start_listeners(flows, &workers).await?;
+    // Unordered: a slow denied probe must not hold a slot while the ones
+    // behind it finish.
+    let mut results: Vec<(usize, ProbeResult)> = futures::stream::iter(flows.iter().enumerate())
+        .map(|(i, flow)| {
+            let workers = &workers;
+            async move { probe(flow, workers, options).await.map(|r| (i, r)) }
+        })
+        .buffer_unordered(options.parallel.max(1))
         .try_collect()
         .await?;
-    Ok(results)
+    results.sort_by_key(|(i, _)| *i);
+    Ok(results.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Which listeners a destination namespace needs: SCTP listens per
@@ -86,7 +92,39 @@ enum Opened {
     Sctp(Socket, BTreeSet<u16>),
 }
 
-fn start_listeners(flows: &[Flow<'_>]) -> anyhow::Result<()> {
+/// A thread in each namespace the flows touch, making its sockets.
+struct Workers<'a> {
+    by_name: BTreeMap<&'a str, Worker>,
+}
+
+impl<'a> Workers<'a> {
+    fn start(flows: &[Flow<'a>]) -> io::Result<Workers<'a>> {
+        let mut by_name = BTreeMap::new();
+        for ns in flows.iter().flat_map(|f| [f.src, f.dst]) {
+            if !by_name.contains_key(ns.name()) {
+                by_name.insert(ns.name(), ns.worker()?);
+            }
+        }
+        Ok(Workers { by_name })
+    }
+
+    /// Run `make` inside `ns`.
+    async fn make<T: Send + 'static>(
+        &self,
+        ns: &Netns,
+        make: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let gone = || io::Error::other(format!("the socket thread of {} is gone", ns.name()));
+        let worker = self.by_name.get(ns.name()).ok_or_else(gone)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        worker.submit(move || {
+            let _ = tx.send(make());
+        });
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+async fn start_listeners(flows: &[Flow<'_>], workers: &Workers<'_>) -> anyhow::Result<()> {
     let mut wanted: BTreeMap<&str, (&Netns, Wanted)> = BTreeMap::new();
     for f in flows {
         let (_, w) = wanted.entry(f.dst.name()).or_insert_with(|| (f.dst, Wanted::default()));
@@ -100,7 +138,7 @@ fn start_listeners(flows: &[Flow<'_>]) -> anyhow::Result<()> {
         }
     }
     for (name, (ns, w)) in wanted {
-        let opened = ns.run(|| open_listeners(&w))?.map_err(|e| anyhow::anyhow!("cannot listen in {name}: {e}"))?;
+        let opened = workers.make(ns, move || open_listeners(&w)).await.map_err(|e| anyhow::anyhow!("cannot listen in {name}: {e}"))?;
         for socket in opened {
             match socket {
                 Opened::Tcp(l) => {
@@ -199,12 +237,12 @@ fn ack(token: &str) -> String {
 }
 
 /// Try a flow up to `options.attempts` times; allowed on the first answer.
-async fn probe(flow: &Flow<'_>, options: &ProbeOptions) -> io::Result<ProbeResult> {
+async fn probe(flow: &Flow<'_>, workers: &Workers<'_>, options: &ProbeOptions) -> io::Result<ProbeResult> {
     let start = Instant::now();
     let mut failures = Vec::new();
     for _ in 0..options.attempts.max(1) {
         let t = Instant::now();
-        match tokio::time::timeout(options.timeout, attempt(flow)).await {
+        match tokio::time::timeout(options.timeout, attempt(flow, workers)).await {
             Ok(Ok(Ok(()))) => {
                 let mut detail = format!("answered in {:.1?}", t.elapsed());
                 if !failures.is_empty() {
@@ -222,23 +260,24 @@ async fn probe(flow: &Flow<'_>, options: &ProbeOptions) -> io::Result<ProbeResul
 
 /// One exchange. The outer error: the probe could not be set up. The
 /// inner one: the network did not let it through, and how.
-async fn attempt(flow: &Flow<'_>) -> io::Result<Result<(), String>> {
+async fn attempt(flow: &Flow<'_>, workers: &Workers<'_>) -> io::Result<Result<(), String>> {
     let dst = SocketAddr::new(flow.dst_ip, flow.port);
     let src = SocketAddr::new(flow.src_ip, 0);
     let token = format!("netfence-probe-{}", next_id());
     let outcome = match flow.protocol {
         Protocol::Tcp => {
-            let socket = flow.src.run(|| bound(src, Type::STREAM, socket2::Protocol::TCP))??;
+            let socket = workers.make(flow.src, move || bound(src, Type::STREAM, socket2::Protocol::TCP)).await?;
             let socket = TcpSocket::from_std_stream(socket.into());
             tcp_exchange(socket, dst, &token).await
         }
         Protocol::Udp => {
-            let socket = flow.src.run(|| bound(src, Type::DGRAM, socket2::Protocol::UDP))??;
+            let socket = workers.make(flow.src, move || bound(src, Type::DGRAM, socket2::Protocol::UDP)).await?;
             let socket = UdpSocket::from_std(socket.into())?;
             udp_exchange(socket, dst, &token).await
         }
         Protocol::Sctp => {
-            let socket = register(flow.src.run(|| raw_sctp(flow.src_ip))??)?;
+            let src_ip = flow.src_ip;
+            let socket = register(workers.make(flow.src, move || raw_sctp(src_ip)).await?)?;
             return Ok(sctp_exchange(socket, dst).await.map_err(describe));
         }
     };

@@ -500,3 +500,191 @@ impl Script {
         self.line(line);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::load::ClusterBuilder;
+
+    const NODES: &str = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDRs: [10.0.1.0/24, 'fd00:1::/64']}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP, address: 'fd00:18::2'}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+spec: {podCIDRs: [10.0.2.0/24]}
+status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
+";
+
+    fn pod(name: &str, node: &str, ips: &[&str], extra: &str) -> String {
+        let ips: Vec<String> = ips.iter().map(|ip| format!("{{ip: '{ip}'}}")).collect();
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x}}\nspec: {{nodeName: {node}{extra}}}\nstatus: {{phase: Running, podIPs: [{}]}}\n",
+            ips.join(", ")
+        )
+    }
+
+    fn cluster(pods: &[String]) -> Cluster {
+        let mut b = ClusterBuilder::new();
+        b.add_text("t.yaml", &format!("{NODES}{}", pods.concat())).unwrap();
+        b.finish().0
+    }
+
+    fn plan_of(pods: &[String], externals: &[&str]) -> anyhow::Result<Plan> {
+        let externals: Vec<IpAddr> = externals.iter().map(|ip| ip.parse().unwrap()).collect();
+        plan(&cluster(pods), &externals)
+    }
+
+    /// The whole plan as text: each namespace's role and script, then the veths.
+    fn render(plan: &Plan) -> String {
+        let mut out = String::new();
+        for (ns, (role, script)) in plan.roles.iter().zip(&plan.scripts).enumerate() {
+            out.push_str(&format!("{ns} {role:?}\n"));
+            out.extend(script.lines().map(|l| format!("  {l}\n")));
+        }
+        let names: Vec<String> = (0..plan.roles.len()).map(|ns| format!("ns{ns}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        out + &veth_script(&plan.veths, &names)
+    }
+
+    #[test]
+    fn a_small_cluster_is_wired_like_a_routed_cni() {
+        let pods = [
+            pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""),
+            // Outside n2's pod CIDR: routed by its own /32.
+            pod("b", "n2", &["10.9.9.9"], ""),
+            pod("host", "n2", &["172.18.0.3"], ", hostNetwork: true"),
+        ];
+        let plan = plan_of(&pods, &["192.0.2.10", "172.18.0.3"]).unwrap();
+        assert_eq!(
+            render(&plan),
+            "0 Fabric
+  link add br0 type bridge mcast_snooping 0
+  link set br0 up
+  link set n0 master br0
+  link set n0 up
+  link set n1 master br0
+  link set n1 up
+  link set out master br0
+  link set out up
+1 Node(\"n1\")
+  link set lo up
+  link set eth0 up
+  addr add 172.18.0.2/32 dev eth0
+  addr add fd00:18::2/128 dev eth0 nodad
+  route add 172.18.0.3/32 dev eth0 src 172.18.0.2
+  route add 192.0.2.10/32 dev eth0 src 172.18.0.2
+  route add 10.0.2.0/24 via 172.18.0.3 dev eth0 onlink src 172.18.0.2
+  route add 10.9.9.9/32 via 172.18.0.3 dev eth0 onlink src 172.18.0.2
+  link set p0 up
+  addr add 169.254.1.1/32 dev p0
+  addr add fe80::1/64 dev p0 nodad
+  route add 10.0.1.5/32 dev p0 src 172.18.0.2
+  route add fd00:1::5/128 dev p0 src fd00:18::2
+2 Node(\"n2\")
+  link set lo up
+  link set eth0 up
+  addr add 172.18.0.3/32 dev eth0
+  route add 172.18.0.2/32 dev eth0 src 172.18.0.3
+  route add fd00:18::2/128 dev eth0
+  route add 192.0.2.10/32 dev eth0 src 172.18.0.3
+  route add 10.0.1.0/24 via 172.18.0.2 dev eth0 onlink src 172.18.0.3
+  route add fd00:1::/64 via fd00:18::2 dev eth0 onlink
+  link set p1 up
+  addr add 169.254.1.1/32 dev p1
+  addr add fe80::1/64 dev p1 nodad
+  route add 10.9.9.9/32 dev p1 src 172.18.0.3
+3 Pod(0)
+  link set lo up
+  link set eth0 up
+  addr add 10.0.1.5/32 dev eth0
+  addr add fd00:1::5/128 dev eth0 nodad
+  route add 0.0.0.0/0 via 169.254.1.1 dev eth0 onlink
+  route add ::/0 via fe80::1 dev eth0
+4 Pod(1)
+  link set lo up
+  link set eth0 up
+  addr add 10.9.9.9/32 dev eth0
+  route add 0.0.0.0/0 via 169.254.1.1 dev eth0 onlink
+5 Outside
+  link set lo up
+  link set eth0 up
+  addr add 192.0.2.10/32 dev eth0
+  route add 172.18.0.2/32 dev eth0
+  route add 10.0.1.0/24 via 172.18.0.2 dev eth0 onlink
+  route add 172.18.0.3/32 dev eth0
+  route add 10.0.2.0/24 via 172.18.0.3 dev eth0 onlink
+  route add 10.9.9.9/32 via 172.18.0.3 dev eth0 onlink
+link add name eth0 netns ns1 type veth peer name n0 netns ns0
+link add name eth0 netns ns2 type veth peer name n1 netns ns0
+link add name eth0 netns ns5 type veth peer name out netns ns0
+link add name eth0 netns ns3 type veth peer name p0 netns ns1
+link add name eth0 netns ns4 type veth peer name p1 netns ns2
+"
+        );
+        assert_eq!(plan.sysctls[1].iter().filter(|(k, _)| k.contains("forward")).count(), 3);
+        assert!(plan.sysctls[3].iter().all(|(k, _)| !k.contains("forward")));
+    }
+
+    #[test]
+    fn endpoints_are_located() {
+        let pods = [pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""), pod("host", "n2", &["172.18.0.3"], ", hostNetwork: true")];
+        let plan = plan_of(&pods, &["192.0.2.10"]).unwrap();
+        let check = |endpoint: Endpoint, family, expected: Result<(NsId, &str), &str>| {
+            let got = plan.locate(&endpoint, family);
+            let expected = expected.map(|(ns, ip)| Place { ns, ip: ip.parse().unwrap() }).map_err(str::to_string);
+            assert_eq!(got, expected, "{endpoint} {family}");
+        };
+        let ip = |s: &str| Endpoint::Ip(s.parse().unwrap());
+        check(Endpoint::pod("x", "a"), Family::IPv6, Ok((3, "fd00:1::5")));
+        check(Endpoint::pod("x", "host"), Family::IPv4, Ok((2, "172.18.0.3")));
+        check(Endpoint::Node("n1".into()), Family::IPv6, Ok((1, "fd00:18::2")));
+        check(ip("172.18.0.3"), Family::IPv4, Ok((2, "172.18.0.3")));
+        check(ip("192.0.2.10"), Family::IPv4, Ok((4, "192.0.2.10")));
+        check(Endpoint::Node("n2".into()), Family::IPv6, Err("node n2 has no IPv6 InternalIP"));
+        check(Endpoint::pod("x", "host"), Family::IPv6, Err("pod x/host has no IPv6 address"));
+        check(ip("192.0.2.10"), Family::IPv6, Err("192.0.2.10 is not an IPv6 address"));
+        check(ip("192.0.2.11"), Family::IPv4, Err("192.0.2.11 is not among the external addresses the dataplane was built with"));
+        check(Endpoint::pod("y", "a"), Family::IPv4, Err("no pod y/a takes part in the cluster"));
+    }
+
+    #[test]
+    fn clusters_that_cannot_be_wired_are_rejected() {
+        let check = |pods: &[String], externals: &[&str], expected: &str| {
+            assert_eq!(plan_of(pods, externals).unwrap_err().to_string(), expected);
+        };
+        let a = pod("a", "n1", &["10.0.1.5"], "");
+        check(&[pod("a", "n9", &["10.0.1.5"], "")], &[], "pod x/a runs on node n9, which is not in the cluster");
+        check(&[a.clone(), pod("b", "n2", &["10.0.1.5"], "")], &[], "pods x/a and x/b both have address 10.0.1.5");
+        check(&[pod("a", "n2", &["fd00:2::5"], "")], &[], "pod x/a has an IPv6 address, but its node n2 has no IPv6 InternalIP to route it through");
+        check(&[pod("a", "n1", &["172.18.0.3"], "")], &[], "pod x/a has address 172.18.0.3, which belongs to node n2");
+        check(&[a.clone()], &["10.0.1.5"], "external address 10.0.1.5 is pod x/a's address");
+        check(&[a], &["169.254.1.1"], "external address 169.254.1.1 is the pods' gateway address in the dataplane");
+        let unplaced = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.1.5}\n";
+        check(&[unplaced.to_string()], &[], "pod x/a has no spec.nodeName: the dataplane cannot place it");
+    }
+
+    #[test]
+    fn wiring_checks_cross_the_fabric() {
+        let pods = [pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""), pod("b", "n2", &["10.0.2.5"], "")];
+        let plan = plan_of(&pods, &["192.0.2.10"]).unwrap();
+        let specs: Vec<String> = plan.wiring_checks().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            specs,
+            [
+                "node/n2 -> x/a 7/TCP IPv4",
+                "192.0.2.10 -> x/a 7/TCP IPv4",
+                // n2 has no IPv6: x/a's own node checks it.
+                "node/n1 -> x/a 7/TCP IPv6",
+                "node/n1 -> x/b 7/TCP IPv4",
+                "192.0.2.10 -> x/b 7/TCP IPv4",
+                "node/n1 -> node/n2 7/TCP IPv4",
+                "node/n2 -> node/n1 7/TCP IPv4",
+            ]
+        );
+    }
+}
