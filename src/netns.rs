@@ -324,15 +324,19 @@ fn run_ip(args: &[&str], script: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// Whether the test can run; without root it says it skipped.
     fn root() -> bool {
         // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        let root = unsafe { libc::geteuid() == 0 };
+        if !root {
+            eprintln!("SKIPPED: needs root");
+        }
+        root
     }
 
     #[test]
     fn names_are_unique_and_removed_on_drop() {
         if !root() {
-            eprintln!("skipped: needs root");
             return;
         }
         let set = Netns::create_many("nfut", 3).unwrap();
@@ -346,7 +350,6 @@ mod tests {
     #[test]
     fn closures_and_commands_run_inside() {
         if !root() {
-            eprintln!("skipped: needs root");
             return;
         }
         let ns = Netns::create("nfut").unwrap();
@@ -375,7 +378,6 @@ mod tests {
     #[test]
     fn failing_batch_line_is_quoted() {
         if !root() {
-            eprintln!("skipped: needs root");
             return;
         }
         let ns = Netns::create("nfut").unwrap();

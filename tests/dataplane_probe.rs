@@ -30,6 +30,18 @@ fn privileged() -> bool {
     }
 }
 
+/// A dataplane for a fixture cluster with no ruleset, and the lock that
+/// keeps it the only one; `None` (with a notice) without root.
+fn setup(name: &str, externals: &[IpAddr]) -> Option<(MutexGuard<'static, ()>, Cluster, Dataplane)> {
+    if !privileged() {
+        return None;
+    }
+    let serial = serial();
+    let cluster = fixture(name);
+    let dp = Dataplane::build(&cluster, externals, no_ruleset).unwrap();
+    Some((serial, cluster, dp))
+}
+
 fn fixture(name: &str) -> Cluster {
     let path = format!("{}/fixtures/clusters/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
     load_paths(&[path]).unwrap().0
@@ -139,13 +151,8 @@ table inet probe_test {
 
 #[test]
 fn standard_cluster_probes_see_exactly_the_drops() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let cluster = fixture("standard");
     let externals = [ip("192.0.2.10")];
-    let dp = Dataplane::build(&cluster, &externals, no_ruleset).unwrap();
+    let Some((_serial, cluster, dp)) = setup("standard", &externals) else { return };
     let names = dp.netns_names();
     eprintln!("built {} namespaces: {:?}", names.len(), dp.timings);
     let specs = all_flows(
@@ -176,13 +183,8 @@ fn standard_cluster_probes_see_exactly_the_drops() {
 
 #[test]
 fn dual_stack_probes_each_family() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let cluster = fixture("dualstack");
     let externals = [ip("192.0.2.10"), ip("2001:db8::7")];
-    let dp = Dataplane::build(&cluster, &externals, no_ruleset).unwrap();
+    let Some((_serial, cluster, dp)) = setup("dualstack", &externals) else { return };
     let names = dp.netns_names();
     let specs = all_flows(&endpoints(&cluster, &externals), &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp], &[80]);
     assert!(specs.iter().any(|s| s.family == Family::IPv6 && s.to == Endpoint::pod("y", "a")));
@@ -211,12 +213,7 @@ fn dual_stack_probes_each_family() {
 
 #[test]
 fn specs_naming_what_the_dataplane_lacks_are_errors() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let cluster = fixture("dualstack");
-    let dp = Dataplane::build(&cluster, &[], no_ruleset).unwrap();
+    let Some((_serial, _, dp)) = setup("dualstack", &[]) else { return };
     let probe = |from: Endpoint, to: Endpoint, family| {
         let spec = ProbeSpec { from, to, family, protocol: Protocol::Tcp, port: 80 };
         dp.probe_all(&[spec]).map(|_| ()).map_err(|e| e.to_string())

@@ -18,6 +18,7 @@ pub mod topology;
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -116,6 +117,8 @@ pub struct Dataplane {
     topology: Topology,
     pub options: ProbeOptions,
     pub timings: BuildTimings,
+    /// Listeners bind the probed ports: one probe run at a time.
+    probing: Mutex<()>,
 }
 
 impl Dataplane {
@@ -131,7 +134,7 @@ impl Dataplane {
         let topology = Topology::build(plan).context("cannot build the dataplane's network namespaces")?;
         let timings =
             BuildTimings { namespaces: topology.plan.roles.len(), topology: topology.build_time, ..Default::default() };
-        let mut dp = Dataplane { topology, options: ProbeOptions::default(), timings };
+        let mut dp = Dataplane { topology, options: ProbeOptions::default(), timings, probing: Mutex::new(()) };
         let start = Instant::now();
         dp.self_check()?;
         dp.timings.self_check = start.elapsed();
@@ -161,6 +164,7 @@ impl Dataplane {
             .iter()
             .map(|spec| self.flow(spec).map_err(|e| anyhow::anyhow!("cannot probe {spec}: {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let _one_at_a_time = self.probing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         probe::run(&flows, &self.options)
     }
 
@@ -175,6 +179,9 @@ impl Dataplane {
     }
 
     fn flow(&self, spec: &ProbeSpec) -> Result<probe::Flow<'_>, String> {
+        if spec.port == 0 {
+            return Err("port 0 cannot be probed".into());
+        }
         let plan = &self.topology.plan;
         let Place { ns: src, ip: src_ip } = plan.locate(&spec.from, spec.family)?;
         let Place { ns: dst, ip: dst_ip } = plan.locate(&spec.to, spec.family)?;

@@ -255,7 +255,13 @@ async fn probe(flow: &Flow<'_>, workers: &Workers<'_>, options: &ProbeOptions) -
             Err(_) => failures.push(format!("no answer within {:?}", options.timeout)),
         }
     }
-    Ok(ProbeResult { allowed: false, detail: failures.join("; "), elapsed: start.elapsed() })
+    let detail = match failures.as_slice() {
+        [first, rest @ ..] if rest.iter().all(|f| f == first) && !rest.is_empty() => {
+            format!("{first} ({} attempts)", failures.len())
+        }
+        _ => failures.join("; "),
+    };
+    Ok(ProbeResult { allowed: false, detail, elapsed: start.elapsed() })
 }
 
 /// One exchange. The outer error: the probe could not be set up. The

@@ -662,7 +662,7 @@ link add name eth0 netns ns4 type veth peer name p1 netns ns2
         check(&[a.clone(), pod("b", "n2", &["10.0.1.5"], "")], &[], "pods x/a and x/b both have address 10.0.1.5");
         check(&[pod("a", "n2", &["fd00:2::5"], "")], &[], "pod x/a has an IPv6 address, but its node n2 has no IPv6 InternalIP to route it through");
         check(&[pod("a", "n1", &["172.18.0.3"], "")], &[], "pod x/a has address 172.18.0.3, which belongs to node n2");
-        check(&[a.clone()], &["10.0.1.5"], "external address 10.0.1.5 is pod x/a's address");
+        check(std::slice::from_ref(&a), &["10.0.1.5"], "external address 10.0.1.5 is pod x/a's address");
         check(&[a], &["169.254.1.1"], "external address 169.254.1.1 is the pods' gateway address in the dataplane");
         let unplaced = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.1.5}\n";
         check(&[unplaced.to_string()], &[], "pod x/a has no spec.nodeName: the dataplane cannot place it");
