@@ -1,1 +1,545 @@
-//! TODO
+//! The reference verdict: does the cluster's policy allow a flow?
+//!
+//! This is the single implementation of Kubernetes NetworkPolicy semantics
+//! that `netfence test` and `netfence explain` share, so a test verdict and
+//! its explanation can never disagree. It returns a trace, not a boolean:
+//! which policies isolate each side, which rule/peer/port allowed it, or for
+//! each rule of the isolating policies why it did not match.
+//!
+//! Invariant: pure; no I/O. The nftables interpreter is checked against it.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::ir::{Ir, PeerIr, RuleRef};
+use crate::model::{Cluster, Direction, Family, PodId, PolicyId, PortRef, PortSpec, Protocol};
+
+/// One end of a flow, as the test format and explain name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum Endpoint {
+    /// A pod that takes part (host-network pods included: they are their
+    /// node's address, see [`Cluster`] semantics).
+    Pod(PodId),
+    /// A node's own address.
+    Node(String),
+    /// An address outside the cluster's pods and nodes.
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("no pod {0:?} in the cluster")]
+    NoSuchPod(String),
+    #[error("pod {0:?} takes no part in policy ({1}): name a running pod with an IP")]
+    PodTakesNoPart(String, &'static str),
+    #[error("no node {0:?} in the cluster")]
+    NoSuchNode(String),
+    #[error("node {0:?} has no InternalIP")]
+    NodeWithoutIp(String),
+    #[error("{0} is the address of pod {1}: name the pod instead")]
+    IpOfPod(IpAddr, String),
+    #[error("{0:?} is not an endpoint (expected ns/pod, node/NAME or an IP address)")]
+    Syntax(String),
+    #[error("{endpoint} has no {family} address")]
+    MissingFamily { endpoint: String, family: Family },
+    #[error("{0} and {1} share no address family")]
+    NoCommonFamily(String, String),
+}
+
+impl Endpoint {
+    /// Parse `ns/pod`, `node/NAME` or an IP literal against `cluster`.
+    pub fn parse(cluster: &Cluster, s: &str) -> Result<Endpoint, EndpointError> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            if let Some(node) = cluster.node_by_ip(ip) {
+                return Ok(Endpoint::Node(node.name.clone()));
+            }
+            if let Some(pod) = cluster.pod_by_ip(ip) {
+                return Err(EndpointError::IpOfPod(ip, cluster.pods[pod].key()));
+            }
+            return Ok(Endpoint::Ip(ip));
+        }
+        if let Some(name) = s.strip_prefix("node/") {
+            let node = cluster.nodes.get(name).ok_or_else(|| EndpointError::NoSuchNode(name.to_string()))?;
+            if node.internal_ips.is_empty() {
+                return Err(EndpointError::NodeWithoutIp(name.to_string()));
+            }
+            return Ok(Endpoint::Node(name.to_string()));
+        }
+        let Some((ns, name)) = s.split_once('/') else { return Err(EndpointError::Syntax(s.to_string())) };
+        if ns.is_empty() || name.is_empty() || name.contains('/') {
+            return Err(EndpointError::Syntax(s.to_string()));
+        }
+        let id = cluster.pod(ns, name).ok_or_else(|| EndpointError::NoSuchPod(s.to_string()))?;
+        let pod = &cluster.pods[id];
+        if pod.ips.is_empty() {
+            return Err(EndpointError::PodTakesNoPart(s.to_string(), "it has no IP"));
+        }
+        if !pod.takes_part() {
+            return Err(EndpointError::PodTakesNoPart(s.to_string(), "it has finished"));
+        }
+        Ok(Endpoint::Pod(id))
+    }
+
+    pub fn display(&self, cluster: &Cluster) -> String {
+        match self {
+            Endpoint::Pod(id) => cluster.pods[*id].key(),
+            Endpoint::Node(n) => format!("node/{n}"),
+            Endpoint::Ip(ip) => ip.to_string(),
+        }
+    }
+
+    /// The endpoint's address in `family`.
+    pub fn ip(&self, cluster: &Cluster, family: Family) -> Option<IpAddr> {
+        match self {
+            Endpoint::Pod(id) => cluster.pods[*id].ip(family),
+            Endpoint::Node(n) => cluster.nodes.get(n).and_then(|n| n.ip(family)),
+            Endpoint::Ip(ip) => (Family::of(ip) == family).then_some(*ip),
+        }
+    }
+
+    /// The pod policies apply to, if this endpoint is one.
+    fn policy_pod(&self, cluster: &Cluster) -> Option<PodId> {
+        match self {
+            Endpoint::Pod(id) if cluster.pods[*id].is_policy_pod() => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+/// A flow to judge: protocol and destination port of its first packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Restrict to one family; `None`: every family both endpoints have.
+    pub family: Option<Family>,
+}
+
+impl Flow {
+    /// The families this flow is judged in; an error if the endpoints share
+    /// none or lack the requested one.
+    pub fn families(&self, cluster: &Cluster) -> Result<Vec<Family>, EndpointError> {
+        let has = |e: &Endpoint, f| e.ip(cluster, f).is_some();
+        if let Some(f) = self.family {
+            for e in [&self.src, &self.dst] {
+                if !has(e, f) {
+                    return Err(EndpointError::MissingFamily { endpoint: e.display(cluster), family: f });
+                }
+            }
+            return Ok(vec![f]);
+        }
+        let fams: Vec<Family> =
+            [Family::IPv4, Family::IPv6].into_iter().filter(|&f| has(&self.src, f) && has(&self.dst, f)).collect();
+        if fams.is_empty() {
+            return Err(EndpointError::NoCommonFamily(self.src.display(cluster), self.dst.display(cluster)));
+        }
+        Ok(fams)
+    }
+}
+
+/// The verdict of a flow in every family it is judged in.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowVerdict {
+    pub allowed: bool,
+    pub families: Vec<FamilyVerdict>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilyVerdict {
+    pub family: Family,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub allowed: bool,
+    /// Set when the flow never meets policy (a pod talking to itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortcut: Option<&'static str>,
+    pub egress: Side,
+    pub ingress: Side,
+}
+
+/// The verdict of one side: egress of the source or ingress of the destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct Side {
+    pub allowed: bool,
+    #[serde(flatten)]
+    pub reason: SideReason,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum SideReason {
+    /// Policies only apply to pods with their own network namespace.
+    NotAPod { what: &'static str },
+    /// A pod talking to itself never leaves it.
+    SamePod,
+    /// No policy selecting the pod lists this direction in its policyTypes.
+    NotIsolated,
+    /// The node's own address reaching one of its pods (kubelet probes).
+    NodeLocal { node: String },
+    /// Isolated, and at least one rule matched.
+    Allowed { isolated_by: Vec<PolicyId>, matches: Vec<RuleMatch> },
+    /// Isolated, and no rule matched.
+    Denied { isolated_by: Vec<PolicyId>, misses: Vec<RuleMiss> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleMatch {
+    pub rule: RuleRef,
+    /// `None`: the rule has no peers (matches every peer).
+    pub peer: Option<usize>,
+    /// `None`: the rule has no ports (matches every port).
+    pub port: Option<usize>,
+}
+
+/// Why one rule of an isolating policy did not match.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleMiss {
+    pub rule: RuleRef,
+    pub peer_matches: bool,
+    pub port_matches: bool,
+    /// One line per peer or port that failed, in human words.
+    pub why: Vec<String>,
+}
+
+impl RuleMiss {
+    /// How close the rule came: explanations list the nearest misses first.
+    pub fn closeness(&self) -> u8 {
+        self.peer_matches as u8 + self.port_matches as u8
+    }
+}
+
+/// Judge `flow` (in every family it has) against the resolved policies.
+pub fn evaluate(cluster: &Cluster, ir: &Ir, flow: &Flow) -> Result<FlowVerdict, EndpointError> {
+    let families = flow
+        .families(cluster)?
+        .into_iter()
+        .map(|f| evaluate_family(cluster, ir, flow, f))
+        .collect::<Vec<_>>();
+    Ok(FlowVerdict { allowed: families.iter().all(|f| f.allowed), families })
+}
+
+fn evaluate_family(cluster: &Cluster, ir: &Ir, flow: &Flow, family: Family) -> FamilyVerdict {
+    // `families()` checked that both endpoints have an address in `family`.
+    let src_ip = flow.src.ip(cluster, family).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let dst_ip = flow.dst.ip(cluster, family).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let same = |reason| Side { allowed: true, reason };
+    if flow.src == flow.dst && flow.src.policy_pod(cluster).is_some() {
+        return FamilyVerdict {
+            family,
+            src_ip,
+            dst_ip,
+            allowed: true,
+            shortcut: Some("a pod's traffic to its own address never leaves the pod"),
+            egress: same(SideReason::SamePod),
+            ingress: same(SideReason::SamePod),
+        };
+    }
+    let ctx = Ctx { cluster, ir, flow, src_ip, dst_ip };
+    let egress = ctx.side(Direction::Egress);
+    let ingress = ctx.side(Direction::Ingress);
+    FamilyVerdict {
+        family,
+        src_ip,
+        dst_ip,
+        allowed: egress.allowed && ingress.allowed,
+        shortcut: None,
+        egress,
+        ingress,
+    }
+}
+
+struct Ctx<'a> {
+    cluster: &'a Cluster,
+    ir: &'a Ir,
+    flow: &'a Flow,
+    src_ip: IpAddr,
+    dst_ip: IpAddr,
+}
+
+impl Ctx<'_> {
+    fn side(&self, dir: Direction) -> Side {
+        let (me, peer, peer_ip) = match dir {
+            Direction::Egress => (&self.flow.src, &self.flow.dst, self.dst_ip),
+            Direction::Ingress => (&self.flow.dst, &self.flow.src, self.src_ip),
+        };
+        let Some(pod) = me.policy_pod(self.cluster) else {
+            let what = match me {
+                Endpoint::Pod(_) => "a host-network pod",
+                Endpoint::Node(_) => "a node",
+                Endpoint::Ip(_) => "an address outside the cluster",
+            };
+            return Side { allowed: true, reason: SideReason::NotAPod { what } };
+        };
+        if dir == Direction::Ingress {
+            if let Some(node) = &self.cluster.pods[pod].node {
+                let node_ips = self.cluster.nodes.get(node).map(|n| n.internal_ips.as_slice()).unwrap_or_default();
+                if node_ips.contains(&peer_ip) {
+                    return Side { allowed: true, reason: SideReason::NodeLocal { node: node.clone() } };
+                }
+            }
+        }
+        let isolated_by: Vec<PolicyId> =
+            self.ir.selecting[pod].iter().copied().filter(|&p| self.cluster.policies[p].isolates(dir)).collect();
+        if isolated_by.is_empty() {
+            return Side { allowed: true, reason: SideReason::NotIsolated };
+        }
+        let mut matches = Vec::new();
+        let mut misses = Vec::new();
+        for &policy in &isolated_by {
+            for (rule, r) in self.ir.policies[policy].rules(dir).iter().enumerate() {
+                let rule = RuleRef { policy, direction: dir, rule };
+                let peer_m = match &r.peers {
+                    None => Ok(None),
+                    Some(peers) => peers
+                        .iter()
+                        .position(|p| self.peer_matches(p, peer, peer_ip))
+                        .map(Some)
+                        .ok_or(()),
+                };
+                let port_m = if r.ports.is_empty() {
+                    Ok(None)
+                } else {
+                    r.ports.iter().position(|p| self.port_matches(p)).map(Some).ok_or(())
+                };
+                match (peer_m, port_m) {
+                    (Ok(peer), Ok(port)) => matches.push(RuleMatch { rule, peer, port }),
+                    (peer_m, port_m) => {
+                        let mut why = Vec::new();
+                        if peer_m.is_err() {
+                            let peers = r.peers.as_deref().unwrap_or_default();
+                            why.extend(peers.iter().enumerate().map(|(i, _)| self.peer_miss(rule, i, peer, peer_ip)));
+                        }
+                        if port_m.is_err() {
+                            why.push(self.port_miss(rule));
+                        }
+                        misses.push(RuleMiss { rule, peer_matches: peer_m.is_ok(), port_matches: port_m.is_ok(), why });
+                    }
+                }
+            }
+        }
+        if matches.is_empty() {
+            misses.sort_by_key(|m| std::cmp::Reverse(m.closeness()));
+            Side { allowed: false, reason: SideReason::Denied { isolated_by, misses } }
+        } else {
+            Side { allowed: true, reason: SideReason::Allowed { isolated_by, matches } }
+        }
+    }
+
+    fn peer_matches(&self, peer: &PeerIr, who: &Endpoint, ip: IpAddr) -> bool {
+        match peer {
+            PeerIr::Pods(ids) => who.policy_pod(self.cluster).is_some_and(|id| ids.binary_search(&id).is_ok()),
+            PeerIr::IpBlock { cidr, except } => cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip)),
+        }
+    }
+
+    fn port_matches(&self, spec: &PortSpec) -> bool {
+        let dst = self.flow.dst.policy_pod(self.cluster).map(|id| &self.cluster.pods[id]);
+        port_matches(spec, dst, self.flow.protocol, self.flow.port)
+    }
+
+    fn peer_miss(&self, rule: RuleRef, i: usize, who: &Endpoint, ip: IpAddr) -> String {
+        let c = self.cluster;
+        let policy = &c.policies[rule.policy];
+        let spec = &policy.rules(rule.direction)[rule.rule].peers[i];
+        let name = who.display(c);
+        let text = match spec {
+            crate::model::Peer::IpBlock { cidr, except } => {
+                if !cidr.contains(&ip) {
+                    format!("ipBlock {cidr} does not contain {ip}")
+                } else {
+                    let e = except.iter().find(|e| e.contains(&ip)).map(ToString::to_string).unwrap_or_default();
+                    format!("ipBlock {cidr} contains {ip}, but its except {e} removes it")
+                }
+            }
+            crate::model::Peer::Pods { namespaces, pods } => {
+                let pod = match who.policy_pod(c) {
+                    Some(id) => &c.pods[id],
+                    None => {
+                        let what = match who {
+                            Endpoint::Pod(_) => "a host-network pod (its address is its node's; only an ipBlock can match it)",
+                            Endpoint::Node(_) => "a node (only an ipBlock can match it)",
+                            Endpoint::Ip(_) => "not a pod (only an ipBlock can match it)",
+                        };
+                        return format!("peer {i}: selects pods, but {name} is {what}");
+                    }
+                };
+                let ns_ok = match namespaces {
+                    None => pod.namespace == policy.namespace,
+                    Some(sel) => c.namespace_labels(&pod.namespace).is_some_and(|l| sel.matches(l)),
+                };
+                let pod_ok = pods.as_ref().is_none_or(|s| s.matches(&pod.labels));
+                match (namespaces, ns_ok, pod_ok) {
+                    (None, false, true) => format!(
+                        "podSelector {} selects pods in namespace {} only (the policy's namespace), and {name} is in namespace {}: did you mean to add a namespaceSelector?",
+                        pods.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        policy.namespace,
+                        pod.namespace
+                    ),
+                    (Some(sel), false, _) => {
+                        format!("namespaceSelector {sel} does not match namespace {} of {name}", pod.namespace)
+                    }
+                    (_, _, false) => {
+                        let sel = pods.as_ref().map(ToString::to_string).unwrap_or_default();
+                        let scope = namespaces.as_ref().map_or(policy.namespace.clone(), |s| format!("namespaces {s}"));
+                        let PeerIr::Pods(ids) = &self.ir.policies[rule.policy].rules(rule.direction)[rule.rule]
+                            .peers
+                            .as_deref()
+                            .unwrap_or_default()[i]
+                        else {
+                            return format!("peer {i}: podSelector {sel} does not match {name}");
+                        };
+                        if ids.is_empty() {
+                            let hint = if namespaces.is_none() {
+                                ": did you mean a namespaceSelector?"
+                            } else {
+                                ""
+                            };
+                            format!("podSelector {sel} matches no pod in {scope}{hint}")
+                        } else {
+                            format!("podSelector {sel} does not match the labels of {name}")
+                        }
+                    }
+                    _ => format!("peer matches {name}"),
+                }
+            }
+        };
+        format!("peer {i}: {text}")
+    }
+
+    fn port_miss(&self, rule: RuleRef) -> String {
+        let c = self.cluster;
+        let ports = &c.policies[rule.policy].rules(rule.direction)[rule.rule].ports;
+        let list = ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let mut text = format!("port {}/{} not in [{list}]", self.flow.port, self.flow.protocol);
+        let dst = self.flow.dst.policy_pod(c).map(|id| &c.pods[id]);
+        for p in ports {
+            if let Some(PortRef::Named(n)) = &p.port {
+                match dst.and_then(|d| d.named_port(n, p.protocol).map(|port| (d, port))) {
+                    Some((d, port)) => text.push_str(&format!("; {n}/{} is {port} on {}", p.protocol, d.key())),
+                    None => text.push_str(&format!(
+                        "; named port {n}/{} is not declared on {}",
+                        p.protocol,
+                        self.flow.dst.display(c)
+                    )),
+                }
+            }
+        }
+        text
+    }
+}
+
+/// Does a port spec match `protocol`/`port` on destination `dst`? Named
+/// ports resolve on the destination pod (name and protocol must both match),
+/// so they never match a destination that is not a policy pod.
+pub fn port_matches(spec: &PortSpec, dst: Option<&crate::model::Pod>, protocol: Protocol, port: u16) -> bool {
+    if spec.protocol != protocol {
+        return false;
+    }
+    match &spec.port {
+        None => true,
+        Some(PortRef::Number(p)) => (*p..=spec.end_port.unwrap_or(*p)).contains(&port),
+        Some(PortRef::Named(n)) => dst.and_then(|d| d.named_port(n, protocol)) == Some(port),
+    }
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} rule {}", self.direction, self.rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::load::ClusterBuilder;
+
+    const CLUSTER: &str = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {ns: x}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y, labels: {ns: y}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec: {nodeName: n2}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: y, labels: {pod: a}}
+status: {podIP: 10.0.0.3}
+";
+
+    /// Judge `from -> to` on TCP `port` with `policies` (YAML documents) in force.
+    fn check(policies: &str, from: &str, to: &str, port: u16, want: bool) {
+        let mut b = ClusterBuilder::new();
+        b.add_text("t.yaml", &format!("{CLUSTER}---\n{policies}")).unwrap();
+        let c = b.finish().0;
+        let ir = crate::ir::resolve(&c);
+        let flow = Flow {
+            src: Endpoint::parse(&c, from).unwrap(),
+            dst: Endpoint::parse(&c, to).unwrap(),
+            protocol: Protocol::Tcp,
+            port,
+            family: None,
+        };
+        let v = evaluate(&c, &ir, &flow).unwrap();
+        assert_eq!(v.allowed, want, "{from} -> {to}:{port} with\n{policies}\n{v:#?}");
+    }
+
+    fn np(ns: &str, spec: &str) -> String {
+        format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p-{}, namespace: {ns}}}\nspec: {spec}\n", spec.len())
+    }
+
+    #[test]
+    fn verdicts() {
+        let deny_x = np("x", "{podSelector: {}}");
+        check("", "x/b", "x/a", 80, true);
+        check(&deny_x, "x/b", "x/a", 80, false);
+        check(&deny_x, "x/a", "x/a", 80, true); // self
+        check(&deny_x, "node/n1", "x/a", 80, true); // node-local
+        check(&deny_x, "x/a", "y/a", 80, true); // egress not isolated
+        let allow_b = np("x", "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}");
+        check(&allow_b, "x/b", "x/a", 80, true);
+        check(&allow_b, "y/a", "x/a", 80, false);
+        let named = np("x", "{podSelector: {}, ingress: [{ports: [{port: http}]}]}");
+        check(&named, "x/b", "x/a", 8080, true);
+        check(&named, "x/b", "x/a", 80, false);
+        check(&named, "x/a", "x/b", 8080, false); // x/b has no port named http
+        let egress = np("x", "{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}]}], policyTypes: [Egress]}");
+        check(&egress, "x/a", "192.0.2.1", 80, true);
+        check(&egress, "x/a", "192.0.2.200", 80, false);
+        check(&egress, "x/a", "y/a", 80, false);
+    }
+
+    #[test]
+    fn endpoint_errors() {
+        let mut b = ClusterBuilder::new();
+        b.add_text("t.yaml", CLUSTER).unwrap();
+        let c = b.finish().0;
+        assert_eq!(Endpoint::parse(&c, "x/zz"), Err(EndpointError::NoSuchPod("x/zz".into())));
+        assert!(matches!(Endpoint::parse(&c, "10.0.0.1"), Err(EndpointError::IpOfPod(..))));
+        assert_eq!(Endpoint::parse(&c, "172.18.0.2"), Ok(Endpoint::Node("n1".into())));
+        assert!(matches!(Endpoint::parse(&c, "nonsense"), Err(EndpointError::Syntax(_))));
+    }
+}
