@@ -82,7 +82,7 @@ fn load(ns: &Netns, ruleset: &str) -> anyhow::Result<()> {
 }
 
 fn pods(cluster: &Cluster) -> Vec<Endpoint> {
-    cluster.pods.iter().map(|p| Endpoint::pod(&p.namespace, &p.name)).collect()
+    (0..cluster.pods.len()).map(Endpoint::Pod).collect()
 }
 
 fn spec(from: &Endpoint, to: &Endpoint, protocol: Protocol) -> ProbeSpec {

@@ -47,6 +47,11 @@ fn fixture(name: &str) -> Cluster {
     load_paths(&[path]).unwrap().0
 }
 
+/// An endpoint as the test format writes it.
+fn endpoint(cluster: &Cluster, s: &str) -> Endpoint {
+    Endpoint::parse(cluster, s).unwrap()
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -59,7 +64,7 @@ fn no_ruleset(_: &str, _: &Netns) -> anyhow::Result<()> {
 /// nodes, and `externals`.
 fn endpoints(c: &Cluster, externals: &[IpAddr]) -> Vec<(Endpoint, Vec<Family>)> {
     let families = |ips: &[IpAddr]| ips.iter().map(Family::of).collect::<Vec<_>>();
-    let pods = c.pods.iter().filter(|p| p.takes_part()).map(|p| (Endpoint::pod(&p.namespace, &p.name), families(&p.ips)));
+    let pods = c.pods.iter().enumerate().filter(|(_, p)| p.takes_part()).map(|(id, p)| (Endpoint::Pod(id), families(&p.ips)));
     let nodes = c.nodes.values().map(|n| (Endpoint::Node(n.name.clone()), families(&n.internal_ips)));
     let outside = externals.iter().map(|ip| (Endpoint::Ip(*ip), vec![Family::of(ip)]));
     pods.chain(nodes).chain(outside).collect()
@@ -103,7 +108,7 @@ fn check(dp: &Dataplane, specs: &[ProbeSpec], denied: impl Fn(&ProbeSpec) -> boo
         .iter()
         .zip(&results)
         .filter(|(s, r)| r.allowed == denied(s))
-        .map(|(s, r)| format!("{s}: expected {}, {}", if denied(s) { "deny" } else { "allow" }, r.detail))
+        .map(|(s, r)| format!("{}: expected {}, {}", dp.describe(s), if denied(s) { "deny" } else { "allow" }, r.detail))
         .collect();
     assert!(misses.is_empty(), "{} of {} probes wrong:\n{}", misses.len(), specs.len(), misses.join("\n"));
     let denials = results.iter().filter(|r| !r.allowed).count();
@@ -164,7 +169,7 @@ fn standard_cluster_probes_see_exactly_the_drops() {
     check(&dp, &specs, |_| false);
 
     dp.install(nft_rulesets(&[("node-2", NODE2_RULESET)])).unwrap();
-    let node2_pods = ["x/b", "y/b", "z/b"].map(|p| p.split_once('/').map(|(ns, n)| Endpoint::pod(ns, n)).unwrap());
+    let node2_pods = ["x/b", "y/b", "z/b"].map(|p| endpoint(&cluster, p));
     check(&dp, &specs, |s| {
         if s.from == s.to {
             return false; // never leaves the pod (or node)
@@ -187,7 +192,8 @@ fn dual_stack_probes_each_family() {
     let Some((_serial, cluster, dp)) = setup("dualstack", &externals) else { return };
     let names = dp.netns_names();
     let specs = all_flows(&endpoints(&cluster, &externals), &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp], &[80]);
-    assert!(specs.iter().any(|s| s.family == Family::IPv6 && s.to == Endpoint::pod("y", "a")));
+    let pod = |s| endpoint(&cluster, s);
+    assert!(specs.iter().any(|s| s.family == Family::IPv6 && s.to == pod("y/a")));
     check(&dp, &specs, |_| false);
 
     // IPv6 only: TCP to x/b (node-2), SCTP to x/a (node-1).
@@ -205,7 +211,7 @@ fn dual_stack_probes_each_family() {
         let to = |pod: Endpoint, protocol| s.to == pod && s.protocol == protocol;
         s.from != s.to
             && s.family == Family::IPv6
-            && (to(Endpoint::pod("x", "b"), Protocol::Tcp) || to(Endpoint::pod("x", "a"), Protocol::Sctp))
+            && (to(pod("x/b"), Protocol::Tcp) || to(pod("x/a"), Protocol::Sctp))
     });
     drop(dp);
     assert_removed(&names);
@@ -213,14 +219,14 @@ fn dual_stack_probes_each_family() {
 
 #[test]
 fn specs_naming_what_the_dataplane_lacks_are_errors() {
-    let Some((_serial, _, dp)) = setup("dualstack", &[]) else { return };
+    let Some((_serial, cluster, dp)) = setup("dualstack", &[]) else { return };
     let probe = |from: Endpoint, to: Endpoint, family| {
         let spec = ProbeSpec { from, to, family, protocol: Protocol::Tcp, port: 80 };
         dp.probe_all(&[spec]).map(|_| ()).map_err(|e| e.to_string())
     };
-    let y_b = || Endpoint::pod("y", "b");
+    let y_b = || endpoint(&cluster, "y/b");
     assert_eq!(
-        probe(Endpoint::pod("y", "a"), y_b(), Family::IPv6),
+        probe(endpoint(&cluster, "y/a"), y_b(), Family::IPv6),
         Err("cannot probe y/a -> y/b 80/TCP IPv6: pod y/b has no IPv6 address".into())
     );
     assert_eq!(
@@ -228,8 +234,8 @@ fn specs_naming_what_the_dataplane_lacks_are_errors() {
         Err("cannot probe 192.0.2.10 -> y/b 80/TCP IPv4: 192.0.2.10 is not among the external addresses the dataplane was built with".into())
     );
     assert_eq!(
-        probe(Endpoint::pod("x", "nope"), y_b(), Family::IPv4),
-        Err("cannot probe x/nope -> y/b 80/TCP IPv4: no pod x/nope takes part in the cluster".into())
+        probe(Endpoint::Pod(99), y_b(), Family::IPv4),
+        Err("cannot probe pod #99 -> y/b 80/TCP IPv4: no pod #99 in the cluster".into())
     );
     // A node's address is that node.
     assert_eq!(probe(Endpoint::Ip(ip("172.18.0.3")), y_b(), Family::IPv4), Ok(()));

@@ -16,60 +16,26 @@ pub mod probe;
 pub mod sctp;
 pub mod topology;
 
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+pub use crate::eval::Endpoint;
 use crate::model::{Cluster, Family, Protocol};
 use crate::netns::Netns;
 use topology::{Place, Topology};
 
-/// An endpoint of a flow, as the policy test format names it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Endpoint {
-    /// `ns/name`: a pod that takes part (host-network pods are found in
-    /// their node's namespace).
-    Pod { namespace: String, name: String },
-    /// `node/NAME`: the node's InternalIP.
-    Node(String),
-    /// An IP literal: a node's address means that node; any other must be
-    /// one of the external addresses the dataplane was built with.
-    Ip(IpAddr),
-}
-
-impl Endpoint {
-    pub fn pod(namespace: &str, name: &str) -> Endpoint {
-        Endpoint::Pod { namespace: namespace.to_string(), name: name.to_string() }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
-            Endpoint::Node(name) => write!(f, "node/{name}"),
-            Endpoint::Ip(ip) => write!(f, "{ip}"),
-        }
-    }
-}
-
-/// One flow to try with real packets.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// One flow to try with real packets. Endpoints are the reference
+/// evaluator's, parsed from the test format by [`Endpoint::parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSpec {
     pub from: Endpoint,
     pub to: Endpoint,
     pub family: Family,
     pub protocol: Protocol,
     pub port: u16,
-}
-
-impl fmt::Display for ProbeSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} -> {} {}/{} {}", self.from, self.to, self.port, self.protocol, self.family)
-    }
 }
 
 /// What the packets said.
@@ -162,10 +128,16 @@ impl Dataplane {
     pub fn probe_all(&self, specs: &[ProbeSpec]) -> anyhow::Result<Vec<ProbeResult>> {
         let flows = specs
             .iter()
-            .map(|spec| self.flow(spec).map_err(|e| anyhow::anyhow!("cannot probe {spec}: {e}")))
+            .map(|spec| self.flow(spec).map_err(|e| anyhow::anyhow!("cannot probe {}: {e}", self.describe(spec))))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let _one_at_a_time = self.probing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         probe::run(&flows, &self.options)
+    }
+
+    /// A spec as the test format would write it: `x/a -> node/node-1 80/TCP IPv4`.
+    pub fn describe(&self, spec: &ProbeSpec) -> String {
+        let plan = &self.topology.plan;
+        format!("{} -> {} {}/{} {}", plan.name(&spec.from), plan.name(&spec.to), spec.port, spec.protocol, spec.family)
     }
 
     /// The namespace of a node, for installing or inspecting its ruleset.
@@ -202,7 +174,7 @@ impl Dataplane {
         let specs = self.topology.plan.wiring_checks();
         let results = self.probe_all(&specs)?;
         let broken: Vec<String> =
-            specs.iter().zip(&results).filter(|(_, r)| !r.allowed).map(|(s, r)| format!("{s}: {}", r.detail)).collect();
+            specs.iter().zip(&results).filter(|(_, r)| !r.allowed).map(|(s, r)| format!("{}: {}", self.describe(s), r.detail)).collect();
         if broken.is_empty() {
             Ok(())
         } else {

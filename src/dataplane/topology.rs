@@ -91,7 +91,7 @@ impl NodeInfo {
 /// A pod with a namespace of its own.
 #[derive(Debug, Clone)]
 struct PodNs {
-    endpoint: Endpoint,
+    id: PodId,
     ns: NsId,
     node: String,
     ips: Vec<IpAddr>,
@@ -111,8 +111,10 @@ pub struct Plan {
     nodes: BTreeMap<String, NodeInfo>,
     pod_nss: Vec<PodNs>,
     /// Where every pod that takes part is found (host-network ones in their
-    /// node's namespace), by ns/name.
-    pods: BTreeMap<String, PodPlace>,
+    /// node's namespace).
+    pods: BTreeMap<PodId, PodPlace>,
+    /// Every pod's ns/name, by id, for messages.
+    pod_keys: Vec<String>,
     outside: Vec<IpAddr>,
 }
 
@@ -161,9 +163,9 @@ impl Plan {
             for family in pod.ips.iter().map(Family::of) {
                 let remote = self.nodes.iter().find(|(name, n)| **name != pod.node && n.internal_ip(family).is_some());
                 let node = remote.map_or(&pod.node, |(name, _)| name);
-                specs.push(check(Endpoint::Node(node.clone()), &pod.endpoint, family));
+                specs.push(check(Endpoint::Node(node.clone()), &Endpoint::Pod(pod.id), family));
                 if let Some(ip) = self.outside.iter().find(|ip| Family::of(ip) == family) {
-                    specs.push(check(Endpoint::Ip(*ip), &pod.endpoint, family));
+                    specs.push(check(Endpoint::Ip(*ip), &Endpoint::Pod(pod.id), family));
                 }
             }
         }
@@ -179,13 +181,22 @@ impl Plan {
         specs
     }
 
+    /// An endpoint as the test format writes it.
+    pub fn name(&self, endpoint: &Endpoint) -> String {
+        match endpoint {
+            Endpoint::Pod(id) => self.pod_keys.get(*id).cloned().unwrap_or_else(|| format!("pod #{id}")),
+            Endpoint::Node(name) => format!("node/{name}"),
+            Endpoint::Ip(ip) => ip.to_string(),
+        }
+    }
+
     /// The namespace and address an endpoint uses in `family`.
     pub fn locate(&self, endpoint: &Endpoint, family: Family) -> Result<Place, String> {
         let in_family = |ips: &[IpAddr]| ips.iter().copied().find(|ip| Family::of(ip) == family);
         match endpoint {
-            Endpoint::Pod { namespace, name } => {
-                let key = format!("{namespace}/{name}");
-                let pod = self.pods.get(&key).ok_or_else(|| format!("no pod {key} takes part in the cluster"))?;
+            Endpoint::Pod(id) => {
+                let key = self.pod_keys.get(*id).ok_or_else(|| format!("no pod #{id} in the cluster"))?;
+                let pod = self.pods.get(id).ok_or_else(|| format!("pod {key} takes no part in the cluster"))?;
                 let ip = in_family(&pod.ips).ok_or_else(|| format!("pod {key} has no {family} address"))?;
                 Ok(Place { ns: pod.ns, ip })
             }
@@ -247,7 +258,7 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
                     node.addrs.push(*ip);
                 }
             }
-            pods.insert(key, PodPlace { ns: node.ns, ips: pod.ips.clone() });
+            pods.insert(id, PodPlace { ns: node.ns, ips: pod.ips.clone() });
             continue;
         }
         for ip in &pod.ips {
@@ -263,8 +274,8 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
             }
         }
         let ns = roles.len();
-        pods.insert(key, PodPlace { ns, ips: pod.ips.clone() });
-        pod_nss.push(PodNs { endpoint: Endpoint::pod(&pod.namespace, &pod.name), ns, node: node_name.to_string(), ips: pod.ips.clone() });
+        pods.insert(id, PodPlace { ns, ips: pod.ips.clone() });
+        pod_nss.push(PodNs { id, ns, node: node_name.to_string(), ips: pod.ips.clone() });
         roles.push(Role::Pod(id));
     }
     for (name, node) in &nodes {
@@ -297,6 +308,7 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
         nodes,
         pod_nss,
         pods,
+        pod_keys: cluster.pods.iter().map(|p| p.key()).collect(),
         outside,
     };
     wire(&mut plan);
@@ -632,24 +644,27 @@ link add name eth0 netns ns4 type veth peer name p1 netns ns2
 
     #[test]
     fn endpoints_are_located() {
-        let pods = [pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""), pod("host", "n2", &["172.18.0.3"], ", hostNetwork: true")];
+        let done = pod("done", "n1", &["10.0.1.6"], "").replace("Running", "Succeeded");
+        let pods = [pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""), done, pod("host", "n2", &["172.18.0.3"], ", hostNetwork: true")];
         let plan = plan_of(&pods, &["192.0.2.10"]).unwrap();
         let check = |endpoint: Endpoint, family, expected: Result<(NsId, &str), &str>| {
             let got = plan.locate(&endpoint, family);
             let expected = expected.map(|(ns, ip)| Place { ns, ip: ip.parse().unwrap() }).map_err(str::to_string);
-            assert_eq!(got, expected, "{endpoint} {family}");
+            assert_eq!(got, expected, "{} {family}", plan.name(&endpoint));
         };
         let ip = |s: &str| Endpoint::Ip(s.parse().unwrap());
-        check(Endpoint::pod("x", "a"), Family::IPv6, Ok((3, "fd00:1::5")));
-        check(Endpoint::pod("x", "host"), Family::IPv4, Ok((2, "172.18.0.3")));
+        // Pods in name order: a, done, host.
+        check(Endpoint::Pod(0), Family::IPv6, Ok((3, "fd00:1::5")));
+        check(Endpoint::Pod(2), Family::IPv4, Ok((2, "172.18.0.3")));
         check(Endpoint::Node("n1".into()), Family::IPv6, Ok((1, "fd00:18::2")));
         check(ip("172.18.0.3"), Family::IPv4, Ok((2, "172.18.0.3")));
         check(ip("192.0.2.10"), Family::IPv4, Ok((4, "192.0.2.10")));
         check(Endpoint::Node("n2".into()), Family::IPv6, Err("node n2 has no IPv6 InternalIP"));
-        check(Endpoint::pod("x", "host"), Family::IPv6, Err("pod x/host has no IPv6 address"));
+        check(Endpoint::Pod(2), Family::IPv6, Err("pod x/host has no IPv6 address"));
         check(ip("192.0.2.10"), Family::IPv6, Err("192.0.2.10 is not an IPv6 address"));
         check(ip("192.0.2.11"), Family::IPv4, Err("192.0.2.11 is not among the external addresses the dataplane was built with"));
-        check(Endpoint::pod("y", "a"), Family::IPv4, Err("no pod y/a takes part in the cluster"));
+        check(Endpoint::Pod(1), Family::IPv4, Err("pod x/done takes no part in the cluster"));
+        check(Endpoint::Pod(3), Family::IPv4, Err("no pod #3 in the cluster"));
     }
 
     #[test]
@@ -672,7 +687,8 @@ link add name eth0 netns ns4 type veth peer name p1 netns ns2
     fn wiring_checks_cross_the_fabric() {
         let pods = [pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""), pod("b", "n2", &["10.0.2.5"], "")];
         let plan = plan_of(&pods, &["192.0.2.10"]).unwrap();
-        let specs: Vec<String> = plan.wiring_checks().iter().map(ToString::to_string).collect();
+        let name = |s: &ProbeSpec| format!("{} -> {} {}/{} {}", plan.name(&s.from), plan.name(&s.to), s.port, s.protocol, s.family);
+        let specs: Vec<String> = plan.wiring_checks().iter().map(name).collect();
         assert_eq!(
             specs,
             [
