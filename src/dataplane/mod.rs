@@ -12,6 +12,7 @@
 //! Invariant: nothing here touches the host namespace's links, addresses,
 //! routes or ruleset; the install step runs inside node namespaces only.
 
+pub mod backend;
 pub mod probe;
 pub mod sctp;
 pub mod topology;
@@ -25,6 +26,7 @@ use anyhow::Context;
 pub use crate::eval::Endpoint;
 use crate::model::{Cluster, Family, Protocol};
 use crate::netns::Netns;
+pub use backend::DataplaneBackend;
 use topology::{Place, Topology};
 
 /// One flow to try with real packets. Endpoints are the reference
