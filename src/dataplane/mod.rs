@@ -70,12 +70,17 @@ impl Default for ProbeOptions {
     }
 }
 
+/// How long the wiring check may wait for links to come up.
+pub const WIRING_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Where the time of [`Dataplane::build`] went.
 #[derive(Debug, Clone, Default)]
 pub struct BuildTimings {
     pub namespaces: usize,
     pub topology: Duration,
     pub self_check: Duration,
+    /// Rounds of the wiring check until every link carried traffic.
+    pub self_check_rounds: u32,
     pub install: Duration,
 }
 
@@ -128,12 +133,16 @@ impl Dataplane {
     /// `Err`: a spec names what the dataplane does not have, or probing
     /// itself failed; never a verdict.
     pub fn probe_all(&self, specs: &[ProbeSpec]) -> anyhow::Result<Vec<ProbeResult>> {
+        self.probe_with(specs, &self.options)
+    }
+
+    fn probe_with(&self, specs: &[ProbeSpec], options: &ProbeOptions) -> anyhow::Result<Vec<ProbeResult>> {
         let flows = specs
             .iter()
             .map(|spec| self.flow(spec).map_err(|e| anyhow::anyhow!("cannot probe {}: {e}", self.describe(spec))))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let _one_at_a_time = self.probing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        probe::run(&flows, &self.options)
+        probe::run(&flows, options)
     }
 
     /// A spec as the test format would write it: `x/a -> node/node-1 80/TCP IPv4`.
@@ -171,19 +180,34 @@ impl Dataplane {
 
     /// Before any ruleset: every pod answers a node other than its own (or
     /// its own, with one node) and the outside, and each node answers the
-    /// next one, in every family they share. Exercises every route.
-    fn self_check(&self) -> anyhow::Result<()> {
-        let specs = self.topology.plan.wiring_checks();
-        let results = self.probe_all(&specs)?;
-        let broken: Vec<String> =
-            specs.iter().zip(&results).filter(|(_, r)| !r.allowed).map(|(s, r)| format!("{}: {}", self.describe(s), r.detail)).collect();
-        if broken.is_empty() {
-            Ok(())
-        } else {
-            anyhow::bail!(
-                "the dataplane's wiring is broken before any ruleset was installed (a netfence bug):\n  {}",
-                broken.join("\n  ")
-            )
+    /// next one, in every family they share. Exercises every link and route.
+    ///
+    /// Links come up asynchronously: the kernel applies a veth's carrier
+    /// change to a bridge port later, under load up to a second later, and a
+    /// neighbour lookup that went unanswered meanwhile is retried on its own
+    /// clock. So failing checks are retried, quickly, until
+    /// [`WIRING_DEADLINE`]; what still fails then is a wiring fault.
+    fn self_check(&mut self) -> anyhow::Result<()> {
+        let quick = ProbeOptions { timeout: Duration::from_millis(200), attempts: 1, ..self.options.clone() };
+        let deadline = Instant::now() + WIRING_DEADLINE;
+        let mut pending = self.topology.plan.wiring_checks();
+        loop {
+            self.timings.self_check_rounds += 1;
+            let results = self.probe_with(&pending, &quick)?;
+            let failed: Vec<(ProbeSpec, ProbeResult)> =
+                pending.into_iter().zip(results).filter(|(_, r)| !r.allowed).collect();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let failed: Vec<String> = failed.iter().map(|(s, r)| format!("{}: {}", self.describe(s), r.detail)).collect();
+                anyhow::bail!(
+                    "the dataplane's wiring is broken before any ruleset was installed (a netfence bug):\n  {}",
+                    failed.join("\n  ")
+                )
+            }
+            pending = failed.into_iter().map(|(s, _)| s).collect();
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
