@@ -32,7 +32,7 @@ fn main() {
     }
     println!("standard cluster + outside (13 namespaces), {RUNS} runs:");
     report("  namespaces, veths, addresses, routes", &mut topology);
-    report("  wiring self-check (22 TCP probes)", &mut check);
+    report("  wiring check (20 TCP probes)", &mut check);
     report("  build in all", &mut build);
     report("  teardown (drop)", &mut teardown);
 
