@@ -59,7 +59,8 @@ fn main() {
     report("  9x9 table x TCP, UDP, SCTP (243 probes)", &mut time(&dp, &table(&Protocol::ALL)));
 
     let drop_all = "table inet bench {\n chain forward {\n type filter hook forward priority 0; policy drop;\n }\n}\n";
-    dp.install(|_, ns| load(ns, drop_all)).unwrap();
+    drop(dp);
+    let dp = Dataplane::build(&cluster, &[], |_, ns| load(ns, drop_all)).unwrap();
     let cross: Vec<ProbeSpec> =
         table(&[Protocol::Tcp]).into_iter().filter(|s| s.from != s.to).collect();
     println!("probes, all denied by a forward policy drop ({} ms x {} attempts each):", dp.options.timeout.as_millis(), dp.options.attempts);

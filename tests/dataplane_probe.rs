@@ -30,16 +30,13 @@ fn privileged() -> bool {
     }
 }
 
-/// A dataplane for a fixture cluster with no ruleset, and the lock that
-/// keeps it the only one; `None` (with a notice) without root.
-fn setup(name: &str, externals: &[IpAddr]) -> Option<(MutexGuard<'static, ()>, Cluster, Dataplane)> {
+/// A fixture cluster, and the lock that keeps the test's dataplanes the
+/// only ones; `None` (with a notice) without root.
+fn setup(name: &str) -> Option<(MutexGuard<'static, ()>, Cluster)> {
     if !privileged() {
         return None;
     }
-    let serial = serial();
-    let cluster = fixture(name);
-    let dp = Dataplane::build(&cluster, externals, no_ruleset).unwrap();
-    Some((serial, cluster, dp))
+    Some((serial(), fixture(name)))
 }
 
 fn fixture(name: &str) -> Cluster {
@@ -156,19 +153,23 @@ table inet probe_test {
 
 #[test]
 fn standard_cluster_probes_see_exactly_the_drops() {
+    let Some((_serial, cluster)) = setup("standard") else { return };
     let externals = [ip("192.0.2.10")];
-    let Some((_serial, cluster, dp)) = setup("standard", &externals) else { return };
-    let names = dp.netns_names();
-    eprintln!("built {} namespaces: {:?}", names.len(), dp.timings);
     let specs = all_flows(
         &endpoints(&cluster, &externals),
         &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
         &[80, 81],
     );
     assert_eq!(specs.len(), 12 * 12 * 3 * 2);
-    check(&dp, &specs, |_| false);
+    let open = Dataplane::build(&cluster, &externals, no_ruleset).unwrap();
+    eprintln!("built {} namespaces: {:?}", open.netns_names().len(), open.timings);
+    check(&open, &specs, |_| false);
+    let mut names = open.netns_names();
+    drop(open);
 
-    dp.install(nft_rulesets(&[("node-2", NODE2_RULESET)])).unwrap();
+    // A fresh dataplane: conntrack would remember the open one's flows.
+    let dp = Dataplane::build(&cluster, &externals, nft_rulesets(&[("node-2", NODE2_RULESET)])).unwrap();
+    names.extend(dp.netns_names());
     let node2_pods = ["x/b", "y/b", "z/b"].map(|p| endpoint(&cluster, p));
     check(&dp, &specs, |s| {
         if s.from == s.to {
@@ -188,13 +189,15 @@ fn standard_cluster_probes_see_exactly_the_drops() {
 
 #[test]
 fn dual_stack_probes_each_family() {
+    let Some((_serial, cluster)) = setup("dualstack") else { return };
     let externals = [ip("192.0.2.10"), ip("2001:db8::7")];
-    let Some((_serial, cluster, dp)) = setup("dualstack", &externals) else { return };
-    let names = dp.netns_names();
     let specs = all_flows(&endpoints(&cluster, &externals), &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp], &[80]);
     let pod = |s| endpoint(&cluster, s);
     assert!(specs.iter().any(|s| s.family == Family::IPv6 && s.to == pod("y/a")));
-    check(&dp, &specs, |_| false);
+    let open = Dataplane::build(&cluster, &externals, no_ruleset).unwrap();
+    check(&open, &specs, |_| false);
+    let mut names = open.netns_names();
+    drop(open);
 
     // IPv6 only: TCP to x/b (node-2), SCTP to x/a (node-1).
     let drop_v6 = |daddr: &str, proto: &str| {
@@ -206,7 +209,8 @@ fn dual_stack_probes_each_family() {
         )
     };
     let (node1, node2) = (drop_v6("fd00:10:244:1::11", "sctp"), drop_v6("fd00:10:244:2::11", "tcp"));
-    dp.install(nft_rulesets(&[("node-1", &node1), ("node-2", &node2)])).unwrap();
+    let dp = Dataplane::build(&cluster, &externals, nft_rulesets(&[("node-1", &node1), ("node-2", &node2)])).unwrap();
+    names.extend(dp.netns_names());
     check(&dp, &specs, |s| {
         let to = |pod: Endpoint, protocol| s.to == pod && s.protocol == protocol;
         s.from != s.to
@@ -219,7 +223,8 @@ fn dual_stack_probes_each_family() {
 
 #[test]
 fn specs_naming_what_the_dataplane_lacks_are_errors() {
-    let Some((_serial, cluster, dp)) = setup("dualstack", &[]) else { return };
+    let Some((_serial, cluster)) = setup("dualstack") else { return };
+    let dp = Dataplane::build(&cluster, &[], no_ruleset).unwrap();
     let probe = |from: Endpoint, to: Endpoint, family| {
         let spec = ProbeSpec { from, to, family, protocol: Protocol::Tcp, port: 80 };
         dp.probe_all(&[spec]).map(|_| ()).map_err(|e| e.to_string())
@@ -243,11 +248,7 @@ fn specs_naming_what_the_dataplane_lacks_are_errors() {
 
 #[test]
 fn namespaces_are_removed_when_a_test_panics_midway() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let cluster = fixture("standard");
+    let Some((_serial, cluster)) = setup("standard") else { return };
     let names = Mutex::new(Vec::new());
     eprintln!("a panic message follows: it is the point of this test");
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {

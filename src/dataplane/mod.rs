@@ -117,9 +117,10 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// Call `install` for every node's namespace, in node name order. The
-    /// caller replaces whatever an earlier install left.
-    pub fn install<F>(&self, mut install: F) -> anyhow::Result<()>
+    /// Call `install` for every node's namespace, in node name order. Only
+    /// once, before any probe: conntrack would let flows probed under an
+    /// earlier ruleset pass as established under a later one.
+    fn install<F>(&self, mut install: F) -> anyhow::Result<()>
     where
         F: FnMut(&str, &Netns) -> anyhow::Result<()>,
     {
