@@ -8,6 +8,7 @@
 //! the run, whatever the expectation said.
 
 pub mod format;
+pub mod interp;
 
 use std::path::{Path, PathBuf};
 
