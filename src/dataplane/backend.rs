@@ -35,7 +35,7 @@ impl<F: Install> Backend for DataplaneBackend<F> {
         "dataplane"
     }
 
-    fn verdicts(&mut self, test: &PolicyTest, ir: &Ir, checks: &[Check]) -> anyhow::Result<Vec<bool>> {
+    fn verdicts(&mut self, test: &PolicyTest, ir: &Ir, checks: &[Check]) -> anyhow::Result<Vec<Result<bool, String>>> {
         let cluster = &test.cluster;
         let externals: Vec<IpAddr> = checks
             .iter()
@@ -58,6 +58,27 @@ impl<F: Install> Backend for DataplaneBackend<F> {
                 port: c.flow.port,
             })
             .collect();
-        Ok(dp.probe_all(&specs)?.into_iter().map(|r| r.allowed).collect())
+        // An outside host cannot hold an address of a node's pod CIDR: the
+        // node owns the route, and its program drops traffic to addresses
+        // there that no programmed pod has (fail closed). Such checks are
+        // reported as not judged rather than probed into a false verdict.
+        let in_pod_cidr = |e: &Endpoint| match e {
+            Endpoint::Ip(ip) => cluster.nodes.values().find(|n| n.pod_cidrs.iter().any(|c| c.contains(ip))).map(|n| (*ip, n.name.clone())),
+            _ => None,
+        };
+        let mut out: Vec<Option<Result<bool, String>>> = specs
+            .iter()
+            .map(|s| {
+                in_pod_cidr(&s.from).or_else(|| in_pod_cidr(&s.to)).map(|(ip, node)| {
+                    Err(format!("{ip} is inside node {node}'s pod CIDR, where no outside host can be; unprogrammed pod addresses there are dropped (fail closed)"))
+                })
+            })
+            .collect();
+        let probe: Vec<ProbeSpec> = specs.iter().zip(&out).filter(|(_, o)| o.is_none()).map(|(s, _)| s.clone()).collect();
+        let mut results = dp.probe_all(&probe)?.into_iter();
+        for o in out.iter_mut().filter(|o| o.is_none()) {
+            *o = results.next().map(|r| Ok(r.allowed));
+        }
+        Ok(out.into_iter().map(|o| o.unwrap_or_else(|| Err("not probed".into()))).collect())
     }
 }

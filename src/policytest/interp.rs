@@ -20,7 +20,7 @@ impl Backend for InterpBackend {
         "nft-interp"
     }
 
-    fn verdicts(&mut self, test: &PolicyTest, ir: &Ir, checks: &[Check]) -> anyhow::Result<Vec<bool>> {
+    fn verdicts(&mut self, test: &PolicyTest, ir: &Ir, checks: &[Check]) -> anyhow::Result<Vec<Result<bool, String>>> {
         let programs: BTreeMap<String, Program> = compile_all(&test.cluster, ir);
         for (node, p) in &programs {
             p.validate().map_err(|e| anyhow::anyhow!("the program of node {node} is invalid: {e}"))?;
@@ -29,7 +29,7 @@ impl Backend for InterpBackend {
             .iter()
             .map(|ch| {
                 interp::flow_verdict(&test.cluster, &|n| programs.get(n), &ch.flow, ch.family)
-                    .map(|t| t.allowed)
+                    .map(|t| Ok(t.allowed))
                     .ok_or_else(|| anyhow::anyhow!("line {}: no {} address", ch.line, ch.family))
             })
             .collect()
