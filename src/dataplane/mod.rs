@@ -137,7 +137,10 @@ impl Dataplane {
         self.probe_with(specs, &self.options)
     }
 
-    fn probe_with(&self, specs: &[ProbeSpec], options: &ProbeOptions) -> anyhow::Result<Vec<ProbeResult>> {
+    /// [`Dataplane::probe_all`] with other options: e.g. one quick attempt
+    /// when polling for a change, where a late answer must not hide when it
+    /// happened.
+    pub fn probe_with(&self, specs: &[ProbeSpec], options: &ProbeOptions) -> anyhow::Result<Vec<ProbeResult>> {
         let flows = specs
             .iter()
             .map(|spec| self.flow(spec).map_err(|e| anyhow::anyhow!("cannot probe {}: {e}", self.describe(spec))))
