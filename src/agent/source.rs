@@ -102,25 +102,21 @@ async fn watch<K: Watched>(api: Api<K>, store: Store, metrics: Arc<Metrics>) {
     }
 }
 
-/// What a folder looked like: every file's path, size and mtime.
+/// What a folder looked like: the path, size and mtime of every file the
+/// loader would read (so an editor's or an atomic writer's temporary file
+/// causes no reload; a ConfigMap update changes what the visible symlinks
+/// resolve to, which the followed metadata shows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
 
-fn fingerprint(dir: &Path) -> std::io::Result<Fingerprint> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let meta = std::fs::metadata(&d)?;
-        if !meta.is_dir() {
-            files.push((d, meta.len(), meta.modified().ok()));
-            continue;
-        }
-        for entry in std::fs::read_dir(&d)? {
-            stack.push(entry?.path());
-        }
+fn fingerprint(dir: &Path) -> Option<Fingerprint> {
+    let files = crate::model::load::manifest_files(dir).ok()?;
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let meta = std::fs::metadata(&f).ok()?;
+        out.push((f, meta.len(), meta.modified().ok()));
     }
-    files.sort();
-    Ok(Fingerprint(files))
+    Some(Fingerprint(out))
 }
 
 fn load(dir: &Path) -> Result<(Cluster, Vec<String>), crate::model::LoadError> {
@@ -144,10 +140,10 @@ async fn poll_folder(dir: PathBuf, interval: Duration, store: Store, metrics: Ar
         let seen = last.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let fp = fingerprint(&d);
-            if matches!((&fp, &seen), (Ok(a), Some(b)) if a == b) {
+            if fp.is_some() && fp == seen {
                 return None;
             }
-            Some((fp.ok(), load(&d)))
+            Some((fp, load(&d)))
         })
         .await;
         let Ok(Some((fp, loaded))) = outcome else { continue };
@@ -192,20 +188,26 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_sees_edits_additions_and_removals() {
+    fn fingerprint_sees_edits_additions_and_removals_of_manifests() {
         let dir = tempfile::tempdir().unwrap();
+        let fp = || fingerprint(dir.path()).unwrap();
         let f = dir.path().join("a.yaml");
         std::fs::write(&f, "x").unwrap();
-        let a = fingerprint(dir.path()).unwrap();
-        assert_eq!(a, fingerprint(dir.path()).unwrap());
+        let a = fp();
+        assert_eq!(a, fp());
         std::fs::write(&f, "xy").unwrap();
-        let b = fingerprint(dir.path()).unwrap();
+        let b = fp();
         assert_ne!(a, b);
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/b.yaml"), "").unwrap();
-        let c = fingerprint(dir.path()).unwrap();
+        let c = fp();
         assert_ne!(b, c);
+        // Files the loader skips change nothing.
+        std::fs::write(dir.path().join(".a.yaml.tmp"), "half").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "").unwrap();
+        assert_eq!(c, fp());
         std::fs::remove_file(&f).unwrap();
-        assert_eq!(fingerprint(dir.path()).unwrap().0.len(), 1);
+        assert_eq!(fp().0.len(), 1);
+        assert_eq!(fingerprint(&dir.path().join("missing")), None);
     }
 }

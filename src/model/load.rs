@@ -171,7 +171,13 @@ fn field_error(file: &str, doc: &Doc, e: convert::FieldError) -> LoadError {
     LoadError::at(file, doc, &e.path, e.message)
 }
 
-fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+/// The files a path stands for: itself, or the manifests (*.yaml, *.yml,
+/// *.json) below a folder, sorted. Hidden entries below a folder are
+/// skipped: a ConfigMap mounted as a volume holds every file three times
+/// (`x.yaml -> ..data/x.yaml`, `..data -> ..<timestamp>`, and the
+/// timestamped folder, two of them during an update), and editors and
+/// atomic writers keep their temporaries there.
+pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| LoadError::new(&path.display().to_string(), None, "", format!("cannot read: {e}")))?;
     if !meta.is_dir() {
@@ -183,6 +189,9 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| LoadError::new(&dir.display().to_string(), None, "", format!("cannot read folder: {e}")))?;
         for entry in entries.flatten() {
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
@@ -203,6 +212,28 @@ mod tests {
         let mut b = ClusterBuilder::new();
         b.add_text("snap.yaml", text)?;
         Ok(b.finish().0)
+    }
+
+    #[test]
+    fn a_mounted_configmap_is_read_once_through_its_visible_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pod = |ip: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: x}}\nstatus: {{podIP: {ip}}}\n");
+        // The kubelet's atomic writer mid-update: the old and the new
+        // timestamped folders both exist, `..data` already points to the new.
+        for (ts, ip) in [("..2024_01_01_00_00_00.1", "10.0.0.1"), ("..2024_01_02_00_00_00.2", "10.0.0.2")] {
+            std::fs::create_dir(d.join(ts)).unwrap();
+            std::fs::write(d.join(ts).join("pods.yaml"), pod(ip)).unwrap();
+        }
+        std::os::unix::fs::symlink("..2024_01_02_00_00_00.2", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/pods.yaml", d.join("pods.yaml")).unwrap();
+        std::fs::write(d.join(".pods.yaml.swp"), "not yaml: [").unwrap();
+        assert_eq!(manifest_files(d).unwrap(), vec![d.join("pods.yaml")]);
+        let c = load_paths(&[d]).unwrap().0;
+        assert_eq!(c.pods.len(), 1);
+        assert_eq!(c.pods[0].ips, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
+        // A hidden file named on its own is still read.
+        assert_eq!(manifest_files(&d.join("..data/pods.yaml")).unwrap().len(), 1);
     }
 
     #[test]
