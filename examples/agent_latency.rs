@@ -131,6 +131,9 @@ fn measure(pods: usize, runs: usize, poll: &str) -> anyhow::Result<()> {
         anyhow::ensure!(agent.metric("netfence_ruleset_elements")? == elements, "the pod delete left elements");
         let port = if run % 2 == 0 { 8081 } else { 8080 };
         policy.push(agent.event(|| write(folder.path(), "policies-000.yaml", &policies(0, port)))?);
+        if run % 10 == 9 {
+            println!("memory after {} events: {}", 3 * (run + 1), agent.memory()?);
+        }
     }
     anyhow::ensure!(agent.metric("netfence_apply_failures_total{mode=\"delta\"}")? == 0.0, "a delta failed; see the log");
     println!("\n{runs} runs each; milliseconds, min / median / p99 (nearest rank)");

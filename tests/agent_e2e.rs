@@ -498,34 +498,46 @@ fn killing_and_restarting_the_agents_never_changes_a_verdict() {
     let expected: Vec<bool> = cases.iter().map(|c| c.2).collect();
     s.check(&cases);
 
+    // Rounds of probes (each ~0.8 s: denied flows wait out their attempts)
+    // run throughout; the main thread paces itself on completed rounds.
     let stop = AtomicBool::new(false);
-    let (rounds, killed, ready) = std::thread::scope(|scope| {
-        let probing = scope.spawn(|| {
-            let mut rounds = Vec::new();
+    let rounds: Mutex<Vec<(Instant, Vec<bool>)>> = Mutex::new(Vec::new());
+    let done_since = |t: Instant| rounds.lock().unwrap().iter().filter(|(sent, _)| *sent >= t).count();
+    let wait_rounds = |t: Instant, n: usize| {
+        let start = Instant::now();
+        while done_since(t) < n {
+            assert!(start.elapsed() < BOUND * 2, "the probe rounds stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (killed, ready) = std::thread::scope(|scope| {
+        scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                rounds.push((sent, s.allowed(&flows)));
+                let got = s.allowed(&flows);
+                rounds.lock().unwrap().push((sent, got));
             }
-            rounds
         });
-        std::thread::sleep(Duration::from_millis(1000));
+        let started = Instant::now();
+        wait_rounds(started, 1);
         let killed = Instant::now();
         for a in &mut agents {
             a.child.kill().unwrap(); // SIGKILL: no chance to clean up
             a.child.wait().unwrap();
         }
         // A while with no agent at all: the rules stay in the kernel.
-        std::thread::sleep(Duration::from_millis(1500));
+        wait_rounds(killed, 1);
         agents = [s.agent("node-1", None), s.agent("node-2", None)];
         for a in &agents {
             a.wait_ready();
         }
         let ready = Instant::now();
-        std::thread::sleep(Duration::from_millis(1000));
+        wait_rounds(ready, 2);
         stop.store(true, Ordering::Relaxed);
-        (probing.join().unwrap(), killed, ready)
+        (killed, ready)
     });
 
+    let rounds = rounds.into_inner().unwrap();
     let wrong: Vec<String> = rounds
         .iter()
         .filter(|(_, got)| *got != expected)
@@ -533,9 +545,8 @@ fn killing_and_restarting_the_agents_never_changes_a_verdict() {
         .collect();
     assert!(wrong.is_empty(), "expected {expected:?} in every round:\n{wrong:#?}");
     let during = rounds.iter().filter(|(sent, _)| *sent >= killed && *sent <= ready).count();
-    let after = rounds.iter().filter(|(sent, _)| *sent > ready).count();
-    eprintln!("{} probe rounds, {during} between the kill and ready again ({:?}), {after} after", rounds.len(), ready - killed);
-    assert!(during >= 1 && after >= 1, "{during} rounds while restarting, {after} after");
+    eprintln!("{} probe rounds, {during} sent between the kill and ready again ({:?})", rounds.len(), ready - killed);
+    assert!(during >= 1);
 
     // The restart adopted the table: one full sync, and ours is the only table.
     for a in &agents {
