@@ -30,12 +30,11 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use netfence::agent::http;
 use netfence::netns::{self, Netns};
 
 const METRICS: &str = "127.0.0.1:9964";
@@ -200,18 +199,8 @@ impl<'a> Agent<'a> {
     }
 
     fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        self.ns.run(|| {
-            let addr: SocketAddr = METRICS.parse().expect("a socket address");
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {METRICS}\r\n\r\n").as_bytes())?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            let bad = || std::io::Error::other(format!("not an HTTP response: {text:?}"));
-            let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).ok_or_else(bad)?;
-            Ok((status, body))
-        })?
+        let addr = METRICS.parse().expect("a socket address");
+        self.ns.run(|| http::get_text_blocking(addr, path, Duration::from_secs(5)))?
     }
 
     /// A sample of /metrics; 0 when absent.

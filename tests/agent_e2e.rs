@@ -8,8 +8,6 @@
 //! Needs root; without it each test prints why it skipped. An agent's log
 //! is printed when its test fails, or always with `NETFENCE_E2E_LOGS=1`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -17,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use netfence::agent::http;
 use netfence::dataplane::{Dataplane, Endpoint, ProbeOptions, ProbeSpec};
 use netfence::eval::{self, Flow};
 use netfence::model::{load_paths, Cluster, Family, Protocol};
@@ -277,18 +276,7 @@ impl<'a> Agent<'a> {
 
     /// `GET path` on the agent's server, from inside its namespace.
     fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        self.ns.run(|| {
-            let addr: SocketAddr = METRICS.parse().unwrap();
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {METRICS}\r\n\r\n").as_bytes())?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            let bad = || std::io::Error::other(format!("not an HTTP response: {text:?}"));
-            let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).ok_or_else(bad)?;
-            Ok((status, body))
-        })?
+        self.ns.run(|| http::get_text_blocking(METRICS.parse().unwrap(), path, Duration::from_secs(2)))?
     }
 
     fn status(&self, path: &str) -> Option<u16> {

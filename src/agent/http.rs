@@ -53,10 +53,32 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
 pub async fn get_text(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    s.write_all(request(addr, path).as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
+    response(&buf)
+}
+
+/// [`get_text`] without a runtime, each step bounded by `timeout`: for a
+/// thread inside another network namespace, where the agent under test
+/// serves on its own loopback.
+pub fn get_text_blocking(addr: SocketAddr, path: &str, timeout: std::time::Duration) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(request(addr, path).as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    response(&buf)
+}
+
+fn request(addr: SocketAddr, path: &str) -> String {
+    format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+}
+
+fn response(buf: &[u8]) -> std::io::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(buf);
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {text:?}"));
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).ok_or_else(bad)?;
@@ -83,6 +105,8 @@ mod tests {
         check("/readyz", 200, "ready").await;
         check("/metrics", 200, "netfence_ready 1").await;
         check("/nope", 404, "").await;
+        let blocking = tokio::task::spawn_blocking(move || get_text_blocking(addr, "/readyz", std::time::Duration::from_secs(2)));
+        assert_eq!(blocking.await.unwrap().unwrap(), (200, "ready\n".to_string()));
         task.abort();
     }
 }
