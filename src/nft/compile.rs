@@ -91,7 +91,7 @@ pub const EGRESS: Base = Base { name: "egress", dir: Direction::Egress, hook: Ho
 pub const EGRESS_LOCAL: Base = Base { name: "egress_local", dir: Direction::Egress, hook: Hook::Input, priority: 110 };
 /// Ingress to local pods: after egress on the same hook, before SNAT.
 pub const INGRESS: Base = Base { name: "ingress", dir: Direction::Ingress, hook: Hook::Postrouting, priority: priority::SRCNAT - 5 };
-/// Every base chain, in the order their maps and chains are compiled.
+/// Every base chain.
 pub const BASES: [Base; 3] = [INGRESS, EGRESS, EGRESS_LOCAL];
 
 /// `p` without its fail-closed rules: what the policies alone decide. The
