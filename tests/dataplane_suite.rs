@@ -28,5 +28,6 @@ fn conformance_suite_passes_on_real_packets() {
     // we accept: an "outside" address inside a node's pod CIDR.
     let notes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("note ")).collect();
     assert!(notes.iter().all(|l| l.contains("pod CIDR")), "{notes:#?}");
-    assert!(notes.len() <= 12, "{} unjudged checks:\n{stdout}", notes.len());
+    // Nine checks of the suite, each unjudged by both enforcing engines.
+    assert!(notes.len() <= 18, "{} unjudged checks:\n{stdout}", notes.len());
 }

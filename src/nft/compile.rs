@@ -94,17 +94,6 @@ pub const INGRESS: Base = Base { name: "ingress", dir: Direction::Ingress, hook:
 /// Every base chain.
 pub const BASES: [Base; 3] = [INGRESS, EGRESS, EGRESS_LOCAL];
 
-/// `p` without its fail-closed rules: what the policies alone decide. The
-/// base chains drop nothing else (a policy's drops live in group chains),
-/// so these are exactly the base chains' drop rules.
-pub fn without_fail_closed(p: &Program) -> Program {
-    let mut p = p.clone();
-    for c in p.chains.values_mut().filter(|c| c.base.is_some()) {
-        c.rules.retain(|r| r.action != Action::Verdict(Verdict::Drop));
-    }
-    p
-}
-
 /// The node a pod runs on; `""` for a pod without `spec.nodeName` (a
 /// hand-written snapshot may leave it out): such pods share one pseudo-node,
 /// so their policies are still compiled and can be checked.
@@ -513,16 +502,6 @@ ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fa
         assert!(p.maps["ingress4"].elements.values().all(|v| *v == Verdict::Accept));
         assert_eq!(p.maps.len(), 4, "the egress maps are shared by both egress hooks");
         assert_eq!(p.chains.len(), 3);
-    }
-
-    #[test]
-    fn without_fail_closed_removes_exactly_the_fail_closed_rules() {
-        let p = node1(&np("x", "deny", "{podSelector: {}, policyTypes: [Ingress, Egress]}"));
-        let open = without_fail_closed(&p);
-        let fail_closed = |p: &Program| p.chains.values().flat_map(|c| &c.rules).filter(|r| r.comment.as_ref().is_some_and(|c| c.contains("fail closed"))).count();
-        assert_eq!(fail_closed(&p), 3);
-        assert_eq!(fail_closed(&open), 0);
-        assert_eq!(open.rule_count(), p.rule_count() - 3, "the policies' own drops stay");
     }
 
     /// Where each direction is judged, and in which order on a shared hook.
