@@ -105,9 +105,9 @@ struct PeerKey {
     pods: Option<Selector>,
 }
 
-fn resolve_peer(
-    cluster: &Cluster,
-    index: &Index,
+fn resolve_peer<'a>(
+    cluster: &'a Cluster,
+    index: &Index<'a>,
     cache: &mut HashMap<PeerKey, Arc<Vec<PodId>>>,
     policy_ns: &str,
     peer: &Peer,
@@ -125,11 +125,10 @@ fn resolve_peer(
                 let pod_sel = k.pods.as_ref().unwrap_or(&all);
                 let mut ids = match (&k.own_namespace, &k.namespaces) {
                     (Some(ns), _) => index.select(cluster, ns, pod_sel),
-                    (None, Some(ns_sel)) => cluster
-                        .namespaces
-                        .values()
-                        .filter(|n| ns_sel.matches(&n.labels))
-                        .flat_map(|n| index.select(cluster, &n.name, pod_sel))
+                    (None, Some(ns_sel)) => index
+                        .namespaces(cluster, ns_sel)
+                        .iter()
+                        .flat_map(|ns| index.select(cluster, ns, pod_sel))
                         .collect(),
                     (None, None) => Vec::new(),
                 };
@@ -147,6 +146,9 @@ fn resolve_peer(
 struct Index<'a> {
     by_ns: HashMap<&'a str, Vec<PodId>>,
     by_label: HashMap<(&'a str, &'a str, &'a str), Vec<PodId>>,
+    /// Namespace selectors repeat across policies (team=a, env=prod): match
+    /// each distinct one against the namespaces once.
+    ns_cache: std::cell::RefCell<HashMap<Selector, Arc<Vec<&'a str>>>>,
 }
 
 impl<'a> Index<'a> {
@@ -162,7 +164,19 @@ impl<'a> Index<'a> {
                 by_label.entry((&pod.namespace, k, v)).or_default().push(id);
             }
         }
-        Index { by_ns, by_label }
+        Index { by_ns, by_label, ns_cache: Default::default() }
+    }
+
+    /// Names of the namespaces `sel` matches, in name order.
+    fn namespaces(&self, cluster: &'a Cluster, sel: &Selector) -> Arc<Vec<&'a str>> {
+        if let Some(hit) = self.ns_cache.borrow().get(sel) {
+            return hit.clone();
+        }
+        let names: Vec<&str> =
+            cluster.namespaces.values().filter(|n| sel.matches(&n.labels)).map(|n| n.name.as_str()).collect();
+        let names = Arc::new(names);
+        self.ns_cache.borrow_mut().insert(sel.clone(), names.clone());
+        names
     }
 
     /// Policy pods of namespace `ns` that `sel` matches, sorted.

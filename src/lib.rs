@@ -13,6 +13,8 @@ pub mod model;
 pub mod selector;
 pub mod ir;
 pub mod graph;
+pub mod lint;
+pub mod impact;
 pub mod eval;
 pub mod explain;
 pub mod nft;

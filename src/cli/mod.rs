@@ -1,5 +1,60 @@
-//! Command-line wiring: one file per subcommand.
+//! Command-line wiring: one file per subcommand, each with its clap `Args`
+//! (a doc comment on every flag) and a `run` returning the exit status.
+//! Exit statuses everywhere: 0 ok, 1 a check failed, 2 bad usage or input.
+
+mod diff;
+mod explain;
+mod lint;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Kubernetes NetworkPolicy enforcement on nftables.
+#[derive(Parser)]
+#[command(name = "netfence", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run policy tests (see policy-tests/ and the test format).
+    Test(test::Args),
+    /// Explain why a flow is allowed or denied.
+    Explain(explain::Args),
+    /// Warn about the classic NetworkPolicy mistakes.
+    Lint(lint::Args),
+    /// Show which flows between pods a policy change opens or closes.
+    Diff(diff::Args),
+}
 
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging();
+    match cli.command {
+        Command::Test(a) => test::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Lint(a) => lint::run(a),
+        Command::Diff(a) => diff::run(a),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETFENCE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Output format shared by the subcommands that print reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
 }

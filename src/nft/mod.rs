@@ -1,1 +1,23 @@
-//! TODO
+//! The nftables program: a typed, restricted nftables AST ([`program`]),
+//! rendered as an `nft -f` script (its `Display`) and as libnftables JSON
+//! ([`json`]), compiled from the cluster ([`compile`]), interpreted packet by
+//! packet ([`interp`]) and diffed ([`diff`]) into the smallest
+//! [`transaction`].
+//!
+//! Nothing here does I/O: only [`crate::apply`] touches the kernel.
+
+pub mod program;
+pub mod transaction;
+pub mod json;
+pub mod compile;
+pub mod interp;
+pub mod diff;
+
+pub use compile::{compile, compile_all};
+pub use diff::diff;
+pub use program::{
+    Action, AddrField, AddrMatch, BaseHook, Chain, ChainPolicy, CtState, Element, Hook, Icmpv6Type, KeyType, Map, Match,
+    PortRange, Program, Rule, Set, ValidationError, Verdict, ALT_TABLE, TABLE,
+};
+pub use program::other_table;
+pub use transaction::{Op, Transaction};

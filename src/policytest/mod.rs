@@ -1,1 +1,381 @@
-//! TODO
+//! `netfence test`: run policy tests (`../shared/policy-test-format.md`).
+//!
+//! Every expectation is expanded into checks (one flow in one family) and
+//! judged by the reference evaluator ([`crate::eval`]), the same code path
+//! `explain` uses. Further [`Backend`]s (the nftables interpreter, real
+//! packets in `--dataplane` mode) give second opinions on the same checks;
+//! a backend that disagrees with the reference is an engine bug and fails
+//! the run, whatever the expectation said.
+
+pub mod format;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::eval::{evaluate, Endpoint, Flow};
+use crate::explain;
+use crate::ir::{self, Ir};
+use crate::model::load::LoadError;
+use crate::model::{Cluster, Family};
+pub use format::{Expectation, PolicyTest};
+
+/// One flow in one family.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub flow: Flow,
+    pub family: Family,
+    /// Line of the expectation (or table row) in the test file.
+    pub line: usize,
+    pub expected: Option<bool>,
+}
+
+/// A second opinion on a test's checks, judged in one batch so a backend
+/// can set up once per test (compile programs, build namespaces).
+pub trait Backend {
+    fn name(&self) -> &'static str;
+    /// One verdict per check, in order.
+    fn verdicts(&mut self, test: &PolicyTest, ir: &Ir, checks: &[Check]) -> anyhow::Result<Vec<bool>>;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestResult {
+    pub file: String,
+    pub name: String,
+    pub checks: usize,
+    pub passed: bool,
+    /// Set when the test could not be run: invalid input (exit status 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub line: usize,
+    /// `flow`, `table`, or `engine` (a backend disagreed with the reference).
+    pub kind: &'static str,
+    pub message: String,
+    /// The explanation of the actual verdict of each wrong flow.
+    pub explanations: Vec<explain::Report>,
+    /// For tables: the table re-drawn with wrong cells marked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+}
+
+/// Every `*.yaml` test under the given files and folders, sorted.
+pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(dir) = stack.pop() {
+                let entries = std::fs::read_dir(&dir).map_err(|e| {
+                    LoadError::new(&dir.display().to_string(), None, "", format!("cannot read folder: {e}"))
+                })?;
+                for e in entries.flatten() {
+                    let path = e.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                        out.push(path);
+                    }
+                }
+            }
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(LoadError::new(&p.display().to_string(), None, "", "no such file or folder"));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Run one test file with the reference and the given backends.
+pub fn run_file(path: &Path, backends: &mut [Box<dyn Backend>]) -> TestResult {
+    let file = path.display().to_string();
+    let invalid = |name: String, e: String| TestResult { file: file.clone(), name, checks: 0, passed: false, error: Some(e), failures: vec![] };
+    let test = match PolicyTest::load(path) {
+        Ok(t) => t,
+        Err(e) => return invalid(String::new(), e.to_string()),
+    };
+    let ir = ir::resolve(&test.cluster);
+    match run_test(&test, &ir, backends) {
+        Ok(r) => r,
+        Err(e) => invalid(test.name.clone(), e),
+    }
+}
+
+/// Judge a loaded test. `Err` is invalid input in an expectation (an
+/// unknown pod, a family an endpoint lacks), already located.
+pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -> Result<TestResult, String> {
+    let c = &test.cluster;
+    let file = test.file.display().to_string();
+    let at = |line: usize, e: &dyn std::fmt::Display| format!("{file}:{line}: {e}");
+    let endpoint = |s: &str, line| Endpoint::parse(c, s).map_err(|e| at(line, &e));
+
+    // Expand expectations into checks; remember which checks a table owns.
+    let mut checks: Vec<Check> = Vec::new();
+    let mut tables: Vec<(usize, &format::Table, std::ops::Range<usize>)> = Vec::new();
+    for (i, e) in test.expectations.iter().enumerate() {
+        match e {
+            Expectation::Flow(f) => {
+                let flow = Flow {
+                    src: endpoint(&f.from, f.line.0)?,
+                    dst: endpoint(&f.to, f.line.0)?,
+                    protocol: f.protocol,
+                    port: f.port,
+                    family: f.family,
+                };
+                for family in flow.families(c).map_err(|e| at(f.line.0, &e))? {
+                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, expected: Some(f.allow) });
+                }
+            }
+            Expectation::Table(t) => {
+                let start = checks.len();
+                let cols = t.columns.iter().map(|s| endpoint(s, t.line.0)).collect::<Result<Vec<_>, _>>()?;
+                for row in &t.rows {
+                    let src = endpoint(&row.endpoint, row.line.0)?;
+                    for (col, cell) in cols.iter().zip(&row.cells) {
+                        let flow = Flow { src: src.clone(), dst: col.clone(), protocol: t.protocol, port: t.port, family: t.family };
+                        let families = match flow.families(c) {
+                            Ok(f) => f,
+                            // A table over mixed single-stack pods has cells with no
+                            // common family: with `?` they are simply not checked.
+                            Err(_) if cell.is_none() => continue,
+                            Err(e) => return Err(at(row.line.0, &e)),
+                        };
+                        for family in families {
+                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, expected: *cell });
+                        }
+                    }
+                }
+                tables.push((i, t, start..checks.len()));
+            }
+        }
+    }
+
+    // The reference verdicts, with their traces for explanations.
+    let reference: Vec<bool> = checks
+        .iter()
+        .map(|ch| {
+            let one = Flow { family: Some(ch.family), ..ch.flow.clone() };
+            evaluate(c, ir, &one).map(|v| v.allowed).map_err(|e| at(ch.line, &e))
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut failures = Vec::new();
+    for b in backends.iter_mut() {
+        let verdicts = b.verdicts(test, ir, &checks).map_err(|e| at(0, &format!("{} backend failed: {e:#}", b.name())))?;
+        for ((ch, want), got) in checks.iter().zip(&reference).zip(&verdicts) {
+            if want != got {
+                failures.push(Failure {
+                    line: ch.line,
+                    kind: "engine",
+                    message: format!(
+                        "ENGINE BUG: {} says {} for {} {}, the reference evaluator says {}",
+                        b.name(),
+                        word(*got),
+                        describe(c, &ch.flow),
+                        ch.family,
+                        word(*want)
+                    ),
+                    explanations: vec![explain_one(c, ir, ch)],
+                    table: None,
+                });
+            }
+        }
+    }
+
+    let in_table = |i: usize| tables.iter().any(|(_, _, r)| r.contains(&i));
+    for (i, ch) in checks.iter().enumerate() {
+        if in_table(i) {
+            continue;
+        }
+        if let Some(exp) = ch.expected.filter(|e| *e != reference[i]) {
+            failures.push(Failure {
+                line: ch.line,
+                kind: "flow",
+                message: format!("{} {}: expected {}, got {}", describe(c, &ch.flow), ch.family, word(exp), word(reference[i])),
+                explanations: vec![explain_one(c, ir, ch)],
+                table: None,
+            });
+        }
+    }
+    for (_, t, range) in &tables {
+        let wrong: Vec<usize> = range.clone().filter(|&i| checks[i].expected.is_some_and(|e| e != reference[i])).collect();
+        if wrong.is_empty() {
+            continue;
+        }
+        failures.push(Failure {
+            line: t.line.0,
+            kind: "table",
+            message: format!(
+                "table {}/{}{}: {} of {} checks wrong",
+                t.port,
+                t.protocol,
+                t.family.map(|f| format!(" {f}")).unwrap_or_default(),
+                wrong.len(),
+                range.len()
+            ),
+            explanations: wrong.iter().map(|&i| explain_one(c, ir, &checks[i])).collect(),
+            table: Some(draw_table(c, t, &checks[range.clone()], &reference[range.clone()])),
+        });
+    }
+    failures.sort_by_key(|f| f.line);
+    Ok(TestResult {
+        file,
+        name: test.name.clone(),
+        checks: checks.len(),
+        passed: failures.is_empty(),
+        error: None,
+        failures,
+    })
+}
+
+fn word(allowed: bool) -> &'static str {
+    if allowed {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
+fn describe(c: &Cluster, f: &Flow) -> String {
+    format!("{} -> {} {}/{}", f.src.display(c), f.dst.display(c), f.port, f.protocol)
+}
+
+fn explain_one(c: &Cluster, ir: &Ir, ch: &Check) -> explain::Report {
+    let one = Flow { family: Some(ch.family), ..ch.flow.clone() };
+    // The check's family was validated when it was expanded.
+    match evaluate(c, ir, &one) {
+        Ok(v) => explain::report(c, &one, &v),
+        Err(_) => explain::Report {
+            from: one.src.display(c),
+            to: one.dst.display(c),
+            protocol: one.protocol,
+            port: one.port,
+            allowed: false,
+            families: vec![],
+        },
+    }
+}
+
+/// The table as written, each wrong cell shown as `!` + the actual symbol.
+fn draw_table(c: &Cluster, t: &format::Table, checks: &[Check], actual: &[bool]) -> String {
+    let sym = |a: bool| if a { "." } else { "X" };
+    let width = t.columns.iter().chain(t.rows.iter().map(|r| &r.endpoint)).map(|s| s.len()).max().unwrap_or(1).max(3);
+    let mut out = format!("{:width$}", t.corner);
+    for col in &t.columns {
+        out.push_str(&format!(" {col:>width$}"));
+    }
+    out.push('\n');
+    for row in &t.rows {
+        out.push_str(&format!("{:width$}", row.endpoint));
+        for (ci, col) in t.columns.iter().enumerate() {
+            let cell: Vec<(usize, &Check)> = checks
+                .iter()
+                .enumerate()
+                .filter(|(_, ch)| ch.flow.src.display(c) == normalize(c, &row.endpoint) && ch.flow.dst.display(c) == normalize(c, col))
+                .collect();
+            let expected = row.cells[ci];
+            let text = match expected {
+                None => "?".to_string(),
+                Some(e) => {
+                    let wrong: Vec<String> = cell
+                        .iter()
+                        .filter(|(i, _)| actual[*i] != e)
+                        .map(|(i, ch)| if cell.len() > 1 { format!("{}{}", sym(actual[*i]), ch.family.to_string().trim_start_matches("IP")) } else { sym(actual[*i]).to_string() })
+                        .collect();
+                    if wrong.is_empty() {
+                        sym(e).to_string()
+                    } else {
+                        format!("!{}", wrong.join("/"))
+                    }
+                }
+            };
+            out.push_str(&format!(" {text:>width$}"));
+        }
+        out.push('\n');
+    }
+    out.push_str("(. allowed, X denied, !S: expected the other, got S)\n");
+    out
+}
+
+/// Endpoints as `Endpoint::display` prints them (an IP naming a node is `node/NAME`).
+fn normalize(c: &Cluster, s: &str) -> String {
+    Endpoint::parse(c, s).map(|e| e.display(c)).unwrap_or_else(|_| s.to_string())
+}
+
+/// Render results as text. Returns the text; the summary line is last.
+pub fn render_text(results: &[TestResult], verbose: bool) -> String {
+    let mut out = String::new();
+    for r in results {
+        if let Some(e) = &r.error {
+            out.push_str(&format!("ERROR {}\n  {e}\n", if r.name.is_empty() { &r.file } else { &r.name }));
+            continue;
+        }
+        if r.passed {
+            if verbose {
+                out.push_str(&format!("ok    {} ({}, {} checks)\n", r.name, r.file, r.checks));
+            }
+            continue;
+        }
+        out.push_str(&format!("FAIL  {} ({})\n", r.name, r.file));
+        for f in &r.failures {
+            out.push_str(&format!("  {}:{}: {}\n", r.file, f.line, f.message));
+            if let Some(t) = &f.table {
+                for l in t.lines() {
+                    out.push_str(&format!("      {l}\n"));
+                }
+            }
+            for e in &f.explanations {
+                for l in explain::render_text(e).lines() {
+                    out.push_str(&format!("      {l}\n"));
+                }
+            }
+        }
+    }
+    let (passed, failed, errors) = summary(results);
+    let checks: usize = results.iter().map(|r| r.checks).sum();
+    out.push_str(&format!("\n{} tests, {checks} checks\n", results.len()));
+    if errors > 0 {
+        out.push_str(&format!("{errors} invalid\n"));
+    }
+    out.push_str(&format!("{passed} passed, {failed} failed\n"));
+    out
+}
+
+/// (passed, failed, invalid)
+pub fn summary(results: &[TestResult]) -> (usize, usize, usize) {
+    let errors = results.iter().filter(|r| r.error.is_some()).count();
+    let passed = results.iter().filter(|r| r.passed).count();
+    (passed, results.len() - passed - errors, errors)
+}
+
+/// The exit status the format defines: 2 invalid input, 1 a miss, 0 all held.
+pub fn exit_status(results: &[TestResult]) -> i32 {
+    match summary(results) {
+        (_, _, e) if e > 0 => 2,
+        (_, f, _) if f > 0 => 1,
+        _ => 0,
+    }
+}
+
+/// Names must be unique within a run.
+pub fn check_unique_names(results: &mut [TestResult]) {
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for r in results.iter_mut() {
+        if r.error.is_some() || r.name.is_empty() {
+            continue;
+        }
+        if let Some(first) = seen.get(&r.name) {
+            r.error = Some(format!("{}: name: test name {:?} is already used by {first} (names are unique within a run)", r.file, r.name));
+            r.passed = false;
+        } else {
+            seen.insert(r.name.clone(), r.file.clone());
+        }
+    }
+}

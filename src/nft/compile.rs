@@ -1,0 +1,595 @@
+//! From the resolved policies to one node's nftables program.
+//!
+//! Pure: no I/O, no clock, no environment; the same cluster gives a
+//! byte-identical program, and object names derive from content (a policy's
+//! namespace/name, a selector's definition), never from iteration order.
+//!
+//! Layout, in the one table `inet netfence`:
+//!
+//! - Two base chains, both `policy accept`, so that traffic netfence does not
+//!   police is left exactly as it was. `egress` hooks prerouting at
+//!   dstnat+10: it sees packets from local pods after DNAT (a Service address
+//!   already turned into a pod's) and also packets to the node itself;
+//!   `ingress` hooks postrouting at srcnat-10: it sees packets to local pods
+//!   before SNAT (the original source), whether they were forwarded,
+//!   IPVS-delivered (IPVS skips FORWARD) or sent by the node.
+//! - Each base chain accepts established/related traffic and IPv6 neighbour
+//!   discovery (ND is untracked, so conntrack calls it invalid: it must be
+//!   accepted before anything drops invalid packets), then dispatches on the
+//!   local pod's address through a verdict map (`@ingress4`, `@egress6`, ...):
+//!   `accept` for a pod not isolated in that direction, `jump` to its group
+//!   chain otherwise. An address in the node's pod CIDRs that is in no map
+//!   is dropped: a pod the agent has not programmed yet is closed, not open.
+//!   The ingress chain first accepts traffic from the node's own InternalIPs
+//!   (kubelet probes), by address.
+//! - A group chain per distinct list of isolating policies: it drops invalid
+//!   packets (only isolated pods' traffic is touched), jumps to each policy's
+//!   rule chain in order, then drops. Chains grow with policies, never with
+//!   pods.
+//! - A rule chain per policy and direction: one rule per (rule, peer, port),
+//!   counted, with a comment naming its source, accepting. Selector peers
+//!   are hash sets of pod addresses named from the selector's definition and
+//!   shared by every rule using it; ipBlocks are small interval sets; named
+//!   ports are `daddr . l4proto . dport` sets of every pod declaring the
+//!   name. Pod churn changes set and map elements only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use super::program::*;
+use crate::ir::{Ir, PeerIr, RuleIr};
+use crate::model::{Cluster, Direction, Family, Peer, PodId, PolicyId, PortRef, PortSpec, Protocol};
+use crate::selector::Selector;
+
+pub const INGRESS_CHAIN: &str = "ingress";
+pub const EGRESS_CHAIN: &str = "egress";
+/// Priority of the egress chain: after DNAT, so the destination is a pod.
+pub const EGRESS_PRIORITY: i32 = priority::DSTNAT + 10;
+/// Priority of the ingress chain: before SNAT, so the source is original.
+pub const INGRESS_PRIORITY: i32 = priority::SRCNAT - 10;
+
+/// The hook where `dir`'s base chain runs.
+pub fn hook_of(dir: Direction) -> Hook {
+    match dir {
+        Direction::Ingress => Hook::Postrouting,
+        Direction::Egress => Hook::Prerouting,
+    }
+}
+
+/// The node a pod runs on; `""` for a pod without `spec.nodeName` (a
+/// hand-written snapshot may leave it out): such pods share one pseudo-node,
+/// so their policies are still compiled and can be checked.
+pub fn node_of(pod: &crate::model::Pod) -> &str {
+    pod.node.as_deref().unwrap_or("")
+}
+
+/// The program for `node`: its local pods' isolation, the rules of the
+/// policies isolating them, and the address sets those rules need.
+pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
+    let mut c = Compiler { cluster, ir, p: Program::default(), names: Names::default() };
+    let local: Vec<PodId> = cluster
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.is_policy_pod() && node_of(p) == node)
+        .map(|(id, _)| id)
+        .collect();
+    let node = cluster.nodes.get(node);
+    for dir in Direction::BOTH {
+        c.direction(dir, &local, node);
+    }
+    c.p
+}
+
+/// The program of every node, by name: the cluster's nodes and any node a
+/// pod names (see [`node_of`]).
+pub fn compile_all(cluster: &Cluster, ir: &Ir) -> BTreeMap<String, Program> {
+    let names: BTreeSet<&str> =
+        cluster.nodes.keys().map(String::as_str).chain(cluster.pods.iter().filter(|p| p.is_policy_pod()).map(node_of)).collect();
+    names.into_iter().map(|n| (n.to_string(), compile(cluster, ir, n))).collect()
+}
+
+struct Compiler<'a> {
+    cluster: &'a Cluster,
+    ir: &'a Ir,
+    p: Program,
+    names: Names,
+}
+
+const FAMILIES: [Family; 2] = [Family::IPv4, Family::IPv6];
+
+fn fam_digit(f: Family) -> &'static str {
+    match f {
+        Family::IPv4 => "4",
+        Family::IPv6 => "6",
+    }
+}
+
+fn dir_prefix(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => "ing",
+        Direction::Egress => "egr",
+    }
+}
+
+/// The address field that names the local pod in `dir`, and the peer's.
+fn fields(dir: Direction) -> (AddrField, AddrField) {
+    match dir {
+        Direction::Ingress => (AddrField::Daddr, AddrField::Saddr),
+        Direction::Egress => (AddrField::Saddr, AddrField::Daddr),
+    }
+}
+
+fn addr_match(family: Family, field: AddrField, negate: bool, rhs: AddrMatch) -> Match {
+    Match::Addr { family, field, negate, rhs }
+}
+
+fn nets_of(ips: impl IntoIterator<Item = IpNet>, family: Family) -> BTreeSet<IpNet> {
+    ips.into_iter().filter(|n| Family::of_net(n) == family).collect()
+}
+
+impl Compiler<'_> {
+    fn direction(&mut self, dir: Direction, local: &[PodId], node: Option<&crate::model::Node>) {
+        let (pod_field, peer_field) = fields(dir);
+        let mut rules = vec![
+            Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept),
+            Rule::verdict(vec![Match::Icmpv6Type(Icmpv6Type::ND.into())], Verdict::Accept),
+        ];
+        if dir == Direction::Ingress {
+            for f in FAMILIES {
+                let ips = nets_of(node.into_iter().flat_map(|n| n.internal_ips.iter().map(|ip| IpNet::from(*ip))), f);
+                if !ips.is_empty() {
+                    rules.push(Rule::verdict(vec![addr_match(f, peer_field, false, AddrMatch::Nets(ips))], Verdict::Accept));
+                }
+            }
+        }
+        // Dispatch: one map per family, one element per local pod address.
+        let mut maps: BTreeMap<Family, Map> = FAMILIES
+            .into_iter()
+            .map(|f| (f, Map { name: format!("{}{}", dir.field(), fam_digit(f)), key: KeyType::Addr(f), elements: BTreeMap::new() }))
+            .collect();
+        for &pod in local {
+            let isolating: Vec<PolicyId> =
+                self.ir.selecting[pod].iter().copied().filter(|&p| self.cluster.policies[p].isolates(dir)).collect();
+            let verdict = if isolating.is_empty() { Verdict::Accept } else { Verdict::Jump(self.group(dir, &isolating)) };
+            for ip in &self.cluster.pods[pod].ips {
+                if let Some(m) = maps.get_mut(&Family::of(ip)) {
+                    m.elements.insert(Element::Addr(*ip), verdict.clone());
+                }
+            }
+        }
+        for (f, m) in maps {
+            rules.push(Rule::new(vec![], Action::Vmap { family: f, field: pod_field, map: m.name.clone() }));
+            self.p.add_map(m);
+        }
+        for f in FAMILIES {
+            let cidrs = nets_of(node.into_iter().flat_map(|n| n.pod_cidrs.iter().copied()), f);
+            if !cidrs.is_empty() {
+                let r = Rule::verdict(vec![addr_match(f, pod_field, false, AddrMatch::Nets(cidrs))], Verdict::Drop);
+                rules.push(r.counted(format!("{dir}: fail closed, pod address not programmed")));
+            }
+        }
+        let name = match dir {
+            Direction::Ingress => INGRESS_CHAIN,
+            Direction::Egress => EGRESS_CHAIN,
+        };
+        let priority = match dir {
+            Direction::Ingress => INGRESS_PRIORITY,
+            Direction::Egress => EGRESS_PRIORITY,
+        };
+        let base = BaseHook { hook: hook_of(dir), priority, policy: ChainPolicy::Accept };
+        self.p.add_chain(Chain { name: name.to_string(), base: Some(base), rules });
+    }
+
+    /// The group chain for pods isolated in `dir` by exactly `policies`.
+    fn group(&mut self, dir: Direction, policies: &[PolicyId]) -> String {
+        let keys: Vec<String> = policies.iter().map(|&p| self.cluster.policies[p].key()).collect();
+        // `grp_` cannot begin a policy chain's name (those begin `ing_` or
+        // `egr_`), so no policy can be named into a group's chain.
+        let name = format!("grp_{}_{}", dir_prefix(dir), short_hash(&keys.join("\n")));
+        if self.p.chains.contains_key(&name) {
+            return name;
+        }
+        let mut rules = vec![Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop)];
+        for &pol in policies {
+            if let Some(chain) = self.policy_chain(dir, pol) {
+                rules.push(Rule::verdict(vec![], Verdict::Jump(chain)));
+            }
+        }
+        rules.push(Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed"))));
+        self.p.add_chain(Chain { name: name.clone(), base: None, rules });
+        name
+    }
+
+    /// The rule chain of policy `pol` in `dir`; `None` when it has no rules
+    /// (the policy only isolates).
+    fn policy_chain(&mut self, dir: Direction, pol: PolicyId) -> Option<String> {
+        let policy = &self.cluster.policies[pol];
+        let name = self.names.chain(&format!("{}_{}_{}", dir_prefix(dir), policy.namespace, policy.name));
+        if self.p.chains.contains_key(&name) {
+            return Some(name);
+        }
+        let ir_rules: &[RuleIr] = self.ir.policies[pol].rules(dir);
+        if ir_rules.is_empty() {
+            return None;
+        }
+        let key = policy.key();
+        let mut rules = Vec::new();
+        for (ri, (rule, model_rule)) in ir_rules.iter().zip(policy.rules(dir)).enumerate() {
+            // `None`: the rule has no peers (every peer) or no ports (every port).
+            let peers: Vec<Option<(usize, &PeerIr, &Peer)>> = match &rule.peers {
+                None => vec![None],
+                Some(ps) => ps.iter().zip(&model_rule.peers).enumerate().map(|(i, (a, b))| Some((i, a, b))).collect(),
+            };
+            let ports: Vec<Option<(usize, &PortSpec)>> =
+                if rule.ports.is_empty() { vec![None] } else { rule.ports.iter().enumerate().map(Some).collect() };
+            for peer in &peers {
+                for port in &ports {
+                    let mut text = format!(" {dir} rule {ri}");
+                    if let Some((i, ..)) = peer {
+                        text.push_str(&format!(" peer {i}"));
+                    }
+                    if let Some((i, _)) = port {
+                        text.push_str(&format!(" port {i}"));
+                    }
+                    let c = comment(&key, &text);
+                    for matches in self.rule_matches(dir, &policy.namespace, peer.map(|(_, a, b)| (a, b)), port.map(|(_, p)| p)) {
+                        rules.push(Rule::verdict(matches, Verdict::Accept).counted(c.clone()));
+                    }
+                }
+            }
+        }
+        self.p.add_chain(Chain { name: name.clone(), base: None, rules });
+        Some(name)
+    }
+
+    /// The match lists (one per family where the family matters) for one
+    /// (peer, port) of a rule.
+    fn rule_matches(&mut self, dir: Direction, policy_ns: &str, peer: Option<(&PeerIr, &Peer)>, port: Option<&PortSpec>) -> Vec<Vec<Match>> {
+        let (_, peer_field) = fields(dir);
+        let named = matches!(port, Some(PortSpec { port: Some(PortRef::Named(_)), .. }));
+        // Families this (peer, port) needs a rule in: an ipBlock is one
+        // family; a selector, or a named port (its set is per family), both.
+        // Otherwise one rule without an address matches both.
+        let families: Vec<Option<Family>> = match peer {
+            Some((PeerIr::IpBlock { cidr, .. }, _)) => vec![Some(Family::of_net(cidr))],
+            Some((PeerIr::Pods(_), _)) => FAMILIES.map(Some).to_vec(),
+            None if named => FAMILIES.map(Some).to_vec(),
+            None => vec![None],
+        };
+        let mut out = Vec::new();
+        for family in families {
+            let mut m = Vec::new();
+            match (peer, family) {
+                (Some((PeerIr::Pods(ids), Peer::Pods { namespaces, pods })), Some(f)) => {
+                    let set = self.pod_set(f, policy_ns, namespaces.as_ref(), pods.as_ref(), ids);
+                    m.push(addr_match(f, peer_field, false, AddrMatch::Set(set)));
+                }
+                (Some((PeerIr::IpBlock { cidr, except }, _)), Some(f)) => {
+                    let (block, except) = self.block_sets(f, cidr, except);
+                    m.push(addr_match(f, peer_field, false, AddrMatch::Set(block)));
+                    if let Some(x) = except {
+                        m.push(addr_match(f, peer_field, true, AddrMatch::Set(x)));
+                    }
+                }
+                _ => {}
+            }
+            if let Some(spec) = port {
+                m.push(self.port_match(spec, family));
+            }
+            out.push(m);
+        }
+        out
+    }
+
+    fn port_match(&mut self, spec: &PortSpec, family: Option<Family>) -> Match {
+        match (&spec.port, family) {
+            (None, _) => Match::Proto { proto: spec.protocol, dport: None },
+            (Some(PortRef::Number(p)), _) => {
+                Match::Proto { proto: spec.protocol, dport: Some(PortRange { lo: *p, hi: spec.end_port.unwrap_or(*p) }) }
+            }
+            (Some(PortRef::Named(n)), Some(f)) => Match::NamedPort { family: f, set: self.named_port_set(f, n, spec.protocol) },
+            (Some(PortRef::Named(_)), None) => unreachable!("named ports are compiled per family"),
+        }
+    }
+
+    /// The set of addresses of the pods a selector peer means, named from
+    /// the peer's definition so every rule using it shares it.
+    fn pod_set(&mut self, f: Family, policy_ns: &str, namespaces: Option<&Selector>, pods: Option<&Selector>, ids: &[PodId]) -> String {
+        // Canonical form: an absent podSelector means every pod, like an
+        // empty one; expressions in a fixed order.
+        let canon = |s: Option<&Selector>| {
+            s.map(|s| {
+                let mut s = s.clone();
+                s.match_expressions.sort();
+                s
+            })
+        };
+        let def = serde_json::json!({
+            "namespace": namespaces.is_none().then_some(policy_ns),
+            "namespaceSelector": canon(namespaces),
+            "podSelector": canon(pods).unwrap_or_default(),
+        })
+        .to_string();
+        let name = self.names.hashed(&format!("pod{}", fam_digit(f)), &def);
+        if !self.p.sets.contains_key(&name) {
+            let elements = ids.iter().filter_map(|&id| self.cluster.pods[id].ip(f)).map(Element::Addr).collect();
+            self.p.add_set(Set { name: name.clone(), key: KeyType::Addr(f), interval: false, elements });
+        }
+        name
+    }
+
+    /// The interval set of an ipBlock's CIDR, and of its excepts (if any)
+    /// in the same family. Excepts are aggregated: the kernel refuses
+    /// overlapping intervals, and `except` may list nested prefixes.
+    fn block_sets(&mut self, f: Family, cidr: &IpNet, except: &[IpNet]) -> (String, Option<String>) {
+        let mut interval_set = |prefix: &str, nets: Vec<IpNet>| -> String {
+            let def = nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            let name = self.names.hashed(prefix, &def);
+            let elements = nets.into_iter().map(Element::Net).collect();
+            self.p.sets.entry(name.clone()).or_insert_with(|| Set { name: name.clone(), key: KeyType::Addr(f), interval: true, elements });
+            name
+        };
+        let block = interval_set(&format!("blk{}", fam_digit(f)), vec![*cidr]);
+        let except: Vec<IpNet> = except.iter().filter(|e| Family::of_net(e) == f).copied().collect();
+        let except = (!except.is_empty()).then(|| interval_set(&format!("exc{}", fam_digit(f)), IpNet::aggregate(&except)));
+        (block, except)
+    }
+
+    /// `addr . proto . port` of every policy pod declaring `name`/`proto`.
+    fn named_port_set(&mut self, f: Family, name: &str, proto: Protocol) -> String {
+        let set_name = format!("np{}_{}_{}", fam_digit(f), proto.nft_name(), name);
+        if !self.p.sets.contains_key(&set_name) {
+            let elements = self
+                .cluster
+                .pods
+                .iter()
+                .filter(|p| p.is_policy_pod())
+                .filter_map(|p| Some(Element::AddrProtoPort(p.ip(f)?, proto, p.named_port(name, proto)?)))
+                .collect();
+            self.p.add_set(Set { name: set_name.clone(), key: KeyType::AddrProtoPort(f), interval: false, elements });
+        }
+        set_name
+    }
+}
+
+/// A rule comment `key` + `rest`, the key shortened to fit nft's limit.
+fn comment(key: &str, rest: &str) -> String {
+    let room = MAX_COMMENT.saturating_sub(rest.len());
+    if key.len() <= room {
+        format!("{key}{rest}")
+    } else {
+        let mut cut = room.saturating_sub(3);
+        while !key.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}...{rest}", &key[..cut])
+    }
+}
+
+/// The first 12 hex digits of the SHA-256 of `s`: stable across versions
+/// and platforms (unlike `std`'s hashers).
+fn short_hash(s: &str) -> String {
+    full_hash(s)[..12].to_string()
+}
+
+fn full_hash(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Names derived from content, with the (astronomically unlikely) collision
+/// of two short hashes detected rather than merging two different sets.
+#[derive(Default)]
+struct Names {
+    taken: BTreeMap<String, String>,
+}
+
+impl Names {
+    fn hashed(&mut self, prefix: &str, definition: &str) -> String {
+        let name = format!("{prefix}_{}", short_hash(definition));
+        match self.taken.get(&name) {
+            Some(d) if d != definition => format!("{prefix}_{}", full_hash(definition)),
+            _ => {
+                self.taken.insert(name.clone(), definition.to_string());
+                name
+            }
+        }
+    }
+
+    /// A readable chain name, shortened with a hash when too long.
+    fn chain(&mut self, readable: &str) -> String {
+        if readable.len() <= MAX_NAME && is_identifier(readable) {
+            return readable.to_string();
+        }
+        let mut cut = MAX_NAME - 13;
+        while !readable.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}_{}", &readable[..cut], short_hash(readable))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::load::ClusterBuilder;
+
+    pub(crate) fn cluster(extra: &str) -> Cluster {
+        let mut b = ClusterBuilder::new();
+        b.add_path(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/clusters/standard.yaml"))).unwrap();
+        if !extra.is_empty() {
+            b.add_text("extra.yaml", extra).unwrap();
+        }
+        b.finish().0
+    }
+
+    fn np(ns: &str, name: &str, spec: &str) -> String {
+        format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+    }
+
+    fn node1(extra: &str) -> Program {
+        let c = cluster(extra);
+        let p = compile(&c, &crate::ir::resolve(&c), "node-1");
+        p.validate().unwrap_or_else(|e| panic!("{e}\n{p}"));
+        p
+    }
+
+    fn chain_text(p: &Program, name: &str) -> String {
+        p.chains[name].rules.iter().map(|r| format!("{r}\n")).collect()
+    }
+
+    #[test]
+    fn no_policies_accepts_every_local_pod() {
+        let p = node1("");
+        assert_eq!(
+            chain_text(&p, "ingress"),
+            "ct state established,related accept
+icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
+ip saddr 172.18.0.2 accept
+ip daddr vmap @ingress4
+ip6 daddr vmap @ingress6
+ip daddr 10.244.1.0/24 counter drop comment \"ingress: fail closed, pod address not programmed\"
+"
+        );
+        // x/a, x/c, y/a, y/c, z/a, z/c: the pods of node-1.
+        assert_eq!(p.maps["ingress4"].elements.len(), 6);
+        assert!(p.maps["ingress4"].elements.values().all(|v| *v == Verdict::Accept));
+        assert_eq!(p.chains.len(), 2);
+    }
+
+    #[test]
+    fn rules_peers_and_ports() {
+        let p = node1(&np(
+            "x",
+            "web",
+            "{podSelector: {matchLabels: {pod: a}}, ingress: [
+               {from: [{podSelector: {matchLabels: {pod: b}}}, {ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.0/28, 192.0.2.0/25]}}],
+                ports: [{port: 80}, {port: 81, endPort: 90, protocol: UDP}, {port: serve-80-tcp}, {protocol: SCTP}]},
+               {}]}",
+        ));
+        let grp = match &p.maps["ingress4"].elements[&Element::Addr("10.244.1.11".parse().unwrap())] {
+            Verdict::Jump(g) => g.clone(),
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(
+            chain_text(&p, &grp),
+            "ct state invalid drop
+jump ing_x_web
+counter drop comment \"x/web ingress: isolated, no rule allowed\"
+"
+        );
+        let pod4 = p.sets.keys().find(|k| k.starts_with("pod4_")).unwrap().clone();
+        let pod6 = p.sets.keys().find(|k| k.starts_with("pod6_")).unwrap().clone();
+        let blk = p.sets.keys().find(|k| k.starts_with("blk4_")).unwrap().clone();
+        let exc = p.sets.keys().find(|k| k.starts_with("exc4_")).unwrap().clone();
+        let want = "ip saddr @POD4 tcp dport 80 counter accept comment \"x/web ingress rule 0 peer 0 port 0\"
+ip6 saddr @POD6 tcp dport 80 counter accept comment \"x/web ingress rule 0 peer 0 port 0\"
+ip saddr @POD4 udp dport 81-90 counter accept comment \"x/web ingress rule 0 peer 0 port 1\"
+ip6 saddr @POD6 udp dport 81-90 counter accept comment \"x/web ingress rule 0 peer 0 port 1\"
+ip saddr @POD4 ip daddr . meta l4proto . th dport @np4_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 0 port 2\"
+ip6 saddr @POD6 ip6 daddr . meta l4proto . th dport @np6_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 0 port 2\"
+ip saddr @POD4 meta l4proto sctp counter accept comment \"x/web ingress rule 0 peer 0 port 3\"
+ip6 saddr @POD6 meta l4proto sctp counter accept comment \"x/web ingress rule 0 peer 0 port 3\"
+ip saddr @BLK ip saddr != @EXC tcp dport 80 counter accept comment \"x/web ingress rule 0 peer 1 port 0\"
+ip saddr @BLK ip saddr != @EXC udp dport 81-90 counter accept comment \"x/web ingress rule 0 peer 1 port 1\"
+ip saddr @BLK ip saddr != @EXC ip daddr . meta l4proto . th dport @np4_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 1 port 2\"
+ip saddr @BLK ip saddr != @EXC meta l4proto sctp counter accept comment \"x/web ingress rule 0 peer 1 port 3\"
+counter accept comment \"x/web ingress rule 1\"
+"
+        .replace("POD4", &pod4)
+        .replace("POD6", &pod6)
+        .replace("BLK", &blk)
+        .replace("EXC", &exc);
+        assert_eq!(chain_text(&p, "ing_x_web"), want);
+        let elems = |s: &str| p.sets[s].elements.iter().map(render_element).collect::<Vec<_>>().join(" ");
+        assert_eq!(elems(&pod4), "10.244.2.11");
+        assert_eq!(elems(&pod6), "");
+        assert_eq!(elems(&exc), "192.0.2.0/25", "nested excepts aggregated");
+        assert_eq!(elems("np4_tcp_serve-80-tcp").matches(". tcp . 80").count(), 9, "every pod declaring the name");
+    }
+
+    #[test]
+    fn groups_follow_the_list_of_isolating_policies() {
+        let p = node1(&format!(
+            "{}{}{}",
+            np("x", "deny", "{podSelector: {}}"),
+            np("x", "allow-a", "{podSelector: {matchLabels: {pod: a}}, ingress: [{}]}"),
+            np("y", "deny-out", "{podSelector: {}, policyTypes: [Egress]}"),
+        ));
+        let v = |m: &str, ip: &str| p.maps[m].elements[&Element::Addr(ip.parse().unwrap())].clone();
+        let (xa, xc) = (v("ingress4", "10.244.1.11"), v("ingress4", "10.244.1.12"));
+        assert_ne!(xa, xc, "x/a is isolated by both x policies, x/c by deny only");
+        assert_eq!(v("ingress4", "10.244.1.21"), Verdict::Accept);
+        assert_eq!(v("egress4", "10.244.1.11"), Verdict::Accept);
+        let Verdict::Jump(ya) = v("egress4", "10.244.1.21") else { panic!() };
+        assert_eq!(v("egress4", "10.244.1.22"), Verdict::Jump(ya.clone()), "same group, same chain");
+        assert_eq!(chain_text(&p, &ya), "ct state invalid drop\ncounter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n");
+        let Verdict::Jump(xa) = xa else { panic!() };
+        assert_eq!(
+            chain_text(&p, &xa),
+            "ct state invalid drop\njump ing_x_allow-a\ncounter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n"
+        );
+    }
+
+    #[test]
+    fn selector_sets_are_shared_and_named_by_definition() {
+        let same = "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}";
+        let p = node1(&format!("{}{}", np("x", "one", same), np("x", "two", same)));
+        assert_eq!(p.sets.keys().filter(|k| k.starts_with("pod")).count(), 2, "one set per family: {:?}", p.sets.keys());
+        // The same selector in another namespace means other pods.
+        let p = node1(&format!("{}{}", np("x", "one", same), np("y", "two", same)));
+        assert_eq!(p.sets.keys().filter(|k| k.starts_with("pod")).count(), 4);
+    }
+
+    #[test]
+    fn long_names_and_comments_fit() {
+        let long = "p".repeat(200);
+        let p = node1(&np("x", &long, "{podSelector: {}, ingress: [{}]}"));
+        let chain = p.chains.keys().find(|k| k.starts_with("ing_x_p")).unwrap();
+        assert!(chain.len() <= MAX_NAME, "{chain}");
+        let c = p.chains[chain].rules[0].comment.clone().unwrap();
+        assert!(c.len() <= MAX_COMMENT && c.ends_with("... ingress rule 0"), "{c}");
+    }
+
+    #[test]
+    fn comments_stay_within_limits() {
+        assert_eq!(comment("x/web", " ingress rule 0"), "x/web ingress rule 0");
+        let c = comment(&"n".repeat(300), " egress rule 1 peer 2 port 3");
+        assert_eq!(c.len(), MAX_COMMENT);
+    }
+
+    /// Pod churn changes elements only: the promise that keeps a sync in
+    /// milliseconds at any scale.
+    #[test]
+    fn pod_churn_is_element_operations_only() {
+        use crate::apply::{FakeKernel, Kernel};
+        let policies = format!(
+            "{}{}",
+            np("x", "web", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: serve-80-tcp}]}]}"),
+            np("y", "out", "{podSelector: {}, egress: [{to: [{namespaceSelector: {}}]}]}"),
+        );
+        let pod = |ns: &str, name: &str, label: &str, node: &str, ip: &str| {
+            format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{pod: {label}}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, ports: [{{name: serve-80-tcp, containerPort: 8080}}]}}]}}\nstatus: {{podIP: {ip}}}\n")
+        };
+        let before = node1(&policies);
+        let cases = [
+            pod("x", "a2", "a", "node-1", "10.244.1.50"),  // local, selected by x/web
+            pod("x", "b2", "b", "node-2", "10.244.2.50"),  // remote, a peer of x/web
+            pod("y", "n", "new", "node-1", "10.244.1.51"), // local, isolated by y/out
+            pod("z", "n", "new", "node-1", "10.244.1.52"), // local, not isolated
+        ];
+        for extra in cases {
+            let after = node1(&format!("{policies}{extra}"));
+            assert_eq!(after.rule_count(), before.rule_count());
+            let tx = crate::nft::diff(Some(&before), &after);
+            assert!(!tx.is_empty() && tx.only_elements(), "{extra}\n{tx}");
+            let mut k = FakeKernel::with(before.clone());
+            k.apply(&tx).unwrap();
+            assert_eq!(k.table(TABLE), Some(&after));
+            // And back: the pod is deleted.
+            let back = crate::nft::diff(Some(&after), &before);
+            assert!(back.only_elements(), "{back}");
+        }
+    }
+}
