@@ -293,42 +293,39 @@ const BATCH: &[Archetype] = &[
     app("backup", Tier::Batch, Kind::Job, "restic/restic:0.17", &[]),
 ];
 
-const COREDNS: Archetype = Archetype {
-    name: "coredns",
-    tier: Tier::System,
-    kind: Kind::Deployment,
-    image: "registry.k8s.io/coredns/coredns:v1.11.3",
-    ports: &[
-        Port { name: "dns", number: 53, protocol: "UDP" },
-        tcp("dns-tcp", 53),
-        tcp("metrics", 9153),
-    ],
-    labels: &[("k8s-app", "kube-dns")],
-};
-const KUBE_PROXY: Archetype = Archetype {
-    name: "kube-proxy",
-    tier: Tier::System,
-    kind: Kind::DaemonSet,
-    image: "registry.k8s.io/kube-proxy:v1.33.0",
-    ports: &[],
-    labels: &[("k8s-app", "kube-proxy")],
-};
-const PROMETHEUS: Archetype = Archetype {
-    name: "prometheus",
-    tier: Tier::System,
-    kind: Kind::StatefulSet,
-    image: "quay.io/prometheus/prometheus:v2.54.1",
-    ports: &[tcp("web", 9090)],
-    labels: &[("app", "prometheus"), ("app.kubernetes.io/name", "prometheus")],
-};
-const INGRESS_NGINX: Archetype = Archetype {
-    name: "ingress-nginx-controller",
-    tier: Tier::System,
-    kind: Kind::Deployment,
-    image: "registry.k8s.io/ingress-nginx/controller:v1.11.2",
-    ports: &[tcp("http", 80), tcp("https", 443), tcp("metrics", 10254)],
-    labels: &[("app.kubernetes.io/name", "ingress-nginx"), ("app.kubernetes.io/component", "controller")],
-};
+const fn system(
+    name: &'static str,
+    kind: Kind,
+    image: &'static str,
+    ports: &'static [Port],
+    labels: &'static [(&'static str, &'static str)],
+) -> Archetype {
+    Archetype { name, tier: Tier::System, kind, image, ports, labels }
+}
+
+const COREDNS: Archetype = system(
+    "coredns",
+    Kind::Deployment,
+    "registry.k8s.io/coredns/coredns:v1.11.3",
+    &[Port { name: "dns", number: 53, protocol: "UDP" }, tcp("dns-tcp", 53), tcp("metrics", 9153)],
+    &[("k8s-app", "kube-dns")],
+);
+const KUBE_PROXY: Archetype =
+    system("kube-proxy", Kind::DaemonSet, "registry.k8s.io/kube-proxy:v1.33.0", &[], &[("k8s-app", "kube-proxy")]);
+const PROMETHEUS: Archetype = system(
+    "prometheus",
+    Kind::StatefulSet,
+    "quay.io/prometheus/prometheus:v2.54.1",
+    &[tcp("web", 9090)],
+    &[("app", "prometheus"), ("app.kubernetes.io/name", "prometheus")],
+);
+const INGRESS_NGINX: Archetype = system(
+    "ingress-nginx-controller",
+    Kind::Deployment,
+    "registry.k8s.io/ingress-nginx/controller:v1.11.2",
+    &[tcp("http", 80), tcp("https", 443), tcp("metrics", 10254)],
+    &[("app.kubernetes.io/name", "ingress-nginx"), ("app.kubernetes.io/component", "controller")],
+);
 
 /// Platform namespaces, always the first three.
 const KUBE_SYSTEM: usize = 0;
@@ -833,6 +830,23 @@ impl Sink<'_> {
         }
     }
 
+    /// Document number `index` of a kind written `per_file` to a file
+    /// (`<kind>-NNNN.yaml`): starts the next file when one is full.
+    fn chunked_doc(
+        &mut self,
+        (kind, index, per_file): (&str, usize, usize),
+        header: &str,
+        v: &Value,
+        buf: &mut String,
+        summary: &mut Summary,
+    ) -> io::Result<()> {
+        let per_file = per_file.max(1);
+        if index % per_file == 0 {
+            self.file(&format!("{kind}-{:04}.yaml", index / per_file), header, summary)?;
+        }
+        self.doc(v, buf, summary)
+    }
+
     fn finish(&mut self) -> io::Result<()> {
         match self {
             Sink::Stream { w, .. } => w.flush(),
@@ -907,18 +921,12 @@ impl Plan {
             s.namespaces += 1;
         }
         self.pods(|pod| {
-            if s.pods % self.pods_per_file.max(1) == 0 {
-                sink.file(&format!("pods-{:04}.yaml", s.pods / self.pods_per_file.max(1)), &header, &mut s)?;
-            }
-            sink.doc(&pod, &mut buf, &mut s)?;
+            sink.chunked_doc(("pods", s.pods, self.pods_per_file), &header, &pod, &mut buf, &mut s)?;
             s.pods += 1;
             Ok(())
         })?;
         self.policies(|policy| {
-            if s.policies % self.policies_per_file.max(1) == 0 {
-                sink.file(&format!("policies-{:04}.yaml", s.policies / self.policies_per_file.max(1)), &header, &mut s)?;
-            }
-            sink.doc(&policy, &mut buf, &mut s)?;
+            sink.chunked_doc(("policies", s.policies, self.policies_per_file), &header, &policy, &mut buf, &mut s)?;
             s.policies += 1;
             Ok(())
         })?;
