@@ -714,7 +714,8 @@ pub fn render_scaling(reports: &[SizeReport]) -> String {
         header.push_str(&format!(" {} → {} |", w[0].label, w[1].label));
     }
     let _ = writeln!(s, "{header}\n|---|{}", "---|".repeat(reports.len() - 1));
-    let measures: [(&str, fn(&SizeReport) -> Option<f64>); 6] = [
+    type Measure = fn(&SizeReport) -> Option<f64>;
+    let measures: [(&str, Measure); 6] = [
         ("load", |r| Some(r.load.as_secs_f64())),
         ("resolve", |r| Some(r.resolve.median.as_secs_f64())),
         ("compile one node", |r| Some(r.compile.median.as_secs_f64())),
