@@ -1,7 +1,8 @@
 //! `netfence bench --smoke` keeps working: every stage runs on a tiny
 //! generated cluster, the pod-add delta stays element-only, and the kernel
-//! measures run in a scratch network namespace when this machine allows
-//! (root and nft), leaving none behind.
+//! measures (applies, and traffic through the packet path) run in scratch
+//! network namespaces when this machine allows (root and nft), leaving none
+//! behind.
 
 use netfence::bench::{self, Options};
 
@@ -20,7 +21,13 @@ fn smoke_run_measures_every_stage() {
     assert!(add.only_elements && add.ops > 0, "a pod add must change set elements only:\n{text}");
     assert!(r.deltas.iter().all(|d| d.ops > 0), "every change reaches the node's program:\n{text}");
     match r.full_apply {
-        Some(_) => assert!(r.deltas.iter().all(|d| d.apply.is_some()), "{text}"),
+        Some(_) => {
+            assert!(r.deltas.iter().all(|d| d.apply.is_some()), "{text}");
+            let p = r.packet.as_ref().expect("the smoke run measures the packet path");
+            let names: Vec<&str> = p.results.iter().map(|x| x.name).collect();
+            assert_eq!(names, ["no ruleset", "netfence", "linear"], "{text}");
+            assert!(p.results.iter().all(|x| x.throughput.0 > 0.0 && x.connections_per_s.0 > 0.0), "{text}");
+        }
         None => assert!(r.notes.iter().any(|n| n.contains("kernel measures skipped")), "{text}"),
     }
     let netns = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();

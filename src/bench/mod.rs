@@ -14,9 +14,16 @@
 //! to recompute it and the time to apply it; then one flow's evaluation and
 //! explanation, and the process's peak memory.
 //!
-//! Effects: a scratch directory for the manifests and a scratch network
-//! namespace for nft (`nfb<pid>_<n>`), both removed when the size is done,
-//! also when it fails. Nothing touches the machine's own ruleset.
+//! With `packet`, the packet path too: throughput and new connections per
+//! second between two pods through the node, with no ruleset, netfence's
+//! program and a linear expansion of it ([`packet`]).
+//!
+//! Effects: a scratch directory for the manifests and scratch network
+//! namespaces for nft and traffic (`nfb<pid>_<n>`), all removed when the size
+//! is done, also when it fails. Nothing touches the machine's own ruleset,
+//! interfaces or addresses.
+
+pub mod packet;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -44,18 +51,21 @@ pub struct Options {
     pub runs: usize,
     /// Apply into a scratch network namespace (needs root and nft).
     pub kernel: bool,
+    /// Also measure the packet path (needs the kernel measures).
+    pub packet: Option<packet::PacketOptions>,
 }
 
 impl Options {
     pub fn for_sizes(sizes: &[Size], runs: usize, seed: u64) -> Options {
-        Options { sizes: sizes.iter().map(|s| (s.name().to_string(), s.spec(seed))).collect(), runs, kernel: true }
+        Options { sizes: sizes.iter().map(|s| (s.name().to_string(), s.spec(seed))).collect(), runs, kernel: true, packet: None }
     }
 
     /// A run small enough for CI (seconds, debug build included) that still
     /// exercises every stage, so the benchmark cannot rot unnoticed.
     pub fn smoke() -> Options {
         let spec = Spec { pods: 300, nodes: 3, namespaces: 20, policies: 60, seed: 1 };
-        Options { sizes: vec![("smoke".to_string(), spec)], runs: 3, kernel: true }
+        let packet = packet::PacketOptions { duration: Duration::from_millis(200), runs: 1 };
+        Options { sizes: vec![("smoke".to_string(), spec)], runs: 3, kernel: true, packet: Some(packet) }
     }
 }
 
@@ -147,6 +157,7 @@ pub struct SizeReport {
     pub eval: Timing,
     /// Endpoint parsing, resolve, evaluation and rendering: `explain` after load.
     pub explain: Timing,
+    pub packet: Option<packet::PacketReport>,
     /// The biggest sets of the program: (name, elements).
     pub largest_sets: Vec<(String, usize)>,
     pub memory: Memory,
@@ -255,6 +266,13 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         });
     }
     drop(ns);
+    let mut packet_report = None;
+    if let (Some(popts), Some(_)) = (opts.packet, full_apply) {
+        eprintln!("[{label}] packet path");
+        packet_report = Some(packet::run(&cluster, &ir, &node, &program, popts).context("packet path")?);
+    } else if opts.packet.is_some() {
+        notes.push("packet path skipped: it needs the kernel measures".to_string());
+    }
 
     eprintln!("[{label}] evaluating one flow");
     let (flow, flow_text) = sample_flow(&cluster, &ir, &node).context("no pod to evaluate a flow between")?;
@@ -290,6 +308,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         flow: flow_text,
         eval,
         explain,
+        packet: packet_report,
         largest_sets: largest_sets(&program, 2),
         memory: Memory { before_kb: base_rss_kb, load_peak_kb, cluster_kb: cluster_rss_kb, compile_peak_kb },
         notes,
@@ -682,6 +701,9 @@ pub fn render(r: &SizeReport) -> String {
     let _ = writeln!(s, "\n| ratio | value |\n|---|---|");
     for (k, v) in ratios(r) {
         let _ = writeln!(s, "| {k} | {v} |");
+    }
+    if let Some(p) = &r.packet {
+        s.push_str(&packet::render(p));
     }
     let checks = checks(r);
     if !checks.is_empty() {
