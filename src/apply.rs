@@ -22,6 +22,9 @@ use crate::nft::transaction::{Op, OpLine, Transaction};
 pub trait Kernel {
     /// Apply `tx` atomically: all of it, or nothing and an error.
     fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError>;
+    /// Names of the `inet` tables that exist: cheap (no contents), what a
+    /// staged start needs to know which of our two tables is live.
+    fn table_names(&mut self) -> Result<Vec<String>, ApplyError>;
 }
 
 /// Why the kernel refused an operation, as errno classes: what a caller can
@@ -214,6 +217,23 @@ impl NftKernel {
 }
 
 impl Kernel for NftKernel {
+    fn table_names(&mut self) -> Result<Vec<String>, ApplyError> {
+        match self.run(&["-j", "list", "tables", "inet"], "")? {
+            Ok(json) => {
+                let v: serde_json::Value = serde_json::from_str(&json)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                let items = v["nftables"].as_array().cloned().unwrap_or_default();
+                Ok(items.iter().filter_map(|i| i["table"]["name"].as_str().map(String::from)).collect())
+            }
+            Err(stderr) => Err(ApplyError::Rejected {
+                op: None,
+                op_text: None,
+                reason: Reason::from_message(&stderr),
+                message: first_error(&stderr),
+            }),
+        }
+    }
+
     fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
         if tx.is_empty() {
             return Ok(());
@@ -295,6 +315,10 @@ impl FakeKernel {
 }
 
 impl Kernel for FakeKernel {
+    fn table_names(&mut self) -> Result<Vec<String>, ApplyError> {
+        Ok(self.tables.keys().cloned().collect())
+    }
+
     fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
         if let Some(reason) = self.fail_next.take() {
             return Err(ApplyError::at(tx, 0, reason, "injected failure"));
@@ -642,7 +666,8 @@ mod tests {
                 assert!(k.table(ALT_TABLE).unwrap().chains.values().all(|c| c.base.is_none()));
             }
         }
-        assert_eq!(txs.last().unwrap().len(), 1 + 1 + 5, "delete the old table, add the base chain and its rules");
+        let base_rules = target.chains["ingress"].rules.len();
+        assert_eq!(txs.last().unwrap().len(), 1 + 1 + base_rules, "delete the old table, add the base chain and its rules");
         assert_eq!(k.table("netfence"), None);
         assert_eq!(k.table(ALT_TABLE), Some(&target));
         // From here on the new table is synced incrementally.

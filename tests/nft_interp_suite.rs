@@ -2,37 +2,9 @@
 //! must agree with the reference evaluator on every check of the
 //! conformance suite (policy-tests/): a disagreement is a compiler bug.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use netfence::ir::Ir;
-use netfence::nft::{compile_all, interp, Program};
-use netfence::policytest::{self, Backend, Check, PolicyTest};
-
-/// The interpreter as a `netfence test` backend: compile every node's
-/// program once per test, then judge each check on the nodes it crosses.
-struct Interp;
-
-impl Backend for Interp {
-    fn name(&self) -> &'static str {
-        "nft-interp"
-    }
-
-    fn verdicts(&mut self, test: &PolicyTest, ir: &Ir, checks: &[Check]) -> anyhow::Result<Vec<bool>> {
-        let programs: BTreeMap<String, Program> = compile_all(&test.cluster, ir);
-        for (node, p) in &programs {
-            p.validate().map_err(|e| anyhow::anyhow!("node {node}: {e}"))?;
-        }
-        checks
-            .iter()
-            .map(|ch| {
-                interp::flow_verdict(&test.cluster, &|n| programs.get(n), &ch.flow, ch.family)
-                    .map(|t| t.allowed)
-                    .ok_or_else(|| anyhow::anyhow!("line {}: no {} address", ch.line, ch.family))
-            })
-            .collect()
-    }
-}
+use netfence::policytest::{self, interp::InterpBackend, Backend};
 
 #[test]
 fn interpreter_agrees_with_the_reference_on_the_suite() {
@@ -42,7 +14,7 @@ fn interpreter_agrees_with_the_reference_on_the_suite() {
     let mut checks = 0;
     let mut bad = Vec::new();
     for f in &files {
-        let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(Interp)];
+        let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(InterpBackend)];
         let r = policytest::run_file(f, &mut backends);
         checks += r.checks;
         if let Some(e) = &r.error {

@@ -1,1 +1,282 @@
-//! TODO
+//! The per-node agent: keeps this node's nftables in step with the cluster.
+//!
+//! The shape is kube-runtime's and linkerd2's: a synchronous [`index`] of
+//! validated model objects, updated by plain functions, wrapped in a thin
+//! async shell. Two [`source`]s feed the index — kube-rs watchers on the API
+//! server, or a folder of manifests for tests and air-gapped use — and the
+//! [`reconcile`] loop coalesces bursts of changes, snapshots the index and
+//! hands the cluster to a [`Dataplane`], which turns it into one atomic
+//! nftables transaction. The dataplane is a trait so the agent is complete
+//! and tested without the kernel; the nftables implementation lives with
+//! `nft`/`apply` and is plugged in by the CLI.
+//!
+//! Invariants, stated as absences:
+//! - no sync happens before every watched kind has been listed once, so the
+//!   first ruleset is never computed from a partial cluster;
+//! - a failed sync never removes rules: the dataplane's transactions are
+//!   atomic, so the last good ruleset stays until a later sync succeeds;
+//! - the index never holds an invalid object: one that fails validation is
+//!   logged with its field path, counted, and skipped (an update that turns
+//!   an object invalid keeps its last valid version);
+//! - nothing in this module lists the nftables table back: the dataplane
+//!   keeps what it committed in memory.
+//!
+//! Established connections (`--established`): with `keep` (the default, as
+//! in most NetworkPolicy implementations) a policy change affects new
+//! connections only; flows already in conntrack carry on. With `cut`, after
+//! a change is applied the agent deletes the conntrack entries to and from
+//! the pods whose effective policy changed (as reported by the dataplane),
+//! so the next packet of such a flow is judged by the new rules. The first
+//! sync after start cuts nothing: it adopts an earlier run's ruleset, whose
+//! content the new process cannot know, and flushing every flow on each
+//! restart would hurt more than it helps. A failed deletion is logged and
+//! counted, never fails the sync.
+
+pub mod conntrack;
+pub mod dataplane;
+pub mod fake_api;
+pub mod http;
+pub mod index;
+pub mod metrics;
+pub mod nftables;
+pub mod reconcile;
+pub mod source;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+use crate::model::Cluster;
+
+pub use conntrack::{ConntrackCli, Flows};
+pub use index::{Index, Key, Kind, Watched};
+pub use metrics::Metrics;
+pub use dataplane::{Dataplane, DryRun, FakeDataplane, SyncError, SyncReport};
+pub use nftables::NftDataplane;
+pub use reconcile::ReconcileConfig;
+
+/// A Kubernetes resource the agent lists and watches. The watchers, the fake
+/// API server and the RBAC test all read [`WATCHED`], so the ClusterRole in
+/// deploy/ is checked against what the code actually requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchedResource {
+    pub kind: Kind,
+    /// API group; "" is the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+}
+
+impl WatchedResource {
+    /// The collection path across all namespaces, as the watchers request it.
+    pub fn path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}/{}", self.version, self.plural)
+        } else {
+            format!("/apis/{}/{}/{}", self.group, self.version, self.plural)
+        }
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+pub const WATCHED: [WatchedResource; 4] = [
+    WatchedResource { kind: Kind::Namespace, group: "", version: "v1", plural: "namespaces", namespaced: false },
+    WatchedResource { kind: Kind::Node, group: "", version: "v1", plural: "nodes", namespaced: false },
+    WatchedResource { kind: Kind::Pod, group: "", version: "v1", plural: "pods", namespaced: true },
+    WatchedResource {
+        kind: Kind::NetworkPolicy,
+        group: "networking.k8s.io",
+        version: "v1",
+        plural: "networkpolicies",
+        namespaced: true,
+    },
+];
+
+/// The verbs the watchers use: kube-runtime's watcher lists, then watches.
+/// The agent never reads single objects or writes anything, so `get` and
+/// every write verb are deliberately absent from its ClusterRole.
+pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
+
+/// The default port of /healthz, /readyz and /metrics; the DaemonSet's
+/// probes point at it.
+pub const METRICS_PORT: u16 = 9964;
+
+pub fn watched(kind: Kind) -> &'static WatchedResource {
+    WATCHED.iter().find(|w| w.kind == kind).expect("every kind is watched")
+}
+
+/// Where the agent learns the cluster from.
+#[derive(Clone)]
+pub enum Source {
+    /// The API server, in-cluster or through a kubeconfig file.
+    Kube { kubeconfig: Option<PathBuf> },
+    /// An already-built client (tests point it at the fake API server).
+    Client(kube::Client),
+    /// A folder of manifests, reloaded when its files change.
+    Folder { dir: PathBuf, poll: Duration },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Kube { kubeconfig } => f.debug_struct("Kube").field("kubeconfig", kubeconfig).finish(),
+            Source::Client(_) => f.write_str("Client"),
+            Source::Folder { dir, poll } => f.debug_struct("Folder").field("dir", dir).field("poll", poll).finish(),
+        }
+    }
+}
+
+/// What to do with connections established before a policy change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Established {
+    #[default]
+    Keep,
+    Cut,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node this agent enforces for (for logs; the dataplane is built for it).
+    pub node: String,
+    pub source: Source,
+    pub reconcile: ReconcileConfig,
+    /// Where /healthz, /readyz and /metrics are served; port 0 picks one.
+    pub metrics_addr: SocketAddr,
+}
+
+/// The index shared by the sources (writers) and the reconcile loop
+/// (reader), plus the trigger that tells the loop something changed.
+#[derive(Clone)]
+pub struct Store {
+    index: Arc<Mutex<Index>>,
+    trigger: reconcile::Trigger,
+}
+
+impl Store {
+    pub fn new(index: Index) -> Store {
+        Store { index: Arc::new(Mutex::new(index)), trigger: reconcile::Trigger::default() }
+    }
+
+    /// Run one index operation; fire the trigger when it changed what a
+    /// snapshot would return (including completing the first listing).
+    pub fn update(&self, op: impl FnOnce(&mut Index) -> bool) -> bool {
+        let changed = {
+            let mut index = self.lock();
+            let was_listed = index.is_listed();
+            op(&mut index) || index.is_listed() != was_listed
+        };
+        if changed {
+            self.trigger.fire();
+        }
+        changed
+    }
+
+    /// The cluster to enforce, or None until every kind was listed once.
+    pub fn snapshot(&self) -> Option<Cluster> {
+        let index = self.lock();
+        index.is_listed().then(|| index.snapshot())
+    }
+
+    pub fn is_listed(&self) -> bool {
+        self.lock().is_listed()
+    }
+
+    pub fn trigger(&self) -> &reconcile::Trigger {
+        &self.trigger
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // Index operations cannot leave it half-updated, so a panic in
+        // another holder does not make its content unusable.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A started agent: its tasks run until [`Running::stop`].
+pub struct Running {
+    /// The bound address of the metrics/health server.
+    pub metrics_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    reconcile: JoinHandle<anyhow::Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn is_ready(&self) -> bool {
+        self.metrics.is_ready()
+    }
+
+    /// Stop the sources and the server, let an in-flight sync finish, and
+    /// return the reconcile loop's error if it died.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let result = self.reconcile.await.context("reconcile loop panicked")?;
+        for t in self.tasks {
+            t.abort();
+        }
+        result
+    }
+
+    /// Wait until the reconcile loop ends by itself (it only does on a
+    /// fatal error) or `signal` resolves, then stop.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            r = &mut self.reconcile => {
+                for t in self.tasks { t.abort(); }
+                return r.context("reconcile loop panicked")?;
+            }
+            _ = signal => {}
+        }
+        self.stop().await
+    }
+}
+
+/// Start the agent: the metrics server, the sources and the reconcile loop.
+/// `flows` is required when `config.reconcile.established` is `Cut`.
+pub async fn start(
+    config: Config,
+    dataplane: Box<dyn Dataplane>,
+    flows: Option<Box<dyn Flows>>,
+) -> anyhow::Result<Running> {
+    if config.reconcile.established == Established::Cut && flows.is_none() {
+        anyhow::bail!("--established cut needs a conntrack implementation");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::new(Index::new(metrics.invalid_objects.clone()));
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+
+    let (metrics_addr, server) = http::serve(config.metrics_addr, metrics.clone())
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", config.metrics_addr))?;
+    let sources = match source::spawn(&config.source, &store, &metrics).await {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            server.abort();
+            return Err(e);
+        }
+    };
+    let mut tasks = vec![server];
+    tasks.extend(sources);
+    tracing::info!(node = %config.node, %metrics_addr, "agent started");
+
+    let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, flows, store.clone(), metrics.clone());
+    let mut rx = shutdown_rx;
+    let reconcile = tokio::spawn(reconciler.run(async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }));
+    Ok(Running { metrics_addr, metrics, store, shutdown, reconcile, tasks })
+}

@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use crate::model::load_paths;
 use crate::nft;
 
 #[derive(clap::Args)]
@@ -30,16 +29,10 @@ pub enum Format {
 
 /// Exit status: 0 printed, 2 bad input (unreadable manifests, unknown node).
 pub fn run(args: Args) -> i32 {
-    let (cluster, notices) = match load_paths(&args.files) {
+    let cluster = match super::load(&args.files) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
-    for n in notices {
-        tracing::info!("{n}");
-    }
     if !cluster.nodes.contains_key(&args.node) {
         let known: Vec<&str> = cluster.nodes.keys().map(String::as_str).collect();
         let known = if known.is_empty() { "none: the manifests hold no Node".to_string() } else { known.join(", ") };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::eval::{evaluate, Endpoint, Flow};
 use crate::explain;
-use crate::model::{load_paths, Family, Protocol};
+use crate::model::{Family, Protocol};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,16 +45,10 @@ fn parse_family(s: &str) -> Result<Family, String> {
 
 /// Exit status: 0 allowed, 1 denied, 2 bad input — so scripts can branch on it.
 pub fn run(args: Args) -> i32 {
-    let (cluster, notices) = match load_paths(&args.files) {
+    let cluster = match super::load(&args.files) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
-    for n in notices {
-        tracing::info!("{n}");
-    }
     let endpoint = |s: &str, flag: &str| {
         Endpoint::parse(&cluster, s).map_err(|e| format!("--{flag} {s}: {e}"))
     };

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::model::load_paths;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,12 +15,9 @@ pub struct Args {
 
 /// Exit status: 0 no warnings, 1 warnings, 2 bad input.
 pub fn run(args: Args) -> i32 {
-    let (cluster, _) = match load_paths(&args.files) {
+    let cluster = match super::load(&args.files) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let ir = crate::ir::resolve(&cluster);
     let warnings = crate::lint::lint(&cluster, &ir);

@@ -2,6 +2,8 @@
 //! (a doc comment on every flag) and a `run` returning the exit status.
 //! Exit statuses everywhere: 0 ok, 1 a check failed, 2 bad usage or input.
 
+mod agent;
+mod compile;
 mod diff;
 mod explain;
 mod lint;
@@ -23,6 +25,10 @@ enum Command {
     Test(test::Args),
     /// Explain why a flow is allowed or denied.
     Explain(explain::Args),
+    /// Run the per-node agent: watch the cluster, keep this node's nftables in step.
+    Agent(agent::Args),
+    /// Print the nftables program of one node.
+    Compile(compile::Args),
     /// Warn about the classic NetworkPolicy mistakes.
     Lint(lint::Args),
     /// Show which flows between pods a policy change opens or closes.
@@ -37,10 +43,17 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    // The agent sets up its own logging (--log-format, default level info).
+    let command = match cli.command {
+        Command::Agent(a) => return agent::run(a),
+        other => other,
+    };
     init_logging();
-    match cli.command {
+    match command {
+        Command::Agent(_) => unreachable!("dispatched above"),
         Command::Test(a) => test::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Compile(a) => compile::run(a),
         Command::Lint(a) => lint::run(a),
         Command::Diff(a) => diff::run(a),
     }
@@ -57,4 +70,21 @@ fn init_logging() {
 pub enum Output {
     Text,
     Json,
+}
+
+/// Load manifests for a subcommand; on bad input print the located error
+/// and return the exit status 2 to hand back.
+pub(crate) fn load(files: &[std::path::PathBuf]) -> Result<crate::model::Cluster, i32> {
+    match crate::model::load_paths(files) {
+        Ok((cluster, notices)) => {
+            for n in notices {
+                tracing::info!("{n}");
+            }
+            Ok(cluster)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(2)
+        }
+    }
 }

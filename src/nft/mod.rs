@@ -13,7 +13,7 @@ pub mod compile;
 pub mod interp;
 pub mod diff;
 
-pub use compile::{compile, compile_all};
+pub use compile::{compile, compile_all, without_fail_closed};
 pub use diff::diff;
 pub use program::{
     Action, AddrField, AddrMatch, BaseHook, Chain, ChainPolicy, CtState, Element, Hook, Icmpv6Type, KeyType, Map, Match,

@@ -8,6 +8,7 @@
 //! the run, whatever the expectation said.
 
 pub mod format;
+pub mod interp;
 
 use std::path::{Path, PathBuf};
 
@@ -34,8 +35,12 @@ pub struct Check {
 /// can set up once per test (compile programs, build namespaces).
 pub trait Backend {
     fn name(&self) -> &'static str;
-    /// One verdict per check, in order.
-    fn verdicts(&mut self, test: &PolicyTest, ir: &Ir, checks: &[Check]) -> anyhow::Result<Vec<bool>>;
+    /// One verdict per check, in order: `Ok(allowed)`, or `Err(why)` when
+    /// this backend cannot judge that check faithfully (e.g. real packets
+    /// cannot come from an "outside" host that has an address of a node's
+    /// pod CIDR). Unjudged checks are counted and reported, never passed
+    /// silently.
+    fn verdicts(&mut self, test: &PolicyTest, ir: &Ir, checks: &[Check]) -> anyhow::Result<Vec<Result<bool, String>>>;
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +53,9 @@ pub struct TestResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub failures: Vec<Failure>,
+    /// Checks a backend could not judge, with why (`dataplane: x/a -> ...: why`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unjudged: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,7 +104,7 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 /// Run one test file with the reference and the given backends.
 pub fn run_file(path: &Path, backends: &mut [Box<dyn Backend>]) -> TestResult {
     let file = path.display().to_string();
-    let invalid = |name: String, e: String| TestResult { file: file.clone(), name, checks: 0, passed: false, error: Some(e), failures: vec![] };
+    let invalid = |name: String, e: String| TestResult { file: file.clone(), name, checks: 0, passed: false, error: Some(e), failures: vec![], unjudged: vec![] };
     let test = match PolicyTest::load(path) {
         Ok(t) => t,
         Err(e) => return invalid(String::new(), e.to_string()),
@@ -167,9 +175,17 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
         .collect::<Result<_, _>>()?;
 
     let mut failures = Vec::new();
+    let mut unjudged = Vec::new();
     for b in backends.iter_mut() {
         let verdicts = b.verdicts(test, ir, &checks).map_err(|e| at(0, &format!("{} backend failed: {e:#}", b.name())))?;
         for ((ch, want), got) in checks.iter().zip(&reference).zip(&verdicts) {
+            let got = match got {
+                Ok(g) => g,
+                Err(why) => {
+                    unjudged.push(format!("{}: {} {} not judged: {why}", b.name(), describe(c, &ch.flow), ch.family));
+                    continue;
+                }
+            };
             if want != got {
                 failures.push(Failure {
                     line: ch.line,
@@ -232,6 +248,7 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
         passed: failures.is_empty(),
         error: None,
         failures,
+        unjudged,
     })
 }
 
@@ -320,6 +337,9 @@ pub fn render_text(results: &[TestResult], verbose: bool) -> String {
         if r.passed {
             if verbose {
                 out.push_str(&format!("ok    {} ({}, {} checks)\n", r.name, r.file, r.checks));
+            }
+            for u in &r.unjudged {
+                out.push_str(&format!("note  {}: {u}\n", r.name));
             }
             continue;
         }

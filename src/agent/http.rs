@@ -1,0 +1,88 @@
+//! The health and metrics endpoints: `/healthz` (the process serves
+//! requests), `/readyz` (200 only after the first successful sync and while
+//! the last sync succeeded), `/metrics` (Prometheus, OpenMetrics text).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::task::JoinHandle;
+
+use super::metrics::Metrics;
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    let ready = metrics.clone();
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.is_ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready: no successful sync yet, or the last sync failed\n")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ([(header::CONTENT_TYPE, ct)], metrics.render()).into_response()
+            }),
+        )
+}
+
+/// Bind `addr` (port 0 picks one) and serve until the task is aborted.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(metrics);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+/// A minimal HTTP/1.0 GET for tests and probes: (status, body).
+pub async fn get_text(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {text:?}"));
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).ok_or_else(bad)?;
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let metrics = Arc::new(Metrics::new());
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), metrics.clone()).await.unwrap();
+        let check = |path: &'static str, status: u16, body: &'static str| async move {
+            let (s, b) = get_text(addr, path).await.unwrap();
+            assert_eq!(s, status, "{path}: {b}");
+            assert!(b.contains(body), "{path}: {b}");
+        };
+        check("/healthz", 200, "ok").await;
+        check("/readyz", 503, "not ready").await;
+        check("/metrics", 200, "netfence_ready 0").await;
+        metrics.set_ready(true);
+        check("/readyz", 200, "ready").await;
+        check("/metrics", 200, "netfence_ready 1").await;
+        check("/nope", 404, "").await;
+        task.abort();
+    }
+}

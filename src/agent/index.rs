@@ -1,0 +1,384 @@
+//! The agent's cluster index: what the watchers have seen, validated.
+//!
+//! Plain synchronous functions — [`Index::apply`], [`Index::delete`],
+//! [`Index::reset`] — so the watchers' async shell stays thin and tests feed
+//! events by hand. Objects are converted to the model as they arrive, so the
+//! index holds only what compilation reads (labels, addresses, node,
+//! container ports, phase), not whole k8s-openapi objects with their status
+//! conditions and managed fields. Every operation says whether it changed
+//! what [`Index::snapshot`] returns: a pod whose status conditions changed
+//! but whose addresses did not causes no sync.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+
+use super::metrics::InvalidObjects;
+use crate::model::convert::{self, FieldError};
+use crate::model::{Cluster, Namespace, Node, Origin, Pod, Policy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Pod,
+    NetworkPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::NetworkPolicy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An object's identity: namespace (for namespaced kinds) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl Key {
+    pub fn cluster(name: &str) -> Key {
+        Key { namespace: None, name: name.to_string() }
+    }
+
+    pub fn namespaced(namespace: &str, name: &str) -> Key {
+        Key { namespace: Some(namespace.to_string()), name: name.to_string() }
+    }
+
+    /// None for an object without a name, which the API server never sends.
+    pub fn of(meta: &ObjectMeta) -> Option<Key> {
+        let name = meta.name.clone().filter(|n| !n.is_empty())?;
+        Some(Key { namespace: meta.namespace.clone().filter(|n| !n.is_empty()), name })
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{ns}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A validated object, as the index keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Namespace(Namespace),
+    Node(Node),
+    Pod(Pod),
+    Policy(Policy),
+}
+
+/// A k8s-openapi type the agent watches, with its conversion to the model.
+pub trait Watched:
+    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static
+{
+    const KIND: Kind;
+    fn to_entry(&self) -> Result<Entry, FieldError>;
+}
+
+impl Watched for K8sNamespace {
+    const KIND: Kind = Kind::Namespace;
+    fn to_entry(&self) -> Result<Entry, FieldError> {
+        convert::namespace(self).map(Entry::Namespace)
+    }
+}
+
+impl Watched for K8sNode {
+    const KIND: Kind = Kind::Node;
+    fn to_entry(&self) -> Result<Entry, FieldError> {
+        convert::node(self).map(Entry::Node)
+    }
+}
+
+impl Watched for K8sPod {
+    const KIND: Kind = Kind::Pod;
+    fn to_entry(&self) -> Result<Entry, FieldError> {
+        convert::pod(self).map(Entry::Pod)
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const KIND: Kind = Kind::NetworkPolicy;
+    fn to_entry(&self) -> Result<Entry, FieldError> {
+        // Policies from the API have no file; messages name the object.
+        let name = Key::of(&self.metadata).map(|k| k.to_string()).unwrap_or_default();
+        let origin = Origin { file: format!("networkpolicy/{name}").into(), line: None };
+        convert::policy(self, origin).map(Entry::Policy)
+    }
+}
+
+/// An object passed through validation, ready for the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Converted {
+    Valid(Key, Entry),
+    /// Failed validation (already logged and counted): the index keeps the
+    /// object's last valid version, if it had one.
+    Invalid(Key),
+    /// No name, so nothing to key it by; never sent by an API server.
+    Unnamed,
+}
+
+/// Validate an object for the index; an invalid one is logged with its
+/// field path and counted.
+pub fn convert<K: Watched>(obj: &K, invalid: &InvalidObjects) -> Converted {
+    let Some(key) = Key::of(obj.meta()) else {
+        tracing::warn!(kind = %K::KIND, path = "metadata.name", "object without a name skipped");
+        invalid.inc(K::KIND);
+        return Converted::Unnamed;
+    };
+    match obj.to_entry() {
+        Ok(entry) => Converted::Valid(key, entry),
+        Err(e) => {
+            tracing::warn!(kind = %K::KIND, object = %key, path = %e.path, error = %e.message, "invalid object skipped");
+            invalid.inc(K::KIND);
+            Converted::Invalid(key)
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    entries: [BTreeMap<Key, Entry>; 4],
+    /// Per kind: has a full listing been seen (reset or replace)?
+    listed: [bool; 4],
+    invalid: InvalidObjects,
+}
+
+impl Index {
+    pub fn new(invalid: InvalidObjects) -> Index {
+        Index { invalid, ..Index::default() }
+    }
+
+    /// The counter invalid objects are reported to, for converting outside
+    /// the index (a relist buffers converted objects, not raw ones).
+    pub fn invalid_objects(&self) -> &InvalidObjects {
+        &self.invalid
+    }
+
+    /// An object was added or modified. An invalid new version keeps the
+    /// last valid one: the API server validates too, so this is a
+    /// disagreement about validation, and dropping the object could open
+    /// traffic that an earlier version of a policy closed.
+    pub fn apply<K: Watched>(&mut self, obj: &K) -> bool {
+        match convert(obj, &self.invalid) {
+            Converted::Valid(key, entry) => self.insert(K::KIND, key, entry),
+            Converted::Invalid(_) | Converted::Unnamed => false,
+        }
+    }
+
+    fn insert(&mut self, kind: Kind, key: Key, entry: Entry) -> bool {
+        let map = &mut self.entries[kind.slot()];
+        if map.get(&key) == Some(&entry) {
+            return false;
+        }
+        map.insert(key, entry);
+        true
+    }
+
+    pub fn delete(&mut self, kind: Kind, key: &Key) -> bool {
+        self.entries[kind.slot()].remove(key).is_some()
+    }
+
+    /// A relist: `objects` is now the whole of `kind`.
+    pub fn reset<'a, K: Watched>(&mut self, objects: impl IntoIterator<Item = &'a K>) -> bool {
+        let converted = objects.into_iter().map(|o| convert(o, &self.invalid)).collect();
+        self.reset_converted(K::KIND, converted)
+    }
+
+    /// A relist of objects already passed through [`convert`] (the watchers
+    /// convert as the listing streams in, so they never buffer whole
+    /// k8s-openapi objects). Invalid ones keep their last valid version, as
+    /// with [`Index::apply`].
+    pub fn reset_converted(&mut self, kind: Kind, objects: Vec<Converted>) -> bool {
+        let old = std::mem::take(&mut self.entries[kind.slot()]);
+        let mut new = BTreeMap::new();
+        for c in objects {
+            match c {
+                Converted::Valid(key, entry) => {
+                    new.insert(key, entry);
+                }
+                Converted::Invalid(key) => {
+                    if let Some(e) = old.get(&key) {
+                        new.insert(key, e.clone());
+                    }
+                }
+                Converted::Unnamed => {}
+            }
+        }
+        let changed = new != old;
+        self.entries[kind.slot()] = new;
+        self.listed[kind.slot()] = true;
+        changed
+    }
+
+    /// Replace everything with a cluster loaded elsewhere (the folder
+    /// source), which counts as a listing of every kind.
+    pub fn replace(&mut self, cluster: Cluster) -> bool {
+        use Converted::Valid;
+        let ns = cluster.namespaces.into_values().map(|n| Valid(Key::cluster(&n.name), Entry::Namespace(n)));
+        let nodes = cluster.nodes.into_values().map(|n| Valid(Key::cluster(&n.name), Entry::Node(n)));
+        let pods = cluster.pods.into_iter().map(|p| Valid(Key::namespaced(&p.namespace, &p.name), Entry::Pod(p)));
+        let pols =
+            cluster.policies.into_iter().map(|p| Valid(Key::namespaced(&p.namespace, &p.name), Entry::Policy(p)));
+        let mut changed = self.reset_converted(Kind::Namespace, ns.collect());
+        changed |= self.reset_converted(Kind::Node, nodes.collect());
+        changed |= self.reset_converted(Kind::Pod, pods.collect());
+        changed |= self.reset_converted(Kind::NetworkPolicy, pols.collect());
+        changed
+    }
+
+    /// Has every kind been listed at least once?
+    pub fn is_listed(&self) -> bool {
+        self.listed.iter().all(|l| *l)
+    }
+
+    pub fn len(&self, kind: Kind) -> usize {
+        self.entries[kind.slot()].len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.iter().all(BTreeMap::is_empty)
+    }
+
+    pub fn snapshot(&self) -> Cluster {
+        let mut c = Cluster::default();
+        for entry in self.entries.iter().flat_map(BTreeMap::values) {
+            match entry.clone() {
+                Entry::Namespace(n) => {
+                    c.namespaces.insert(n.name.clone(), n);
+                }
+                Entry::Node(n) => {
+                    c.nodes.insert(n.name.clone(), n);
+                }
+                Entry::Pod(p) => c.pods.push(p),
+                Entry::Policy(p) => c.policies.push(p),
+            }
+        }
+        c.normalize();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<K: Watched>(v: serde_json::Value) -> K {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn pod(name: &str, ip: &str, labels: serde_json::Value) -> K8sPod {
+        obj(json!({"metadata": {"name": name, "namespace": "x", "labels": labels}, "status": {"podIP": ip, "phase": "Running"}}))
+    }
+
+    fn policy(name: &str, port: serde_json::Value) -> NetworkPolicy {
+        obj(json!({"metadata": {"name": name, "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": port}]}]}}))
+    }
+
+    fn pod_ips(index: &Index) -> Vec<String> {
+        index.snapshot().pods.iter().map(|p| format!("{}={}", p.name, p.ips[0])).collect()
+    }
+
+    #[test]
+    fn apply_delete_and_no_op_updates() {
+        let mut ix = Index::default();
+        assert!(ix.apply(&pod("b", "10.0.0.2", json!({}))));
+        assert!(ix.apply(&pod("a", "10.0.0.1", json!({}))));
+        assert_eq!(pod_ips(&ix), ["a=10.0.0.1", "b=10.0.0.2"]);
+        // A status change that compilation does not read is not a change.
+        let mut p = pod("a", "10.0.0.1", json!({}));
+        p.status.as_mut().unwrap().message = Some("pulled image".into());
+        assert!(!ix.apply(&p));
+        assert!(ix.apply(&pod("a", "10.0.0.9", json!({}))));
+        assert_eq!(pod_ips(&ix), ["a=10.0.0.9", "b=10.0.0.2"]);
+        assert!(ix.delete(Kind::Pod, &Key::namespaced("x", "b")));
+        assert!(!ix.delete(Kind::Pod, &Key::namespaced("x", "b")));
+        assert_eq!(pod_ips(&ix), ["a=10.0.0.9"]);
+        // The pod's namespace exists in the snapshot even before it is listed.
+        assert!(ix.snapshot().namespaces.contains_key("x"));
+    }
+
+    #[test]
+    fn reset_replaces_a_kind_and_marks_it_listed() {
+        let mut ix = Index::default();
+        ix.apply(&pod("gone", "10.0.0.1", json!({})));
+        assert!(!ix.is_listed());
+        let listing = [pod("a", "10.0.0.2", json!({})), pod("b", "10.0.0.3", json!({}))];
+        assert!(ix.reset(&listing));
+        assert_eq!(pod_ips(&ix), ["a=10.0.0.2", "b=10.0.0.3"]);
+        assert!(!ix.reset(&listing), "the same listing again changes nothing");
+        assert!(!ix.is_listed(), "pods alone are not the whole cluster");
+        assert!(!ix.reset::<K8sNamespace>([]));
+        assert!(!ix.reset::<K8sNode>([]));
+        assert!(!ix.reset::<NetworkPolicy>([]));
+        assert!(ix.is_listed());
+    }
+
+    #[test]
+    fn invalid_objects_are_counted_and_skipped() {
+        let mut ix = Index::default();
+        assert!(!ix.apply(&policy("bad", json!(0))));
+        assert_eq!(ix.len(Kind::NetworkPolicy), 0);
+        assert!(ix.apply(&policy("p", json!(80))));
+        // An invalid update keeps the last valid version.
+        assert!(!ix.apply(&policy("p", json!("Not_A_Name"))));
+        assert_eq!(ix.snapshot().policies[0].ingress[0].ports[0].to_string(), "80/TCP");
+        assert!(!ix.apply(&pod("x", "10.0.0.300", json!({}))));
+        assert!(!ix.apply(&obj::<K8sNode>(json!({"metadata": {}}))));
+        let counts: Vec<u64> = Kind::ALL.iter().map(|k| ix.invalid_objects().get(*k)).collect();
+        assert_eq!(counts, [0, 1, 1, 2]);
+    }
+
+    #[test]
+    fn an_invalid_object_in_a_relist_keeps_its_last_valid_version() {
+        let mut ix = Index::default();
+        ix.apply(&policy("p", json!(80)));
+        ix.apply(&policy("q", json!(81)));
+        let listing = [policy("p", json!("Bad_Name")), policy("r", json!(82))];
+        assert!(ix.reset(&listing));
+        let names: Vec<String> = ix.snapshot().policies.iter().map(|p| p.key()).collect();
+        assert_eq!(names, ["x/p", "x/r"]);
+    }
+
+    #[test]
+    fn replace_loads_a_whole_cluster() {
+        let mut b = crate::model::load::ClusterBuilder::new();
+        b.add_text("c.yaml", "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}\n")
+            .unwrap();
+        let (cluster, _) = b.finish();
+        let mut ix = Index::default();
+        assert!(ix.replace(cluster.clone()));
+        assert!(ix.is_listed());
+        assert_eq!(ix.snapshot(), cluster);
+        assert!(!ix.replace(cluster));
+        assert!(ix.replace(Cluster::default()));
+        assert!(ix.is_empty());
+    }
+}

@@ -1,0 +1,207 @@
+//! The agent's Prometheus metrics and its readiness.
+//!
+//! One [`Metrics`] value per agent, shared by the index (invalid objects),
+//! the sources (watch and load errors) and the reconcile loop (everything
+//! about syncs). Rendering is the OpenMetrics text format, which Prometheus
+//! scrapes natively.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use super::index::Kind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// `mode="delta"` or `mode="full"`: how a sync was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: &'static str,
+}
+
+impl ModeLabel {
+    pub fn of(full: bool) -> ModeLabel {
+        ModeLabel { mode: if full { "full" } else { "delta" } }
+    }
+}
+
+/// Objects rejected by validation, per kind. Cloning shares the counters.
+#[derive(Debug, Clone, Default)]
+pub struct InvalidObjects(Family<KindLabel, Counter>);
+
+impl InvalidObjects {
+    pub fn inc(&self, kind: Kind) {
+        self.0.get_or_create(&KindLabel { kind: kind.name() }).inc();
+    }
+    pub fn get(&self, kind: Kind) -> u64 {
+        self.0.get_or_create(&KindLabel { kind: kind.name() }).get()
+    }
+}
+
+fn seconds_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s: a delta is milliseconds, a full load at scale seconds.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub sync_duration: Family<ModeLabel, Histogram, fn() -> Histogram>,
+    pub event_to_applied: Histogram,
+    pub transaction_ops: Histogram,
+    pub transaction_element_ops: Histogram,
+    pub syncs: Family<ModeLabel, Counter>,
+    pub apply_failures: Family<ModeLabel, Counter>,
+    pub rules: Gauge,
+    pub sets: Gauge,
+    pub elements: Gauge,
+    pub last_success: Gauge<f64, AtomicU64>,
+    pub ready_gauge: Gauge,
+    pub invalid_objects: InvalidObjects,
+    pub watch_errors: Family<KindLabel, Counter>,
+    pub source_errors: Counter,
+    pub conntrack_deleted: Counter,
+    pub conntrack_failures: Counter,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::with_prefix("netfence"),
+            sync_duration: Family::new_with_constructor(seconds_histogram),
+            event_to_applied: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            transaction_ops: Histogram::new(exponential_buckets(1.0, 4.0, 11)),
+            transaction_element_ops: Histogram::new(exponential_buckets(1.0, 4.0, 11)),
+            syncs: Family::default(),
+            apply_failures: Family::default(),
+            rules: Gauge::default(),
+            sets: Gauge::default(),
+            elements: Gauge::default(),
+            last_success: Gauge::default(),
+            ready_gauge: Gauge::default(),
+            invalid_objects: InvalidObjects::default(),
+            watch_errors: Family::default(),
+            source_errors: Counter::default(),
+            conntrack_deleted: Counter::default(),
+            conntrack_failures: Counter::default(),
+            ready: AtomicBool::new(false),
+        };
+        m.register()
+    }
+
+    fn register(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register_with_unit(
+            "sync_duration",
+            "Time to apply one sync to the dataplane, by mode",
+            Unit::Seconds,
+            self.sync_duration.clone(),
+        );
+        r.register_with_unit(
+            "event_to_applied",
+            "Time from the first cluster change of a batch to the sync that applied it",
+            Unit::Seconds,
+            self.event_to_applied.clone(),
+        );
+        r.register("transaction_ops", "Operations in one applied transaction", self.transaction_ops.clone());
+        r.register(
+            "transaction_element_ops",
+            "Set element additions and deletions in one applied transaction",
+            self.transaction_element_ops.clone(),
+        );
+        r.register("syncs", "Successful syncs, by mode", self.syncs.clone());
+        r.register("apply_failures", "Failed syncs, by mode (a failed delta falls back to full)", self.apply_failures.clone());
+        r.register("ruleset_rules", "Rules in the applied ruleset", self.rules.clone());
+        r.register("ruleset_sets", "Sets in the applied ruleset", self.sets.clone());
+        r.register("ruleset_elements", "Set elements in the applied ruleset", self.elements.clone());
+        r.register_with_unit(
+            "last_successful_sync_timestamp",
+            "Unix time of the last successful sync",
+            Unit::Seconds,
+            self.last_success.clone(),
+        );
+        r.register("ready", "1 after the first successful sync while the last sync succeeded", self.ready_gauge.clone());
+        r.register("invalid_objects", "Objects skipped because they failed validation, by kind", self.invalid_objects.0.clone());
+        r.register("watch_errors", "Errors from the API watchers, by kind (each is retried with backoff)", self.watch_errors.clone());
+        r.register("source_load_errors", "Failed reloads of the --source folder (the last good cluster is kept)", self.source_errors.clone());
+        r.register("conntrack_deleted_entries", "Conntrack entries deleted by --established cut", self.conntrack_deleted.clone());
+        r.register("conntrack_failures", "Failed conntrack deletions under --established cut", self.conntrack_failures.clone());
+        self
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(ready));
+    }
+
+    /// True after the first successful sync and while the last one succeeded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn renders_every_metric_in_openmetrics_text() {
+        let m = Metrics::new();
+        m.sync_duration.get_or_create(&ModeLabel::of(true)).observe(0.012);
+        m.event_to_applied.observe(0.07);
+        m.transaction_ops.observe(3.0);
+        m.apply_failures.get_or_create(&ModeLabel::of(false)).inc();
+        m.sets.set(4);
+        m.elements.set(1200);
+        m.rules.set(17);
+        m.last_success.set(1_700_000_000.5);
+        m.invalid_objects.inc(Kind::NetworkPolicy);
+        m.set_ready(true);
+        let text = m.render();
+        let cases = [
+            ("netfence_sync_duration_seconds_count{mode=\"full\"}", "1"),
+            ("netfence_sync_duration_seconds_bucket{le=\"0.016\",mode=\"full\"}", "1"),
+            ("netfence_event_to_applied_seconds_count", "1"),
+            ("netfence_transaction_ops_bucket{le=\"4.0\"}", "1"),
+            ("netfence_apply_failures_total{mode=\"delta\"}", "1"),
+            ("netfence_ruleset_sets", "4"),
+            ("netfence_ruleset_elements", "1200"),
+            ("netfence_ruleset_rules", "17"),
+            ("netfence_last_successful_sync_timestamp_seconds", "1700000000.5"),
+            ("netfence_invalid_objects_total{kind=\"NetworkPolicy\"}", "1"),
+            ("netfence_ready", "1"),
+        ];
+        for (name, value) in cases {
+            let l = line(&text, &format!("{name} ")).unwrap_or_else(|| panic!("{name} missing in\n{text}"));
+            assert_eq!(l, format!("{name} {value}"), "{text}");
+        }
+        assert!(text.contains("# TYPE netfence_sync_duration_seconds histogram"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

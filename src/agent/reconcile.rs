@@ -1,0 +1,572 @@
+//! The reconcile loop: from "the cluster changed" to "the node enforces it".
+//!
+//! Bursts of changes are coalesced (a quiet period of `debounce` after the
+//! last change, but never more than `max_delay` after the first), then the
+//! index is snapshotted and handed to the [`Dataplane`]. The fallback ladder:
+//! try a delta; if it fails, apply the whole ruleset; if that fails too, keep
+//! the last good ruleset (the dataplane's transactions are atomic), report
+//! unready, and retry with a full apply after an exponential, capped
+//! backoff. A full apply also happens on start (adopting and atomically
+//! replacing whatever an earlier run left) and every `resync` to repair
+//! drift. With `--established cut`, conntrack entries of the pods the
+//! dataplane reports as affected are deleted after each successful sync but
+//! the first (which adopts an earlier run's ruleset, whose content is
+//! unknown).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::conntrack::Flows;
+use super::dataplane::{Dataplane, SyncError, SyncReport};
+use super::metrics::{Metrics, ModeLabel};
+use super::{Established, Store};
+use crate::model::Cluster;
+
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// Quiet period after the last change before syncing.
+    pub debounce: Duration,
+    /// Upper bound on how long a steady stream of changes can delay a sync.
+    pub max_delay: Duration,
+    /// Period of the full resync that repairs drift.
+    pub resync: Duration,
+    /// First retry delay after a failed sync; doubles up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub established: Established,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            debounce: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            resync: Duration::from_secs(300),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            established: Established::Keep,
+        }
+    }
+}
+
+/// "Something changed": fired by the sources, awaited by the loop. Keeps the
+/// time of the first change not yet taken, for the event-to-applied latency.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger(Arc<TriggerInner>);
+
+#[derive(Debug, Default)]
+struct TriggerInner {
+    since: Mutex<Option<Instant>>,
+    notify: Notify,
+}
+
+impl Trigger {
+    pub fn fire(&self) {
+        let mut since = self.0.since.lock().unwrap_or_else(|e| e.into_inner());
+        since.get_or_insert_with(Instant::now);
+        self.0.notify.notify_one();
+    }
+
+    /// When the oldest change not yet taken happened.
+    pub fn take(&self) -> Option<Instant> {
+        self.0.since.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    pub async fn fired(&self) {
+        self.0.notify.notified().await
+    }
+}
+
+/// Debounce with a bound: due `debounce` after the last event, but no later
+/// than `max_delay` after the first.
+#[derive(Debug, Clone)]
+pub struct Coalescer {
+    debounce: Duration,
+    max_delay: Duration,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Coalescer {
+    pub fn new(debounce: Duration, max_delay: Duration) -> Coalescer {
+        Coalescer { debounce, max_delay, first: None, last: None }
+    }
+
+    pub fn event(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    pub fn due(&self) -> Option<Instant> {
+        Some((self.last? + self.debounce).min(self.first? + self.max_delay))
+    }
+
+    pub fn clear(&mut self) {
+        self.first = None;
+        self.last = None;
+    }
+}
+
+/// Exponential backoff without jitter: the dataplane is local, so there is
+/// no shared server for many agents to stampede.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff { base, max, next: base }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.base;
+    }
+}
+
+pub(crate) struct Reconciler {
+    cfg: ReconcileConfig,
+    dataplane: Option<Box<dyn Dataplane>>,
+    flows: Option<Box<dyn Flows>>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    coalescer: Coalescer,
+    backoff: Backoff,
+    /// Set while failing: no sync before then, and a full one at then.
+    retry_at: Option<Instant>,
+    next_resync: Option<Instant>,
+    /// The next sync must be full (start, or after a failure).
+    need_full: bool,
+    /// First change not yet applied (kept across failed attempts).
+    pending_since: Option<Instant>,
+    /// Has any sync succeeded since start?
+    synced_once: bool,
+}
+
+impl Reconciler {
+    pub(crate) fn new(
+        cfg: ReconcileConfig,
+        dataplane: Box<dyn Dataplane>,
+        flows: Option<Box<dyn Flows>>,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Reconciler {
+        Reconciler {
+            coalescer: Coalescer::new(cfg.debounce, cfg.max_delay),
+            backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
+            cfg,
+            dataplane: Some(dataplane),
+            flows,
+            store,
+            metrics,
+            retry_at: None,
+            next_resync: None,
+            need_full: true,
+            pending_since: None,
+            synced_once: false,
+        }
+    }
+
+    /// Runs until `shutdown` resolves; an in-flight sync is finished first.
+    /// Returns an error only if the dataplane panicked.
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let trigger = self.store.trigger().clone();
+        loop {
+            let wake = self.wake_at();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return Ok(()),
+                _ = trigger.fired() => self.coalescer.event(Instant::now()),
+                _ = sleep_until(wake) => self.tick(Instant::now()).await?,
+            }
+        }
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        if !self.store.is_listed() {
+            return None;
+        }
+        // While failing, changes and resyncs wait for the retry: a broken
+        // kernel under a storm of events must not turn into a hot loop.
+        if self.retry_at.is_some() {
+            return self.retry_at;
+        }
+        [self.coalescer.due(), self.next_resync].into_iter().flatten().min()
+    }
+
+    async fn tick(&mut self, now: Instant) -> anyhow::Result<()> {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        let (run, full) = match self.retry_at {
+            Some(retry) => (retry <= now, true),
+            None => {
+                let resync = due(self.next_resync);
+                (resync || due(self.coalescer.due()), resync)
+            }
+        };
+        if !run {
+            return Ok(());
+        }
+        self.coalescer.clear();
+        let taken = self.store.trigger().take();
+        self.pending_since = self.pending_since.or(taken);
+        let Some(cluster) = self.store.snapshot() else { return Ok(()) };
+        self.sync(Arc::new(cluster), self.need_full || full).await
+    }
+
+    /// The fallback ladder: delta, then full, then keep the last good
+    /// ruleset and retry later.
+    async fn sync(&mut self, cluster: Arc<Cluster>, full: bool) -> anyhow::Result<()> {
+        let mut full = full;
+        let mut result = self.attempt(&cluster, full).await?;
+        if let (Err(e), false) = (&result, full) {
+            tracing::warn!(error = %e, "delta sync failed; applying the full ruleset");
+            full = true;
+            result = self.attempt(&cluster, true).await?;
+        }
+        let now = Instant::now();
+        match result {
+            Ok(report) => {
+                // The first sync adopts what an earlier run left: what that
+                // run enforced is unknown, and flushing every flow on each
+                // restart would hurt more than it helps, so it cuts nothing.
+                let adopting = !self.synced_once;
+                self.succeeded(&report, full, now);
+                if !adopting {
+                    self.cut_flows(report.affected).await?;
+                }
+            }
+            Err(e) => {
+                self.need_full = true;
+                let delay = self.backoff.next_delay();
+                self.retry_at = Some(now + delay);
+                self.metrics.set_ready(false);
+                tracing::error!(error = %e, retry_in = ?delay, "sync failed; the last good ruleset stays in place");
+            }
+        }
+        Ok(())
+    }
+
+    async fn attempt(&mut self, cluster: &Arc<Cluster>, full: bool) -> anyhow::Result<Result<SyncReport, SyncError>> {
+        let dataplane = self.dataplane.take().expect("the dataplane is put back after every call");
+        let cluster = cluster.clone();
+        let started = std::time::Instant::now();
+        let (dataplane, result) = tokio::task::spawn_blocking(move || {
+            let mut dataplane = dataplane;
+            let result = dataplane.sync(&cluster, full);
+            (dataplane, result)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the dataplane panicked: {e}"))?;
+        self.dataplane = Some(dataplane);
+        let mode = ModeLabel::of(full);
+        match &result {
+            Ok(_) => self.metrics.sync_duration.get_or_create(&mode).observe(started.elapsed().as_secs_f64()),
+            Err(_) => {
+                self.metrics.apply_failures.get_or_create(&mode).inc();
+            }
+        }
+        Ok(result)
+    }
+
+    fn succeeded(&mut self, r: &SyncReport, full: bool, now: Instant) {
+        let m = &self.metrics;
+        m.syncs.get_or_create(&ModeLabel::of(full)).inc();
+        m.transaction_ops.observe(r.ops as f64);
+        m.transaction_element_ops.observe(r.element_ops as f64);
+        m.rules.set(r.rules as i64);
+        m.sets.set(r.sets as i64);
+        m.elements.set(r.elements as i64);
+        let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        m.last_success.set(unix.as_secs_f64());
+        if let Some(since) = self.pending_since.take() {
+            m.event_to_applied.observe(now.saturating_duration_since(since).as_secs_f64());
+        }
+        if !m.is_ready() {
+            tracing::info!("first successful sync since start or failure: ready");
+        }
+        m.set_ready(true);
+        self.need_full = false;
+        self.synced_once = true;
+        self.retry_at = None;
+        self.backoff.reset();
+        if full {
+            self.next_resync = Some(now + self.cfg.resync);
+        }
+        tracing::info!(full, ops = r.ops, element_ops = r.element_ops, rules = r.rules, sets = r.sets, elements = r.elements, "synced");
+    }
+
+    async fn cut_flows(&mut self, affected: Vec<IpAddr>) -> anyhow::Result<()> {
+        if self.cfg.established != Established::Cut || affected.is_empty() {
+            return Ok(());
+        }
+        let Some(mut flows) = self.flows.take() else { return Ok(()) };
+        let ips: Vec<IpAddr> = affected.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let (flows, result) = tokio::task::spawn_blocking(move || {
+            let r = flows.cut(&ips);
+            (flows, r)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("conntrack panicked: {e}"))?;
+        self.flows = Some(flows);
+        match result {
+            Ok(n) => {
+                self.metrics.conntrack_deleted.inc_by(n);
+                tracing::info!(deleted = n, "cut established connections of affected pods");
+            }
+            Err(e) => {
+                self.metrics.conntrack_failures.inc();
+                tracing::warn!(error = %e, "cannot cut established connections; they continue under the old policy until they end");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::conntrack::FakeFlows;
+    use crate::agent::dataplane::FakeDataplane;
+    use crate::agent::Index;
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use serde_json::json;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn coalescer_debounces_with_a_bound() {
+        let t0 = Instant::now();
+        // (event offsets in ms) -> due offset in ms
+        let check = |events: &[u64], expected: Option<u64>| {
+            let mut c = Coalescer::new(50 * MS, 200 * MS);
+            for e in events {
+                c.event(t0 + Duration::from_millis(*e));
+            }
+            assert_eq!(c.due().map(|d| (d - t0).as_millis() as u64), expected, "{events:?}");
+        };
+        check(&[], None);
+        check(&[0], Some(50));
+        check(&[0, 10, 40], Some(90));
+        check(&[0, 60, 120, 180], Some(200));
+        check(&[5, 300], Some(205));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let mut b = Backoff::new(100 * MS, 1000 * MS);
+        let delays: Vec<u128> = (0..6).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_delay(), 100 * MS);
+    }
+
+    fn pod(name: &str, ip: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "x"}, "status": {"podIP": ip}})).unwrap()
+    }
+
+    struct Harness {
+        store: Store,
+        dp: FakeDataplane,
+        flows: FakeFlows,
+        metrics: Arc<Metrics>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl Harness {
+        fn start(cfg: ReconcileConfig) -> Harness {
+            let metrics = Arc::new(Metrics::new());
+            let store = Store::new(Index::new(metrics.invalid_objects.clone()));
+            let dp = FakeDataplane::default();
+            let flows = FakeFlows::default();
+            let r = Reconciler::new(cfg, Box::new(dp.clone()), Some(Box::new(flows.clone())), store.clone(), metrics.clone());
+            let (stop, rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(r.run(async move {
+                let _ = rx.await;
+            }));
+            Harness { store, dp, flows, metrics, stop, task }
+        }
+
+        fn list_all(&self, pods: &[Pod]) {
+            self.store.update(|ix| {
+                ix.reset::<Namespace>([]) | ix.reset::<Node>([]) | ix.reset::<NetworkPolicy>([]) | ix.reset(pods)
+            });
+        }
+
+        fn apply(&self, p: Pod) {
+            self.store.update(|ix| ix.apply(&p));
+        }
+
+        async fn stop(self) {
+            self.stop.send(()).unwrap();
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
+    fn cfg() -> ReconcileConfig {
+        ReconcileConfig {
+            debounce: 50 * MS,
+            max_delay: 500 * MS,
+            resync: Duration::from_secs(300),
+            retry_base: 100 * MS,
+            retry_max: 1000 * MS,
+            established: Established::Keep,
+        }
+    }
+
+    async fn advance(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_sync_until_every_kind_is_listed_then_a_full_one() {
+        let h = Harness::start(cfg());
+        h.apply(pod("a", "10.0.0.1"));
+        h.store.update(|ix| ix.reset::<Namespace>([]) | ix.reset::<Node>([]) | ix.reset::<NetworkPolicy>([]));
+        advance(1000).await;
+        assert!(h.dp.history().is_empty());
+        assert!(!h.metrics.is_ready());
+        h.store.update(|ix| ix.reset(&[pod("a", "10.0.0.1")]));
+        advance(100).await;
+        assert_eq!(h.dp.history(), ["full"]);
+        assert!(h.metrics.is_ready());
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_one_delta_sync() {
+        let h = Harness::start(cfg());
+        h.list_all(&[]);
+        advance(100).await;
+        let start = Instant::now();
+        for i in 0..10 {
+            h.apply(pod(&format!("p{i}"), &format!("10.0.0.{i}")));
+            advance(10).await;
+        }
+        advance(200).await;
+        assert_eq!(h.dp.history(), ["full", "delta"]);
+        let last = h.dp.records().pop().unwrap();
+        assert_eq!(last.cluster.pods.len(), 10);
+        // The last event was at +90ms, so the sync came debounce (50ms) later.
+        assert_eq!((last.at - start).as_millis(), 140);
+        // A no-op update triggers nothing.
+        h.apply(pod("p1", "10.0.0.1"));
+        advance(200).await;
+        assert_eq!(h.dp.history().len(), 2);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_still_syncs_within_max_delay() {
+        let h = Harness::start(cfg());
+        h.list_all(&[]);
+        advance(100).await;
+        let start = Instant::now();
+        for i in 0..100 {
+            h.apply(pod(&format!("p{i}"), &format!("10.0.1.{i}")));
+            advance(20).await;
+        }
+        let times: Vec<u128> = h.dp.records().iter().skip(1).map(|r| (r.at - start).as_millis()).collect();
+        // Each batch starts with the first change after the previous sync.
+        assert_eq!(times, [500, 1020, 1540]);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fallback_ladder_delta_then_full_then_backoff() {
+        let h = Harness::start(cfg());
+        h.list_all(&[]);
+        advance(100).await;
+        // A failed delta falls back to full at once.
+        h.dp.fail_next_deltas(1);
+        h.apply(pod("a", "10.0.0.1"));
+        advance(100).await;
+        assert_eq!(h.dp.history(), ["full", "delta!", "full"]);
+        assert!(h.metrics.is_ready());
+        // Both failing: unready, the last good cluster stays, full retries
+        // back off 100, 200, 400 ms.
+        h.dp.fail_next(4);
+        let t = Instant::now();
+        h.apply(pod("b", "10.0.0.2"));
+        advance(60).await;
+        assert!(!h.metrics.is_ready());
+        assert_eq!(h.dp.committed().unwrap().pods.len(), 1);
+        advance(1000).await;
+        let times: Vec<u128> = h.dp.records().iter().skip(3).map(|r| (r.at - t).as_millis()).collect();
+        assert_eq!(times, [50, 50, 150, 350, 750]);
+        assert_eq!(h.dp.history()[3..], ["delta!", "full!", "full!", "full!", "full"]);
+        assert!(h.metrics.is_ready());
+        assert_eq!(h.dp.committed().unwrap().pods.len(), 2);
+        let text = h.metrics.render();
+        assert!(text.contains("netfence_apply_failures_total{mode=\"delta\"} 2"), "{text}");
+        assert!(text.contains("netfence_apply_failures_total{mode=\"full\"} 3"), "{text}");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_wait_for_the_retry_while_failing() {
+        let h = Harness::start(cfg());
+        h.list_all(&[]);
+        advance(100).await;
+        h.dp.fail_next(2);
+        h.apply(pod("a", "10.0.0.1"));
+        advance(60).await; // delta! full! at +50; retry due at +150
+        for i in 0..5 {
+            h.apply(pod(&format!("b{i}"), &format!("10.0.2.{i}")));
+            advance(10).await;
+        }
+        advance(1000).await;
+        assert_eq!(h.dp.history(), ["full", "delta!", "full!", "full"]);
+        assert_eq!(h.dp.committed().unwrap().pods.len(), 6);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periodic_full_resync() {
+        let h = Harness::start(ReconcileConfig { resync: Duration::from_secs(60), ..cfg() });
+        h.list_all(&[]);
+        advance(100).await;
+        advance(30_000).await;
+        h.apply(pod("a", "10.0.0.1"));
+        advance(100_000).await;
+        assert_eq!(h.dp.history(), ["full", "delta", "full", "full"]);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cut_flushes_affected_pods_only_with_cut() {
+        for (established, expected) in [(Established::Keep, vec![]), (Established::Cut, vec!["10.0.0.2"])] {
+            let h = Harness::start(ReconcileConfig { established, ..cfg() });
+            h.list_all(&[pod("a", "10.0.0.1")]);
+            advance(100).await;
+            assert_eq!(h.flows.cut_ips(), Vec::<String>::new(), "the adopting first sync cuts nothing");
+            h.apply(pod("b", "10.0.0.2"));
+            advance(100).await;
+            assert_eq!(h.flows.cut_ips(), expected, "{established:?}");
+            h.stop().await;
+        }
+    }
+}

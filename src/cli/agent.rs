@@ -1,0 +1,255 @@
+//! `netfence agent`: the per-node enforcement agent (see `crate::agent`).
+//!
+//! Exit codes: 0 after a clean shutdown (SIGTERM, Ctrl-C), 1 when the agent
+//! died at run time, 2 for bad flags or an environment it cannot start in
+//! (no kubeconfig, no conntrack with `--established cut`, metrics port taken).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::agent::{self, ConntrackCli, Dataplane, DryRun, Established, Flows, ReconcileConfig, Source};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Name of the node this agent enforces for. In the DaemonSet it comes
+    /// from the downward API (`--node $(NODE_NAME)`).
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+
+    /// Kubeconfig to reach the API server with. Without it (and without
+    /// --source) the agent uses its pod's service account.
+    #[arg(long, value_name = "PATH", conflicts_with = "source")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Read the cluster from a folder of manifests (*.yaml, *.yml, *.json,
+    /// recursively) instead of the API server, reloading it when a file
+    /// changes. A folder that fails to load keeps the last good cluster and
+    /// the error is logged with file:line.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+
+    /// How often --source checks its folder's files for changes (sizes and
+    /// modification times).
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Period of the full resync, which reapplies the whole ruleset to repair
+    /// drift (someone else changing our table).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Quiet period after a cluster change before syncing, so a burst of
+    /// changes becomes one transaction.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+
+    /// Longest a steady stream of changes may delay a sync.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub max_delay: Duration,
+
+    /// Longest wait between retries after failed syncs (the delay starts at
+    /// 500ms and doubles). Meanwhile the last good ruleset stays applied and
+    /// /readyz reports unready.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_retry_delay: Duration,
+
+    /// Connections established before a policy change: `keep` lets them
+    /// continue under the rules that admitted them (new connections follow
+    /// the new policy; most implementations do this); `cut` deletes the
+    /// conntrack entries to and from every pod whose effective policy
+    /// changed, so their next packet is judged by the new rules (not on the
+    /// first sync after start, which adopts the previous run's ruleset).
+    /// `cut` needs the conntrack binary and fails at start without it.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = EstablishedArg::Keep)]
+    pub established: EstablishedArg,
+
+    /// The conntrack binary used by `--established cut`.
+    #[arg(long, value_name = "PATH", default_value = "conntrack")]
+    pub conntrack: PathBuf,
+
+    /// Address serving /healthz, /readyz and /metrics (Prometheus).
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], agent::METRICS_PORT)))]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format: human-readable `text`, or one JSON object per line.
+    /// Verbosity follows NETFENCE_LOG (default `info`, e.g. `netfence=debug`).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Watch and log what would be enforced, but never touch nftables or
+    /// conntrack: for trying the agent on a cluster.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EstablishedArg {
+    Keep,
+    Cut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Args {
+    pub fn config(&self) -> agent::Config {
+        let source = match (&self.source, &self.kubeconfig) {
+            (Some(dir), _) => Source::Folder { dir: dir.clone(), poll: self.poll_interval },
+            (None, kubeconfig) => Source::Kube { kubeconfig: kubeconfig.clone() },
+        };
+        agent::Config {
+            node: self.node.clone(),
+            source,
+            reconcile: ReconcileConfig {
+                debounce: self.debounce,
+                max_delay: self.max_delay,
+                resync: self.resync_interval,
+                retry_max: self.max_retry_delay,
+                established: match self.established {
+                    EstablishedArg::Keep => Established::Keep,
+                    EstablishedArg::Cut => Established::Cut,
+                },
+                ..ReconcileConfig::default()
+            },
+            metrics_addr: self.metrics_addr,
+        }
+    }
+}
+
+/// The dataplane the agent drives. The nftables one (compile, diff, apply
+/// through `apply::Kernel`) is plugged in here.
+fn dataplane(args: &Args) -> anyhow::Result<Box<dyn Dataplane>> {
+    if args.dry_run {
+        return Ok(Box::new(DryRun));
+    }
+    Ok(Box::new(crate::agent::NftDataplane::new(&args.node, Box::new(crate::apply::NftKernel::new()))))
+}
+
+fn flows(args: &Args) -> anyhow::Result<Option<Box<dyn Flows>>> {
+    if args.established == EstablishedArg::Keep || args.dry_run {
+        return Ok(None);
+    }
+    let cli = ConntrackCli::new(&args.conntrack)
+        .with_context(|| "--established cut deletes conntrack entries and needs the conntrack binary (conntrack-tools)")?;
+    Ok(Some(Box::new(cli)))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETFENCE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A subscriber may already be installed (tests); keep it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+pub fn run(args: Args) -> i32 {
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return 1;
+        }
+    };
+    runtime.block_on(async {
+        let started = async {
+            let dataplane = dataplane(&args)?;
+            let flows = flows(&args)?;
+            agent::start(args.config(), dataplane, flows).await
+        };
+        let running = match started.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot start the agent: {e:#}");
+                return 2;
+            }
+        };
+        match running.run_until(shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("agent stopped");
+                0
+            }
+            Err(e) => {
+                tracing::error!("agent failed: {e:#}");
+                1
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, String> {
+        let argv = std::iter::once("agent").chain(argv.iter().copied());
+        Cli::try_parse_from(argv).map(|c| c.args).map_err(|e| e.kind().to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&["--node", "n1"]).unwrap();
+        let c = a.config();
+        assert!(matches!(c.source, Source::Kube { kubeconfig: None }));
+        assert_eq!(c.reconcile.resync, Duration::from_secs(300));
+        assert_eq!(c.reconcile.debounce, Duration::from_millis(50));
+        assert_eq!(c.reconcile.established, Established::Keep);
+        assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:9964");
+        assert_eq!(a.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags() {
+        let a = parse(&["--node", "n1", "--source", "/tmp/x", "--poll-interval", "1s", "--resync-interval", "1m30s", "--established", "cut"])
+            .unwrap();
+        let c = a.config();
+        assert!(matches!(&c.source, Source::Folder { dir, poll } if dir.to_str() == Some("/tmp/x") && *poll == Duration::from_secs(1)));
+        assert_eq!(c.reconcile.resync, Duration::from_secs(90));
+        assert_eq!(c.reconcile.established, Established::Cut);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        assert!(parse(&["--node", "n1", "--established", "drop"]).is_err());
+        assert!(parse(&["--node", "n1", "--resync-interval", "soon"]).is_err());
+        assert!(parse(&["--node", "n1", "--source", "d", "--kubeconfig", "k"]).is_err());
+    }
+
+    #[test]
+    fn cut_without_conntrack_fails_at_start() {
+        let a = parse(&["--node", "n1", "--established", "cut", "--conntrack", "/nonexistent/conntrack"]).unwrap();
+        let e = flows(&a).err().expect("an error");
+        assert!(format!("{e:#}").contains("needs the conntrack binary"), "{e:#}");
+    }
+}

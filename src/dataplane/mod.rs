@@ -1,0 +1,214 @@
+//! `netfence test --dataplane`: verdicts proven with real packets through
+//! real nftables, in network namespaces shaped like the cluster.
+//!
+//! [`Dataplane::build`] lays the cluster out as namespaces ([`topology`]),
+//! checks that every pod is reachable before any ruleset exists (so a
+//! denied probe later means the ruleset denied it, never a wiring fault),
+//! then hands each node's namespace to the caller's `install` step.
+//! [`Dataplane::probe_all`] sends packets for a list of flows ([`probe`]).
+//! Dropping the dataplane removes every namespace, and with them every link
+//! and ruleset; see [`crate::netns`] for panics and signals.
+//!
+//! Invariant: nothing here touches the host namespace's links, addresses,
+//! routes or ruleset; the install step runs inside node namespaces only.
+
+pub mod backend;
+pub mod probe;
+pub mod sctp;
+pub mod topology;
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+pub use crate::eval::Endpoint;
+use crate::model::{Cluster, Family, Protocol};
+use crate::netns::Netns;
+pub use backend::DataplaneBackend;
+use topology::{Place, Topology};
+
+/// One flow to try with real packets. Endpoints are the reference
+/// evaluator's, parsed from the test format by [`Endpoint::parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    pub family: Family,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// What the packets said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// The answer came back: the flow and its replies got through.
+    pub allowed: bool,
+    /// How: `answered in 0.3ms`, or each attempt's failure
+    /// (`no answer within 400ms`, `refused`, ...).
+    pub detail: String,
+    pub elapsed: Duration,
+}
+
+/// How hard to try.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// How long one attempt waits for its answer: a denied flow costs
+    /// `attempts * timeout`.
+    pub timeout: Duration,
+    /// Attempts before a flow counts as denied; more than one keeps a lost
+    /// packet from passing for a denial.
+    pub attempts: u32,
+    /// Probes in flight at once.
+    pub parallel: usize,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions { timeout: Duration::from_millis(400), attempts: 2, parallel: 128 }
+    }
+}
+
+/// How long the wiring check may wait for links to come up.
+pub const WIRING_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Where the time of [`Dataplane::build`] went.
+#[derive(Debug, Clone, Default)]
+pub struct BuildTimings {
+    pub namespaces: usize,
+    pub topology: Duration,
+    pub self_check: Duration,
+    /// Rounds of the wiring check until every link carried traffic.
+    pub self_check_rounds: u32,
+    pub install: Duration,
+}
+
+/// The cluster as network namespaces, with each node's ruleset installed.
+#[derive(Debug)]
+pub struct Dataplane {
+    topology: Topology,
+    pub options: ProbeOptions,
+    pub timings: BuildTimings,
+    /// Listeners bind the probed ports: one probe run at a time.
+    probing: Mutex<()>,
+}
+
+impl Dataplane {
+    /// Build the namespaces for `cluster`, with `externals` (every IP
+    /// literal a test's expectations name) in the outside namespace, check
+    /// the wiring, then call `install(node_name, node_namespace)` once per
+    /// node to load its ruleset (e.g. `|node, ns| ns.run(|| kernel.apply(&tx[node]))?`).
+    pub fn build<F>(cluster: &Cluster, externals: &[IpAddr], install: F) -> anyhow::Result<Dataplane>
+    where
+        F: FnMut(&str, &Netns) -> anyhow::Result<()>,
+    {
+        let plan = topology::plan(cluster, externals).context("cannot lay the cluster out as network namespaces")?;
+        let topology = Topology::build(plan).context("cannot build the dataplane's network namespaces")?;
+        let timings =
+            BuildTimings { namespaces: topology.plan.roles.len(), topology: topology.build_time, ..Default::default() };
+        let mut dp = Dataplane { topology, options: ProbeOptions::default(), timings, probing: Mutex::new(()) };
+        let start = Instant::now();
+        dp.self_check()?;
+        dp.timings.self_check = start.elapsed();
+        let start = Instant::now();
+        dp.install(install)?;
+        dp.timings.install = start.elapsed();
+        Ok(dp)
+    }
+
+    /// Call `install` for every node's namespace, in node name order. Only
+    /// once, before any probe: conntrack would let flows probed under an
+    /// earlier ruleset pass as established under a later one.
+    fn install<F>(&self, mut install: F) -> anyhow::Result<()>
+    where
+        F: FnMut(&str, &Netns) -> anyhow::Result<()>,
+    {
+        for (node, ns) in self.topology.plan.nodes() {
+            install(node, self.topology.netns(ns)).with_context(|| format!("cannot install the ruleset of node {node}"))?;
+        }
+        Ok(())
+    }
+
+    /// Probe every flow, in parallel; results in the order of `specs`.
+    /// `Err`: a spec names what the dataplane does not have, or probing
+    /// itself failed; never a verdict.
+    pub fn probe_all(&self, specs: &[ProbeSpec]) -> anyhow::Result<Vec<ProbeResult>> {
+        self.probe_with(specs, &self.options)
+    }
+
+    fn probe_with(&self, specs: &[ProbeSpec], options: &ProbeOptions) -> anyhow::Result<Vec<ProbeResult>> {
+        let flows = specs
+            .iter()
+            .map(|spec| self.flow(spec).map_err(|e| anyhow::anyhow!("cannot probe {}: {e}", self.describe(spec))))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let _one_at_a_time = self.probing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        probe::run(&flows, options)
+    }
+
+    /// A spec as the test format would write it: `x/a -> node/node-1 80/TCP IPv4`.
+    pub fn describe(&self, spec: &ProbeSpec) -> String {
+        let plan = &self.topology.plan;
+        format!("{} -> {} {}/{} {}", plan.name(&spec.from), plan.name(&spec.to), spec.port, spec.protocol, spec.family)
+    }
+
+    /// The namespace of a node, for installing or inspecting its ruleset.
+    pub fn node_netns(&self, node: &str) -> Option<&Netns> {
+        self.topology.plan.node_ns(node).map(|ns| self.topology.netns(ns))
+    }
+
+    /// Every namespace this dataplane made.
+    pub fn netns_names(&self) -> Vec<String> {
+        self.topology.names().map(str::to_string).collect()
+    }
+
+    fn flow(&self, spec: &ProbeSpec) -> Result<probe::Flow<'_>, String> {
+        if spec.port == 0 {
+            return Err("port 0 cannot be probed".into());
+        }
+        let plan = &self.topology.plan;
+        let Place { ns: src, ip: src_ip } = plan.locate(&spec.from, spec.family)?;
+        let Place { ns: dst, ip: dst_ip } = plan.locate(&spec.to, spec.family)?;
+        Ok(probe::Flow {
+            src: self.topology.netns(src),
+            src_ip,
+            dst: self.topology.netns(dst),
+            dst_ip,
+            protocol: spec.protocol,
+            port: spec.port,
+        })
+    }
+
+    /// Before any ruleset: every pod answers a node other than its own (or
+    /// its own, with one node) and the outside, and each node answers the
+    /// next one, in every family they share. Exercises every link and route.
+    ///
+    /// Links come up asynchronously: the kernel applies a veth's carrier
+    /// change to a bridge port later, under load up to a second later, and a
+    /// neighbour lookup that went unanswered meanwhile is retried on its own
+    /// clock. So failing checks are retried, quickly, until
+    /// [`WIRING_DEADLINE`]; what still fails then is a wiring fault.
+    fn self_check(&mut self) -> anyhow::Result<()> {
+        let quick = ProbeOptions { timeout: Duration::from_millis(200), attempts: 1, ..self.options.clone() };
+        let deadline = Instant::now() + WIRING_DEADLINE;
+        let mut pending = self.topology.plan.wiring_checks();
+        loop {
+            self.timings.self_check_rounds += 1;
+            let results = self.probe_with(&pending, &quick)?;
+            let failed: Vec<(ProbeSpec, ProbeResult)> =
+                pending.into_iter().zip(results).filter(|(_, r)| !r.allowed).collect();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let failed: Vec<String> = failed.iter().map(|(s, r)| format!("{}: {}", self.describe(s), r.detail)).collect();
+                anyhow::bail!(
+                    "the dataplane's wiring is broken before any ruleset was installed (a netfence bug):\n  {}",
+                    failed.join("\n  ")
+                )
+            }
+            pending = failed.into_iter().map(|(s, _)| s).collect();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
