@@ -31,6 +31,6 @@ fn smoke_run_measures_every_stage() {
         None => assert!(r.notes.iter().any(|n| n.contains("kernel measures skipped")), "{text}"),
     }
     let netns = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
-    let prefix = format!("nfb{}_", std::process::id());
+    let prefix = format!("nfb{}-", std::process::id());
     assert!(!String::from_utf8_lossy(&netns).contains(&prefix), "a scratch namespace was left behind");
 }

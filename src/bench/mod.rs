@@ -19,7 +19,7 @@
 //! program and a linear expansion of it ([`packet`]).
 //!
 //! Effects: a scratch directory for the manifests and scratch network
-//! namespaces for nft and traffic (`nfb<pid>_<n>`), all removed when the size
+//! namespaces for nft and traffic (`nfb<pid>-<n>`), all removed when the size
 //! is done, also when it fails. Nothing touches the machine's own ruleset,
 //! interfaces or addresses.
 
@@ -28,18 +28,18 @@ pub mod packet;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::apply::{Kernel, NftKernel};
 use crate::eval::{evaluate, Endpoint, Flow};
 use crate::gen::{Plan, Size, Spec};
 use crate::ir::{self, Ir};
 use crate::model::{Cluster, Direction, Peer, PodId, PortRef, PortSpec, Protocol, Rule};
+use crate::netns::Netns;
 use crate::nft::{self, compile::node_of, Op, Program, Transaction};
 
 /// What to run.
@@ -228,7 +228,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         notes.push(format!("kernel measures skipped: {why}"));
     } else {
         eprintln!("[{label}] applying into a scratch network namespace");
-        let scratch = ScratchNetns::new()?;
+        let scratch = scratch_netns()?;
         full_apply = Some(scratch.run(|| apply_full(&program, runs))??);
         ns = Some(scratch);
     }
@@ -498,49 +498,10 @@ fn kernel_available() -> Result<(), String> {
     Ok(())
 }
 
-/// A network namespace of our own (`nfb<pid>_<n>`), deleted on drop, which
-/// takes its nftables tables with it.
-struct ScratchNetns {
-    name: String,
-}
-
-impl ScratchNetns {
-    fn new() -> anyhow::Result<ScratchNetns> {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("nfb{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        let out = Command::new("ip").args(["netns", "add", &name]).output().context("running ip netns add")?;
-        if !out.status.success() {
-            bail!("ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(ScratchNetns { name })
-    }
-
-    /// Run `f` on a thread that has entered the namespace: processes it
-    /// starts (nft) live there too, without `ip netns exec`'s extra process
-    /// in every timing.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-        let path = Path::new("/run/netns").join(&self.name);
-        let file = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                use std::os::fd::AsRawFd;
-                // SAFETY: a valid namespace fd; setns changes only this
-                // thread, which ends with the scope.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread in {} panicked", self.name))?
-        })
-    }
-}
-
-impl Drop for ScratchNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
+/// A scratch network namespace (`nfb<pid>-<n>`): removed on drop, on panic
+/// and on Ctrl-C ([`crate::netns`]), taking its nftables tables with it.
+fn scratch_netns() -> anyhow::Result<Netns> {
+    Netns::create("nfb")
 }
 
 /// A field of /proc/self/status in kB (`VmHWM`, `VmRSS`).

@@ -18,18 +18,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ipnet::IpNet;
 
-use super::ScratchNetns;
 use crate::apply::{Kernel, NftKernel};
 use crate::eval::{evaluate, Endpoint, Flow, SideReason};
 use crate::ir::{Ir, PeerIr};
 use crate::model::{Cluster, Family, PodId, PortRef, Protocol};
+use crate::netns::Netns;
 use crate::nft::compile::node_of;
 use crate::nft::program::{Action, AddrField, AddrMatch, Chain, Element, Hook, Match, PortRange, Program, Rule, Verdict};
 use crate::nft::{self, Op, Transaction};
@@ -265,48 +264,33 @@ fn expand(p: &Program, r: &Rule, local: Option<&BTreeSet<IpAddr>>, extra: &mut V
 
 /// client, node and server namespaces, wired as a CNI would.
 struct Topology {
-    client: ScratchNetns,
-    node: ScratchNetns,
-    server: ScratchNetns,
+    client: Netns,
+    node: Netns,
+    server: Netns,
 }
 
 /// The gateway address every pod routes through (Calico's choice).
 const GATEWAY: &str = "169.254.1.1";
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
 impl Topology {
     fn new(src: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<Topology> {
-        let t = Topology { client: ScratchNetns::new()?, node: ScratchNetns::new()?, server: ScratchNetns::new()? };
-        let node = t.node.name.as_str();
-        for (pod, addr, peer) in [(&t.client, src, "vc"), (&t.server, dst, "vs")] {
-            let ns = pod.name.as_str();
-            let cidr = format!("{addr}/32");
-            let host = format!("{addr}/32");
-            ip(&["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", peer, "netns", node])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
-            ip(&["-n", ns, "route", "add", GATEWAY, "dev", "eth0", "scope", "link"])?;
-            ip(&["-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
-            ip(&["-n", node, "link", "set", peer, "up"])?;
-            ip(&["-n", node, "addr", "add", &format!("{GATEWAY}/32"), "dev", peer])?;
-            ip(&["-n", node, "route", "add", &host, "dev", peer])?;
+        let mut all = Netns::create_many("nfb", 3)?;
+        let (server, node, client) = (all.pop().context("server")?, all.pop().context("node")?, all.pop().context("client")?);
+        // Both ends of each veth are created inside their namespaces, from
+        // the node's: nothing appears in the namespace we run in.
+        for (pod, addr, peer) in [(&client, src, "vc"), (&server, dst, "vs")] {
+            node.ip_batch(&format!(
+                "link add {peer} type veth peer name eth0 netns {}\nlink set {peer} up\n\
+                 addr add {GATEWAY}/32 dev {peer}\nroute add {addr}/32 dev {peer}\n",
+                pod.name()
+            ))?;
+            pod.ip_batch(&format!(
+                "link set lo up\nlink set eth0 up\naddr add {addr}/32 dev eth0\n\
+                 route add {GATEWAY} dev eth0 scope link\nroute add default via {GATEWAY} dev eth0\n"
+            ))?;
         }
-        let sysctl = Command::new("ip")
-            .args(["netns", "exec", node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"])
-            .output()
-            .context("running sysctl")?;
-        if !sysctl.status.success() {
-            bail!("sysctl in {node}: {}", String::from_utf8_lossy(&sysctl.stderr).trim());
-        }
-        Ok(t)
+        node.sysctl(&[("net/ipv4/ip_forward", "1"), ("net/ipv4/conf/all/rp_filter", "0")])?;
+        Ok(Topology { client, node, server })
     }
 }
 
@@ -470,10 +454,11 @@ pub fn render(r: &PacketReport) -> String {
     s
 }
 
-/// For tests: every pair (src, dst, port) decided the same by two programs
-/// at both hooks; the first disagreement otherwise.
-pub fn first_disagreement(a: &Program, b: &Program, packets: &[(IpAddr, IpAddr, u16)]) -> Option<String> {
-    use crate::nft::interp::{eval_hook, Packet};
+/// For tests: every (src, dst, port) decided the same by two programs of a
+/// node with addresses `addrs`, at both hooks; the first disagreement
+/// otherwise.
+pub fn first_disagreement(a: &Program, b: &Program, addrs: &[IpAddr], packets: &[(IpAddr, IpAddr, u16)]) -> Option<String> {
+    use crate::nft::interp::{eval_hook, Host, Packet};
     let mut cache: BTreeMap<(IpAddr, IpAddr, u16), ()> = BTreeMap::new();
     for &(s, d, port) in packets {
         if cache.insert((s, d, port), ()).is_some() {
@@ -481,7 +466,8 @@ pub fn first_disagreement(a: &Program, b: &Program, packets: &[(IpAddr, IpAddr, 
         }
         let pkt = Packet::new(s, d, Protocol::Tcp, port);
         for hook in [Hook::Prerouting, Hook::Postrouting] {
-            let (x, y) = (eval_hook(a, hook, &pkt).accepted, eval_hook(b, hook, &pkt).accepted);
+            let host = |program| Host { program, addrs };
+            let (x, y) = (eval_hook(host(a), hook, &pkt).accepted, eval_hook(host(b), hook, &pkt).accepted);
             if x != y {
                 return Some(format!("{s} -> {d}:{port} at {}: {x} vs {y}", hook.name()));
             }
@@ -522,10 +508,11 @@ mod tests {
                 }
             }
             packets.push(("192.0.2.7".parse().unwrap(), ips[0], 8080));
-            assert_eq!(first_disagreement(&p, &lin, &packets), None, "{node}");
+            let addrs = &c.nodes[node].internal_ips;
+            assert_eq!(first_disagreement(&p, &lin, addrs, &packets), None, "{node}");
             let accepted = |&&(s, d, port): &&(IpAddr, IpAddr, u16)| {
                 let pkt = crate::nft::interp::Packet::new(s, d, Protocol::Tcp, port);
-                crate::nft::interp::eval_hook(&p, Hook::Postrouting, &pkt).accepted
+                crate::nft::interp::eval_hook(crate::nft::interp::Host::of(&c, node, &p), Hook::Postrouting, &pkt).accepted
             };
             let n = packets.iter().filter(accepted).count();
             assert!(n > 0 && n < packets.len(), "{node}: the sample must hold both verdicts ({n} of {} accepted)", packets.len());
