@@ -24,4 +24,5 @@ pub mod policytest;
 pub mod dataplane;
 pub mod agent;
 pub mod gen;
+pub mod bench;
 pub mod cli;

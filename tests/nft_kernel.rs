@@ -62,6 +62,34 @@ fn diffs_apply_incrementally() {
     apply_and_verify(&mut k, &diff(Some(&other), &old), &old);
 }
 
+/// A node still holding the previous hook layout (egress at prerouting
+/// dstnat+10, ingress at srcnat-10 accepting the node's InternalIPs), read
+/// back, moves to the current one in one transaction: base chains whose
+/// hook or priority changed are deleted and re-added atomically.
+#[test]
+fn the_previous_hook_layout_upgrades_in_place() {
+    use netfence::model::Family;
+    use netfence::nft::{AddrField, AddrMatch, BaseHook, ChainPolicy, Hook, Match};
+    let Some(ns) = Netns::new("the_previous_hook_layout_upgrades_in_place") else { return };
+    let mut k = NftKernel::in_netns(&ns.name);
+    let new = compile(&["fixtures/clusters/standard.yaml", "tests/golden/policies/mix.yaml"], "node-1");
+    let mut old = new.clone();
+    old.chains.remove("egress_local");
+    let egress = old.chains.get_mut("egress").unwrap();
+    egress.base = Some(BaseHook { hook: Hook::Prerouting, priority: -90, policy: ChainPolicy::Accept });
+    for r in &mut egress.rules {
+        r.matches.retain(|m| !matches!(m, Match::FibSaddrLocal { .. }));
+    }
+    let ingress = old.chains.get_mut("ingress").unwrap();
+    ingress.base = Some(BaseHook { hook: Hook::Postrouting, priority: 90, policy: ChainPolicy::Accept });
+    let node_ips = AddrMatch::Nets(["172.18.0.2/32".parse().unwrap()].into());
+    assert_eq!(ingress.rules[2].matches, [Match::FibSaddrLocal { negate: false }]);
+    ingress.rules[2].matches = vec![Match::Addr { family: Family::IPv4, field: AddrField::Saddr, negate: false, rhs: node_ips }];
+    apply_and_verify(&mut k, &diff(None, &old), &old);
+    let back = k.read_table(&old.table).unwrap().unwrap();
+    apply_and_verify(&mut k, &diff(Some(&back), &new), &new);
+}
+
 #[test]
 fn refused_transactions_change_nothing_and_say_where() {
     let Some(ns) = Netns::new("refused_transactions_change_nothing_and_say_where") else { return };

@@ -3,9 +3,11 @@
 //! Exit statuses everywhere: 0 ok, 1 a check failed, 2 bad usage or input.
 
 mod agent;
+mod bench;
 mod compile;
 mod diff;
 mod explain;
+mod gen;
 mod lint;
 mod test;
 
@@ -33,6 +35,10 @@ enum Command {
     Lint(lint::Args),
     /// Show which flows between pods a policy change opens or closes.
     Diff(diff::Args),
+    /// Write a seeded, realistic cluster of a given size as manifests.
+    Gen(gen::Args),
+    /// Measure compile, apply and explain at scale on generated clusters.
+    Bench(bench::Args),
 }
 
 pub fn main() -> i32 {
@@ -56,6 +62,8 @@ pub fn main() -> i32 {
         Command::Compile(a) => compile::run(a),
         Command::Lint(a) => lint::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Gen(a) => gen::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -12,7 +12,7 @@ use super::{Dataplane, Endpoint, ProbeOptions, ProbeSpec};
 use crate::ir::Ir;
 use crate::model::Cluster;
 use crate::netns::Netns;
-use crate::policytest::{Backend, Check, PolicyTest};
+use crate::policytest::{in_pod_cidr, Backend, Check, PolicyTest};
 
 /// Loads node `node`'s ruleset for `cluster` into its namespace, e.g.
 /// `|c, ir, node, ns| { let p = nft::compile(c, ir, node); ns.run(|| kernel.apply(&p))? }`.
@@ -58,22 +58,8 @@ impl<F: Install> Backend for DataplaneBackend<F> {
                 port: c.flow.port,
             })
             .collect();
-        // An outside host cannot hold an address of a node's pod CIDR: the
-        // node owns the route, and its program drops traffic to addresses
-        // there that no programmed pod has (fail closed). Such checks are
-        // reported as not judged rather than probed into a false verdict.
-        let in_pod_cidr = |e: &Endpoint| match e {
-            Endpoint::Ip(ip) => cluster.nodes.values().find(|n| n.pod_cidrs.iter().any(|c| c.contains(ip))).map(|n| (*ip, n.name.clone())),
-            _ => None,
-        };
-        let mut out: Vec<Option<Result<bool, String>>> = specs
-            .iter()
-            .map(|s| {
-                in_pod_cidr(&s.from).or_else(|| in_pod_cidr(&s.to)).map(|(ip, node)| {
-                    Err(format!("{ip} is inside node {node}'s pod CIDR, where no outside host can be; unprogrammed pod addresses there are dropped (fail closed)"))
-                })
-            })
-            .collect();
+        // An outside host cannot hold an address of a node's pod CIDR.
+        let mut out: Vec<Option<Result<bool, String>>> = checks.iter().map(|c| in_pod_cidr(cluster, c).map(Err)).collect();
         let probe: Vec<ProbeSpec> = specs.iter().zip(&out).filter(|(_, o)| o.is_none()).map(|(s, _)| s.clone()).collect();
         let mut results = dp.probe_all(&probe)?.into_iter();
         for o in out.iter_mut().filter(|o| o.is_none()) {

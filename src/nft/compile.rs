@@ -6,22 +6,54 @@
 //!
 //! Layout, in the one table `inet netfence`:
 //!
-//! - Two base chains, both `policy accept`, so that traffic netfence does not
-//!   police is left exactly as it was. `egress` hooks prerouting at
-//!   dstnat+10: it sees packets from local pods after DNAT (a Service address
-//!   already turned into a pod's) and also packets to the node itself;
-//!   `ingress` hooks postrouting at srcnat-10: it sees packets to local pods
-//!   before SNAT (the original source), whether they were forwarded,
-//!   IPVS-delivered (IPVS skips FORWARD) or sent by the node.
+//! - Three base chains, all `policy accept`, so that traffic netfence does
+//!   not police is left exactly as it was ([`BASES`]):
+//!
+//!   | chain          | hook        | priority          | judges                                    |
+//!   |----------------|-------------|-------------------|-------------------------------------------|
+//!   | `egress`       | postrouting | srcnat - 10 (90)  | local pod -> anything routed on           |
+//!   | `ingress`      | postrouting | srcnat - 5 (95)   | anything -> local pod                     |
+//!   | `egress_local` | input       | 110               | local pod -> this node (its own addresses)|
+//!
+//!   Egress is judged where every Service proxy has already rewritten the
+//!   destination and SNAT has not yet run. kube-proxy's iptables and
+//!   nftables modes DNAT in prerouting, so a chain there would do for them;
+//!   IPVS rewrites at input (ip_vs's scheduling hook is input priority 99,
+//!   after its reply hook at 98), then re-sends the packet through output
+//!   and postrouting, so a prerouting chain would see the ClusterIP and deny
+//!   egress to every Service. Postrouting before SNAT (100) sees every
+//!   packet a local pod sends that is routed on: to a pod here or elsewhere,
+//!   outside, or re-sent by IPVS. What is delivered to the node itself never
+//!   reaches postrouting: `egress_local` judges it at input after IPVS
+//!   (a Service backed by a host-network pod is rewritten to a node address
+//!   at 99 and delivered, not re-sent). A `nat` chain on input that SNATs
+//!   (priority 100) would run before it; kube-proxy has none.
+//!
+//!   Ingress is judged at postrouting too, before SNAT (the original
+//!   source), whether the packet was forwarded, re-sent by IPVS (which
+//!   skips FORWARD) or sent by the node. Egress and ingress are two chains
+//!   at distinct priorities, not one: an `accept` ends only its own base
+//!   chain, so each direction keeps plain `accept` verdicts and neither can
+//!   skip the other; in one chain the egress verdicts would have to become
+//!   `return`s. Distinct priorities give the order (egress first, as the
+//!   packet leaves its source before it reaches its destination), which
+//!   the kernel leaves undefined among equal ones.
 //! - Each base chain accepts established/related traffic and IPv6 neighbour
 //!   discovery (ND is untracked, so conntrack calls it invalid: it must be
 //!   accepted before anything drops invalid packets), then dispatches on the
-//!   local pod's address through a verdict map (`@ingress4`, `@egress6`, ...):
-//!   `accept` for a pod not isolated in that direction, `jump` to its group
-//!   chain otherwise. An address in the node's pod CIDRs that is in no map
-//!   is dropped: a pod the agent has not programmed yet is closed, not open.
-//!   The ingress chain first accepts traffic from the node's own InternalIPs
-//!   (kubelet probes), by address.
+//!   local pod's address through a verdict map (`@ingress4`, `@egress6`, ...,
+//!   the egress maps shared by both egress chains): `accept` for a pod not
+//!   isolated in that direction, `jump` to its group chain otherwise. An
+//!   address in the node's pod CIDRs that is in no map is dropped: a pod
+//!   the agent has not programmed yet is closed, not open.
+//! - Traffic from the node itself is told by address: `fib saddr type
+//!   local`, the source is one of the node's own addresses. Ingress accepts
+//!   it before the dispatch (kubelet probes, which on a bridge CNI come
+//!   from the bridge's address inside the pod CIDR, not from an
+//!   InternalIP); the egress chains exempt it from failing closed (that
+//!   same bridge address is in the pod CIDR but is no pod). A pod's address
+//!   lives in the pod's own namespace, so no pod, local or remote, is ever
+//!   local to the node.
 //! - A group chain per distinct list of isolating policies: it drops invalid
 //!   packets (only isolated pods' traffic is touched), jumps to each policy's
 //!   rule chain in order, then drops. Chains grow with policies, never with
@@ -42,20 +74,25 @@ use crate::ir::{Ir, PeerIr, RuleIr};
 use crate::model::{Cluster, Direction, Family, Peer, PodId, PolicyId, PortRef, PortSpec, Protocol};
 use crate::selector::Selector;
 
-pub const INGRESS_CHAIN: &str = "ingress";
-pub const EGRESS_CHAIN: &str = "egress";
-/// Priority of the egress chain: after DNAT, so the destination is a pod.
-pub const EGRESS_PRIORITY: i32 = priority::DSTNAT + 10;
-/// Priority of the ingress chain: before SNAT, so the source is original.
-pub const INGRESS_PRIORITY: i32 = priority::SRCNAT - 10;
-
-/// The hook where `dir`'s base chain runs.
-pub fn hook_of(dir: Direction) -> Hook {
-    match dir {
-        Direction::Ingress => Hook::Postrouting,
-        Direction::Egress => Hook::Prerouting,
-    }
+/// A base chain: where, and in which direction, local pods are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Base {
+    pub name: &'static str,
+    pub dir: Direction,
+    pub hook: Hook,
+    pub priority: i32,
 }
+
+/// Local pods' egress to anything routed on: after every DNAT (IPVS's
+/// included), before SNAT.
+pub const EGRESS: Base = Base { name: "egress", dir: Direction::Egress, hook: Hook::Postrouting, priority: priority::SRCNAT - 10 };
+/// Local pods' egress to the node itself: after IPVS's input hooks (98,
+/// 99), which would otherwise show it the Service address.
+pub const EGRESS_LOCAL: Base = Base { name: "egress_local", dir: Direction::Egress, hook: Hook::Input, priority: 110 };
+/// Ingress to local pods: after egress on the same hook, before SNAT.
+pub const INGRESS: Base = Base { name: "ingress", dir: Direction::Ingress, hook: Hook::Postrouting, priority: priority::SRCNAT - 5 };
+/// Every base chain.
+pub const BASES: [Base; 3] = [INGRESS, EGRESS, EGRESS_LOCAL];
 
 /// The node a pod runs on; `""` for a pod without `spec.nodeName` (a
 /// hand-written snapshot may leave it out): such pods share one pseudo-node,
@@ -130,19 +167,17 @@ fn nets_of(ips: impl IntoIterator<Item = IpNet>, family: Family) -> BTreeSet<IpN
 }
 
 impl Compiler<'_> {
+    /// The base chains of `dir` (see [`BASES`]) and its dispatch maps.
     fn direction(&mut self, dir: Direction, local: &[PodId], node: Option<&crate::model::Node>) {
-        let (pod_field, peer_field) = fields(dir);
+        let (pod_field, _) = fields(dir);
         let mut rules = vec![
             Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept),
             Rule::verdict(vec![Match::Icmpv6Type(Icmpv6Type::ND.into())], Verdict::Accept),
         ];
         if dir == Direction::Ingress {
-            for f in FAMILIES {
-                let ips = nets_of(node.into_iter().flat_map(|n| n.internal_ips.iter().map(|ip| IpNet::from(*ip))), f);
-                if !ips.is_empty() {
-                    rules.push(Rule::verdict(vec![addr_match(f, peer_field, false, AddrMatch::Nets(ips))], Verdict::Accept));
-                }
-            }
+            // The node's own traffic (kubelet probes), before the dispatch
+            // would judge it by the destination pod's policies.
+            rules.push(Rule::verdict(vec![Match::FibSaddrLocal { negate: false }], Verdict::Accept));
         }
         // Dispatch: one map per family, one element per local pod address.
         let mut maps: BTreeMap<Family, Map> = FAMILIES
@@ -166,20 +201,19 @@ impl Compiler<'_> {
         for f in FAMILIES {
             let cidrs = nets_of(node.into_iter().flat_map(|n| n.pod_cidrs.iter().copied()), f);
             if !cidrs.is_empty() {
-                let r = Rule::verdict(vec![addr_match(f, pod_field, false, AddrMatch::Nets(cidrs))], Verdict::Drop);
-                rules.push(r.counted(format!("{dir}: fail closed, pod address not programmed")));
+                let mut m = vec![addr_match(f, pod_field, false, AddrMatch::Nets(cidrs))];
+                if dir == Direction::Egress {
+                    // A bridge CNI gives the node an address in its pod
+                    // CIDR: the node's own packets from it are no pod's.
+                    m.push(Match::FibSaddrLocal { negate: true });
+                }
+                rules.push(Rule::verdict(m, Verdict::Drop).counted(format!("{dir}: fail closed, pod address not programmed")));
             }
         }
-        let name = match dir {
-            Direction::Ingress => INGRESS_CHAIN,
-            Direction::Egress => EGRESS_CHAIN,
-        };
-        let priority = match dir {
-            Direction::Ingress => INGRESS_PRIORITY,
-            Direction::Egress => EGRESS_PRIORITY,
-        };
-        let base = BaseHook { hook: hook_of(dir), priority, policy: ChainPolicy::Accept };
-        self.p.add_chain(Chain { name: name.to_string(), base: Some(base), rules });
+        for b in BASES.iter().filter(|b| b.dir == dir) {
+            let base = BaseHook { hook: b.hook, priority: b.priority, policy: ChainPolicy::Accept };
+            self.p.add_chain(Chain { name: b.name.to_string(), base: Some(base), rules: rules.clone() });
+        }
     }
 
     /// The group chain for pods isolated in `dir` by exactly `policies`.
@@ -442,20 +476,54 @@ pub(crate) mod tests {
     #[test]
     fn no_policies_accepts_every_local_pod() {
         let p = node1("");
+        let head = "ct state established,related accept
+icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
+";
         assert_eq!(
             chain_text(&p, "ingress"),
-            "ct state established,related accept
-icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
-ip saddr 172.18.0.2 accept
+            format!(
+                "{head}fib saddr type local accept
 ip daddr vmap @ingress4
 ip6 daddr vmap @ingress6
 ip daddr 10.244.1.0/24 counter drop comment \"ingress: fail closed, pod address not programmed\"
 "
+            )
         );
+        let egress = format!(
+            "{head}ip saddr vmap @egress4
+ip6 saddr vmap @egress6
+ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fail closed, pod address not programmed\"
+"
+        );
+        assert_eq!(chain_text(&p, "egress"), egress);
+        assert_eq!(chain_text(&p, "egress_local"), egress, "both egress hooks judge alike");
         // x/a, x/c, y/a, y/c, z/a, z/c: the pods of node-1.
         assert_eq!(p.maps["ingress4"].elements.len(), 6);
         assert!(p.maps["ingress4"].elements.values().all(|v| *v == Verdict::Accept));
-        assert_eq!(p.chains.len(), 2);
+        assert_eq!(p.maps.len(), 4, "the egress maps are shared by both egress hooks");
+        assert_eq!(p.chains.len(), 3);
+    }
+
+    /// Where each direction is judged, and in which order on a shared hook.
+    #[test]
+    fn base_chains_hooks_and_priorities() {
+        let p = node1("");
+        let bases: Vec<String> = Hook::ALL
+            .into_iter()
+            .flat_map(|h| p.base_chains(h))
+            .map(|c| format!("{} {}", c.name, c.base.expect("a base chain")))
+            .collect();
+        assert_eq!(
+            bases,
+            [
+                "egress_local type filter hook input priority 110; policy accept;",
+                "egress type filter hook postrouting priority srcnat - 10; policy accept;",
+                "ingress type filter hook postrouting priority srcnat - 5; policy accept;",
+            ]
+        );
+        // After IPVS's input hooks (ip_vs_out 98, ip_vs_in 99), before SNAT.
+        assert!(EGRESS_LOCAL.priority > priority::SRCNAT - 1);
+        assert!(EGRESS.priority < INGRESS.priority && INGRESS.priority < priority::SRCNAT);
     }
 
     #[test]

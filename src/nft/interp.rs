@@ -1,7 +1,8 @@
 //! Evaluate a packet through a [`Program`] as the kernel would, for the
 //! subset we emit: base chains by hook and priority, jump and return, verdict
 //! maps, hash and interval sets, concatenations, negation, accept and drop
-//! (counters and comments change nothing).
+//! (counters and comments change nothing), and `fib saddr type local`,
+//! answered from the node's own addresses ([`Host`]).
 //!
 //! It is the compiler's second opinion: `netfence test` runs every flow of a
 //! policy test through the programs of the nodes it crosses and checks the
@@ -67,13 +68,31 @@ enum Outcome {
     Return,
 }
 
-/// Run `pkt` through every base chain of `p` on `hook`, in priority order:
-/// a drop anywhere drops it; an accept ends only its own chain.
-pub fn eval_hook(p: &Program, hook: Hook, pkt: &Packet) -> Evaluation {
+/// One node as its rules see it: its program, and its own addresses (what
+/// `fib saddr type local` looks up). The model knows a node's addresses as
+/// its InternalIPs, which its host-network pods share; a bridge CNI's
+/// gateway address is the kernel's business only (see tests/nft_hooks.rs).
+#[derive(Debug, Clone, Copy)]
+pub struct Host<'a> {
+    pub program: &'a Program,
+    pub addrs: &'a [IpAddr],
+}
+
+impl<'a> Host<'a> {
+    /// `node`'s program `p`, with the node's addresses from `cluster`.
+    pub fn of(cluster: &'a Cluster, node: &str, p: &'a Program) -> Host<'a> {
+        Host { program: p, addrs: cluster.nodes.get(node).map(|n| n.internal_ips.as_slice()).unwrap_or_default() }
+    }
+}
+
+/// Run `pkt` through every base chain of `host`'s program on `hook`, in
+/// priority order: a drop anywhere drops it; an accept ends only its own
+/// chain (each base chain is a hook function of its own).
+pub fn eval_hook(host: Host<'_>, hook: Hook, pkt: &Packet) -> Evaluation {
     let mut path = Vec::new();
     let mut last = Decision::NoChain;
-    for chain in p.base_chains(hook) {
-        let (accepted, decision) = match run(p, chain, pkt, &mut path, 0) {
+    for chain in host.program.base_chains(hook) {
+        let (accepted, decision) = match run(host, chain, pkt, &mut path, 0) {
             Outcome::Verdict(a, d) => (a, d),
             Outcome::Return => {
                 let policy = chain.base.map(|b| b.policy) == Some(ChainPolicy::Accept);
@@ -92,9 +111,10 @@ pub fn eval_hook(p: &Program, hook: Hook, pkt: &Packet) -> Evaluation {
 /// so this only guards against an unvalidated one.
 const MAX_DEPTH: usize = 16;
 
-fn run(p: &Program, chain: &Chain, pkt: &Packet, path: &mut Vec<String>, depth: usize) -> Outcome {
+fn run(host: Host<'_>, chain: &Chain, pkt: &Packet, path: &mut Vec<String>, depth: usize) -> Outcome {
+    let p = host.program;
     for (i, rule) in chain.rules.iter().enumerate() {
-        if !rule.matches.iter().all(|m| matches(p, m, pkt)) {
+        if !rule.matches.iter().all(|m| matches(host, m, pkt)) {
             continue;
         }
         let verdict = match &rule.action {
@@ -118,7 +138,7 @@ fn run(p: &Program, chain: &Chain, pkt: &Packet, path: &mut Vec<String>, depth: 
                 let Some(next) = p.chains.get(target).filter(|_| depth < MAX_DEPTH) else {
                     return Outcome::Verdict(false, here());
                 };
-                if let Outcome::Verdict(a, d) = run(p, next, pkt, path, depth + 1) {
+                if let Outcome::Verdict(a, d) = run(host, next, pkt, path, depth + 1) {
                     return Outcome::Verdict(a, d);
                 }
             }
@@ -143,7 +163,8 @@ fn in_set(set: Option<&Set>, ip: IpAddr) -> bool {
     }
 }
 
-fn matches(p: &Program, m: &Match, pkt: &Packet) -> bool {
+fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
+    let p = host.program;
     match m {
         Match::CtState(states) => states.contains(&pkt.ct),
         // `ip saddr` carries an implicit `meta nfproto ipv4`: an IPv6
@@ -174,6 +195,7 @@ fn matches(p: &Program, m: &Match, pkt: &Packet) -> bool {
             _ => false,
         },
         Match::NfProto(f) => pkt.family() == *f,
+        Match::FibSaddrLocal { negate } => host.addrs.contains(&pkt.src) != *negate,
     }
 }
 
@@ -214,20 +236,29 @@ fn place(cluster: &Cluster, e: &Endpoint) -> Option<(String, bool)> {
     }
 }
 
-/// The hooks a connection's first packet crosses from `src` to `dst`.
+/// The hooks a connection's first packet crosses from `src` to `dst`, in
+/// order, exactly as the kernel runs them (with no Service address in
+/// between: a test names pods and nodes, not Services).
 ///
-/// A pod's packets enter its node at prerouting; the node's own (and a
-/// host-network pod's) leave through output; every packet to a pod leaves
-/// the pod's node through postrouting; a packet between nodes also enters
-/// the second node at prerouting. Traffic from a pod to its own address
-/// never leaves the pod.
+/// - A packet enters a node at prerouting: from a local pod's interface,
+///   from the wire, or back through loopback when the node sent it to one
+///   of its own addresses. Then it is either delivered to the node (input)
+///   or routed on (forward, postrouting), to a local pod or out of the node.
+/// - The node's own packets (and a host-network pod's) start at output and
+///   always leave through postrouting, even to the node itself (loopback,
+///   then prerouting and input again).
+/// - Traffic from a pod to its own address never leaves the pod.
+///
+/// So pod -> pod on one node is `prerouting forward postrouting`; between
+/// nodes that, then the same on the second node; pod -> its node is
+/// `prerouting input`; node -> local pod is `output postrouting`.
 ///
 /// An IP endpoint is outside the cluster (the policy test format's
-/// definition): its side is not judged and the model does not follow the
-/// packet beyond the pod's node. (An IP literal inside a node's pod CIDR
-/// that no running pod holds would, on the wire, reach that node and be
-/// dropped by its fail-closed rule; with no pod there, nothing could
-/// answer it either way.)
+/// definition): it has no node, so the model follows the packet only
+/// through the pod's (or node's) side. An IP literal inside a node's pod
+/// CIDR that no running pod holds is closed by that node's fail-closed
+/// rules when the packet crosses it, as in the kernel; with no pod there,
+/// nothing could answer it either way (see [`crate::policytest::interp`]).
 pub fn hops(cluster: &Cluster, src: &Endpoint, dst: &Endpoint) -> Vec<Hop> {
     let hop = |node: &str, hook| Hop { node: node.to_string(), hook };
     let (s, d) = (place(cluster, src), place(cluster, dst));
@@ -235,24 +266,34 @@ pub fn hops(cluster: &Cluster, src: &Endpoint, dst: &Endpoint) -> Vec<Hop> {
         return vec![];
     }
     let mut out = Vec::new();
-    match &s {
-        Some((n, true)) => out.push(hop(n, Hook::Prerouting)),
-        Some((n, false)) => out.push(hop(n, Hook::Output)),
-        None => {}
-    }
-    let to_pod = matches!(&d, Some((_, true)));
-    match (&s, &d) {
-        (Some((a, _)), Some((b, _))) if a != b => {
-            out.push(hop(a, Hook::Postrouting));
-            out.push(hop(b, Hook::Prerouting));
-            out.push(hop(b, if to_pod { Hook::Postrouting } else { Hook::Input }));
+    // The node the packet enters next at prerouting, if any.
+    let mut enters: Option<&str> = match (&s, &d) {
+        (Some((n, true)), _) => Some(n),
+        (Some((n, false)), _) => {
+            out.push(hop(n, Hook::Output));
+            out.push(hop(n, Hook::Postrouting));
+            match &d {
+                Some((m, true)) if m == n => None,
+                Some((m, _)) => Some(m),
+                None => None,
+            }
         }
-        (Some((a, _)), Some(_)) => out.push(hop(a, if to_pod { Hook::Postrouting } else { Hook::Input })),
-        (None, Some((b, _))) => {
-            out.push(hop(b, Hook::Prerouting));
-            out.push(hop(b, if to_pod { Hook::Postrouting } else { Hook::Input }));
+        (None, Some((m, _))) => Some(m),
+        (None, None) => None,
+    };
+    while let Some(n) = enters {
+        out.push(hop(n, Hook::Prerouting));
+        match &d {
+            Some((m, false)) if m == n => {
+                out.push(hop(n, Hook::Input));
+                enters = None;
+            }
+            _ => {
+                out.push(hop(n, Hook::Forward));
+                out.push(hop(n, Hook::Postrouting));
+                enters = d.as_ref().map(|(m, _)| m.as_str()).filter(|m| *m != n);
+            }
         }
-        (_, None) => {}
     }
     out
 }
@@ -270,7 +311,7 @@ pub fn flow_verdict<'p>(
     let hops: Vec<HopVerdict> = hops(cluster, &flow.src, &flow.dst)
         .into_iter()
         .map(|hop| {
-            let eval = programs(&hop.node).map(|p| eval_hook(p, hop.hook, &packet));
+            let eval = programs(&hop.node).map(|p| eval_hook(Host::of(cluster, &hop.node, p), hop.hook, &packet));
             HopVerdict { hop, eval }
         })
         .collect();
@@ -287,9 +328,16 @@ mod tests {
         Packet::new(v4(src), v4(dst), Protocol::Tcp, port)
     }
 
+    /// The node's own address, in every test host.
+    const NODE_ADDRS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::new(172, 18, 0, 2))];
+
+    fn host(p: &Program) -> Host<'_> {
+        Host { program: p, addrs: NODE_ADDRS }
+    }
+
     /// Check the verdict at postrouting, and the rule that gave it.
     fn check(p: &Program, pkt: Packet, accepted: bool, decided_at: &str) {
-        let e = eval_hook(p, Hook::Postrouting, &pkt);
+        let e = eval_hook(host(p), Hook::Postrouting, &pkt);
         let at = match &e.decision {
             Decision::Rule { chain, rule, .. } => format!("{chain}[{rule}]"),
             Decision::Policy { chain } => format!("{chain} policy"),
@@ -304,7 +352,10 @@ mod tests {
         // Not a local pod, outside the pod CIDR: the chain runs out.
         check(&p, tcp("10.244.2.11", "192.0.2.1", 80), true, "ingress policy");
         // A local pod without isolation: the map accepts.
-        check(&p, tcp("10.9.9.9", "10.244.1.12", 80), true, "ingress[3]");
+        check(&p, tcp("10.9.9.9", "10.244.1.12", 80), true, "ingress[4]");
+        // The node's own address, by address: before any isolation.
+        check(&p, tcp("172.18.0.2", "10.244.1.11", 82), true, "ingress[2]");
+        check(&p, tcp("172.18.0.2", "10.244.1.99", 82), true, "ingress[2]");
         // Isolated: jumps to grp_a, then pol_a.
         check(&p, tcp("10.244.2.11", "10.244.1.11", 80), true, "pol_a[0]");
         check(&p, tcp("172.16.0.1", "10.244.1.11", 82), false, "grp_a[1]");
@@ -318,15 +369,15 @@ mod tests {
         check(&p, Packet { l4: L4::Port { proto: Protocol::Udp, dport: 8080 }, ..tcp("172.16.0.1", "10.244.1.11", 8080) }, false, "grp_a[1]");
         check(&p, Packet { l4: L4::Port { proto: Protocol::Sctp, dport: 1 }, ..tcp("172.16.0.1", "10.244.1.11", 1) }, true, "pol_a[3]");
         // Unprogrammed address in the pod CIDR: fail closed.
-        check(&p, tcp("10.244.2.11", "10.244.1.99", 80), false, "ingress[4]");
+        check(&p, tcp("10.244.2.11", "10.244.1.99", 80), false, "ingress[5]");
         // Conntrack and neighbour discovery come first.
         check(&p, Packet { ct: CtState::Established, ..tcp("10.1.2.3", "10.244.1.11", 9) }, true, "ingress[0]");
-        check(&p, Packet { ct: CtState::Invalid, ..tcp("10.1.2.3", "10.244.1.11", 9) }, false, "ingress[2]");
+        check(&p, Packet { ct: CtState::Invalid, ..tcp("10.1.2.3", "10.244.1.11", 9) }, false, "ingress[3]");
         let nd = Packet { src: "fe80::1".parse().unwrap(), dst: "fe80::2".parse().unwrap(), l4: L4::Icmpv6 { ty: 135 }, ct: CtState::Invalid };
         check(&p, nd, true, "ingress[1]");
-        check(&p, Packet { l4: L4::Icmpv6 { ty: 128 }, ..nd }, false, "ingress[2]");
+        check(&p, Packet { l4: L4::Icmpv6 { ty: 128 }, ..nd }, false, "ingress[3]");
         // No chain on the hook.
-        assert_eq!(eval_hook(&p, Hook::Input, &tcp("1.1.1.1", "10.244.1.11", 1)).decision, Decision::NoChain);
+        assert_eq!(eval_hook(host(&p), Hook::Input, &tcp("1.1.1.1", "10.244.1.11", 1)).decision, Decision::NoChain);
     }
 
     #[test]
@@ -375,14 +426,66 @@ mod tests {
             assert_eq!(got.join(" "), want, "{from} -> {to}");
         };
         check("x/a", "x/a", "");
-        check("x/a", "x/c", "node-1:prerouting node-1:postrouting");
-        check("x/a", "x/b", "node-1:prerouting node-1:postrouting node-2:prerouting node-2:postrouting");
+        check("x/a", "x/c", "node-1:prerouting node-1:forward node-1:postrouting");
+        check("x/a", "x/b", "node-1:prerouting node-1:forward node-1:postrouting node-2:prerouting node-2:forward node-2:postrouting");
         check("x/a", "node/node-1", "node-1:prerouting node-1:input");
-        check("x/a", "node/node-2", "node-1:prerouting node-1:postrouting node-2:prerouting node-2:input");
-        check("x/a", "192.0.2.1", "node-1:prerouting");
-        check("192.0.2.1", "x/b", "node-2:prerouting node-2:postrouting");
+        check("x/a", "node/node-2", "node-1:prerouting node-1:forward node-1:postrouting node-2:prerouting node-2:input");
+        check("x/a", "192.0.2.1", "node-1:prerouting node-1:forward node-1:postrouting");
+        check("192.0.2.1", "x/b", "node-2:prerouting node-2:forward node-2:postrouting");
+        check("192.0.2.1", "node/node-1", "node-1:prerouting node-1:input");
         check("node/node-1", "x/a", "node-1:output node-1:postrouting");
-        check("x/h", "x/a", "node-2:output node-2:postrouting node-1:prerouting node-1:postrouting");
-        check("node/node-2", "192.0.2.1", "node-2:output");
+        check("node/node-1", "x/b", "node-1:output node-1:postrouting node-2:prerouting node-2:forward node-2:postrouting");
+        check("node/node-1", "node/node-1", "node-1:output node-1:postrouting node-1:prerouting node-1:input");
+        check("node/node-1", "node/node-2", "node-1:output node-1:postrouting node-2:prerouting node-2:input");
+        check("x/h", "x/a", "node-2:output node-2:postrouting node-1:prerouting node-1:forward node-1:postrouting");
+        check("x/h", "node/node-2", "node-2:output node-2:postrouting node-2:prerouting node-2:input");
+        check("node/node-2", "192.0.2.1", "node-2:output node-2:postrouting");
+    }
+
+    /// Which node, hook and chain settle a flow: each direction is judged
+    /// once, on the hook where the kernel would judge it, and the node's own
+    /// addresses (not a remote node's, not a pod's) pass ingress.
+    #[test]
+    fn flows_are_judged_where_the_kernel_judges_them() {
+        let np = |name: &str, spec: &str| {
+            format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec: {spec}\n")
+        };
+        let c = crate::nft::compile::tests::cluster(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: h, namespace: y}}\nspec: {{nodeName: node-2, hostNetwork: true}}\nstatus: {{podIP: 172.18.0.3}}\n{}{}",
+            np("a-in", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}"),
+            np("c-out", "{podSelector: {matchLabels: {pod: c}}, policyTypes: [Egress]}"),
+        ));
+        let programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
+        let check = |from: &str, to: &str, want: &str| {
+            let flow = Flow {
+                src: Endpoint::parse(&c, from).unwrap(),
+                dst: Endpoint::parse(&c, to).unwrap(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                family: None,
+            };
+            let t = flow_verdict(&c, &|n| programs.get(n), &flow, Family::IPv4).unwrap();
+            // The first hop that dropped it, or "allowed".
+            let got = t.hops.iter().find(|h| h.eval.as_ref().is_some_and(|e| !e.accepted)).map_or("allowed".to_string(), |h| {
+                let Some(Evaluation { decision: Decision::Rule { comment: Some(c), .. }, .. }) = &h.eval else { panic!("{h:?}") };
+                format!("{}:{} {c}", h.hop.node, h.hop.hook.name())
+            });
+            assert_eq!(got, want, "{from} -> {to}: {t:#?}");
+            assert_eq!(t.allowed, want == "allowed");
+        };
+        // x/a (node-1) isolated for ingress, x/c (node-1) for egress.
+        check("x/b", "x/a", "node-1:postrouting x/a-in ingress: isolated, no rule allowed");
+        check("x/c", "x/a", "node-1:postrouting x/c-out egress: isolated, no rule allowed");
+        check("y/a", "x/a", "node-1:postrouting x/a-in ingress: isolated, no rule allowed");
+        check("x/c", "x/b", "node-1:postrouting x/c-out egress: isolated, no rule allowed");
+        check("x/c", "node/node-1", "node-1:input x/c-out egress: isolated, no rule allowed");
+        check("x/c", "node/node-2", "node-1:postrouting x/c-out egress: isolated, no rule allowed");
+        check("x/c", "192.0.2.1", "node-1:postrouting x/c-out egress: isolated, no rule allowed");
+        check("192.0.2.1", "x/a", "node-1:postrouting x/a-in ingress: isolated, no rule allowed");
+        check("node/node-1", "x/a", "allowed");
+        check("node/node-2", "x/a", "node-1:postrouting x/a-in ingress: isolated, no rule allowed");
+        check("y/h", "x/a", "node-1:postrouting x/a-in ingress: isolated, no rule allowed");
+        check("x/a", "x/c", "allowed");
+        check("x/a", "node/node-1", "allowed");
     }
 }

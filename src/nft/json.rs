@@ -239,6 +239,10 @@ fn match_stmt(m: &Match) -> Statement<'static> {
             matches(payload("icmpv6", "type"), Operator::EQ, right)
         }
         Match::NfProto(f) => matches(meta(expr::MetaKey::Nfproto), Operator::EQ, s(nfproto_name(*f))),
+        Match::FibSaddrLocal { negate } => {
+            let fib = expr::Fib { result: expr::FibResult::Type, flags: [expr::FibFlag::Saddr].into() };
+            matches(Expression::Named(NamedExpression::Fib(fib)), if *negate { Operator::NEQ } else { Operator::EQ }, s("local"))
+        }
     }
 }
 
@@ -510,6 +514,16 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
         };
         return Some(vec![Match::Addr { family, field, negate, rhs }]);
     }
+    if let Some(fib) = left.get("fib") {
+        // nft prints one flag as a list or (older versions) a bare string.
+        let saddr = strings(fib.get("flags")?)? == ["saddr"];
+        let negate = match op {
+            "==" => false,
+            "!=" => true,
+            _ => return None,
+        };
+        return (saddr && fib.get("result")? == "type" && right == "local").then_some(vec![Match::FibSaddrLocal { negate }]);
+    }
     if op != "==" && op != "in" {
         return None;
     }
@@ -579,6 +593,10 @@ mod tests {
                 {"accept": null}
             ])
         );
+        // The form nft lists, so read-back compares equal.
+        let fib = |op: &str| json!({"match": {"op": op, "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}});
+        assert_eq!(find("\"fib\"")["add"]["rule"]["expr"], json!([fib("=="), {"accept": null}]));
+        assert_eq!(find("{\"addr\":\"10.244.1.0\"")["add"]["rule"]["expr"][1], fib("!="));
         assert_eq!(
             find("10.244.1.11\",{\"jump")["add"]["element"]["elem"],
             json!([["10.244.1.11", {"jump": {"target": "grp_a"}}], ["10.244.1.12", {"accept": null}]])
@@ -614,6 +632,10 @@ mod tests {
                 {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-advert"]}}}, {"accept": null}]}},
             {"rule": {"family": "inet", "table": "netfence", "chain": "ingress", "handle": 27, "expr": [
                 {"vmap": {"key": {"payload": {"protocol": "ip", "field": "daddr"}}, "data": "@ingress4"}}]}},
+            {"rule": {"family": "inet", "table": "netfence", "chain": "ingress", "handle": 29, "expr": [
+                {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}}, {"accept": null}]}},
+            {"rule": {"family": "inet", "table": "netfence", "chain": "ingress", "handle": 30, "expr": [
+                {"match": {"op": "!=", "left": {"fib": {"result": "type", "flags": "saddr"}}, "right": "local"}}, {"drop": null}]}},
             {"rule": {"family": "inet", "table": "netfence", "chain": "ingress", "handle": 28, "expr": [
                 {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "sctp"}}, {"jump": {"target": "grp_a"}}]}}
         ]});
@@ -645,6 +667,8 @@ mod tests {
 \t\tct state invalid drop
 \t\ticmpv6 type { nd-router-solicit, nd-neighbor-advert } accept
 \t\tip daddr vmap @ingress4
+\t\tfib saddr type local accept
+\t\tfib saddr type != local drop
 \t\tmeta l4proto sctp jump grp_a
 \t}
 }
@@ -661,5 +685,15 @@ mod tests {
         ]});
         let e = program_from_json(&listing).unwrap_err();
         assert!(e.to_string().contains("unexpected {\"log\":null}"), "{e}");
+        // fib lookups other than `fib saddr type local` are not ours.
+        for (flags, result, right) in [(json!(["daddr"]), "type", "local"), (json!(["saddr", "iif"]), "type", "local"), (json!(["saddr"]), "oif", "local"), (json!(["saddr"]), "type", "unicast")] {
+            let fib = json!({"match": {"op": "==", "left": {"fib": {"result": result, "flags": flags}}, "right": right}});
+            let listing = json!({"nftables": [
+                {"table": {"family": "inet", "name": "netfence"}},
+                {"chain": {"family": "inet", "table": "netfence", "name": "c"}},
+                {"rule": {"family": "inet", "table": "netfence", "chain": "c", "expr": [fib, {"accept": null}]}}
+            ]});
+            assert!(program_from_json(&listing).is_err(), "{fib}");
+        }
     }
 }

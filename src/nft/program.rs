@@ -328,6 +328,12 @@ pub enum Match {
     Icmpv6Type(BTreeSet<Icmpv6Type>),
     /// `meta nfproto ipv4`
     NfProto(Family),
+    /// `fib saddr type local` (`!= local` when negated): the source is one
+    /// of this node's own addresses, on any interface (the lookup names no
+    /// device, so it works on every hook, postrouting included, and for
+    /// packets the node itself sent). By address, never by socket owner: a
+    /// pod's address lives in the pod's namespace and is never local here.
+    FibSaddrLocal { negate: bool },
 }
 
 /// Why a program would be refused by the kernel (or would not mean what it
@@ -674,14 +680,17 @@ impl fmt::Display for Verdict {
 }
 
 impl fmt::Display for BaseHook {
-    /// `type filter hook prerouting priority dstnat + 10; policy accept;`
+    /// `type filter hook postrouting priority srcnat - 10; policy accept;`
+    /// nft 1.0.6 names a priority only within 10 of the hook's standard
+    /// one and prints any other as a number (`priority 110`): so do we.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (name, base) = self.hook.standard_priority();
         let off = self.priority - base;
         let prio = match off {
             0 => name.to_string(),
-            o if o > 0 => format!("{name} + {o}"),
-            o => format!("{name} - {}", -o),
+            1..=10 => format!("{name} + {off}"),
+            -10..=-1 => format!("{name} - {}", -off),
+            _ => self.priority.to_string(),
         };
         let policy = match self.policy {
             ChainPolicy::Accept => "accept",
@@ -717,6 +726,7 @@ impl fmt::Display for Match {
             }
             Match::Icmpv6Type(types) => write!(f, "icmpv6 type {}", braced(types.iter().map(|t| t.name().to_string()))),
             Match::NfProto(fam) => write!(f, "meta nfproto {}", nfproto_name(*fam)),
+            Match::FibSaddrLocal { negate } => write!(f, "fib saddr type {}local", if *negate { "!= " } else { "" }),
         }
     }
 }
@@ -884,15 +894,19 @@ pub(crate) mod tests {
             rules: vec![
                 Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept),
                 Rule::verdict(vec![Match::Icmpv6Type(Icmpv6Type::ND.into())], Verdict::Accept),
+                Rule::verdict(vec![Match::FibSaddrLocal { negate: false }], Verdict::Accept),
                 Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop),
                 Rule::new(vec![], Action::Vmap { family: Family::IPv4, field: AddrField::Daddr, map: "ingress4".into() }),
                 Rule::verdict(
-                    vec![Match::Addr {
-                        family: Family::IPv4,
-                        field: AddrField::Daddr,
-                        negate: false,
-                        rhs: AddrMatch::Nets([net("10.244.1.0/24")].into()),
-                    }],
+                    vec![
+                        Match::Addr {
+                            family: Family::IPv4,
+                            field: AddrField::Daddr,
+                            negate: false,
+                            rhs: AddrMatch::Nets([net("10.244.1.0/24")].into()),
+                        },
+                        Match::FibSaddrLocal { negate: true },
+                    ],
                     Verdict::Drop,
                 ),
             ],
@@ -933,9 +947,10 @@ pub(crate) mod tests {
 \t\ttype filter hook postrouting priority srcnat - 10; policy accept;
 \t\tct state established,related accept
 \t\ticmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
+\t\tfib saddr type local accept
 \t\tct state invalid drop
 \t\tip daddr vmap @ingress4
-\t\tip daddr 10.244.1.0/24 drop
+\t\tip daddr 10.244.1.0/24 fib saddr type != local drop
 \t}
 
 \tchain pol_a {

@@ -6,10 +6,13 @@
 //! node). The runner reports any disagreement with the reference evaluator
 //! as an engine bug, so the programs the agent installs are proven to say
 //! what `explain` says, on every expectation of every test.
+//!
+//! Checks with an IP literal inside a node's pod CIDR are not judged (see
+//! [`super::in_pod_cidr`]).
 
 use std::collections::BTreeMap;
 
-use super::{Backend, Check, PolicyTest};
+use super::{in_pod_cidr, Backend, Check, PolicyTest};
 use crate::ir::Ir;
 use crate::nft::{compile_all, interp, Program};
 
@@ -28,6 +31,9 @@ impl Backend for InterpBackend {
         checks
             .iter()
             .map(|ch| {
+                if let Some(why) = in_pod_cidr(&test.cluster, ch) {
+                    return Ok(Err(why));
+                }
                 interp::flow_verdict(&test.cluster, &|n| programs.get(n), &ch.flow, ch.family)
                     .map(|t| Ok(t.allowed))
                     .ok_or_else(|| anyhow::anyhow!("line {}: no {} address", ch.line, ch.family))

@@ -71,6 +71,24 @@ pub struct Failure {
     pub table: Option<String>,
 }
 
+/// Why a check cannot be judged by an engine that enforces, if it cannot:
+/// an IP literal inside a node's pod CIDR is an "outside" address to the
+/// test format, yet the node owns that range and drops traffic to and from
+/// addresses in it that no programmed pod holds (fail closed: the pod may be
+/// starting). The reference has no opinion on that safety net, so the
+/// enforcing engines (interpreter, real packets) report such checks as not
+/// judged instead of disagreeing.
+pub fn in_pod_cidr(cluster: &Cluster, check: &Check) -> Option<String> {
+    [&check.flow.src, &check.flow.dst].into_iter().find_map(|e| {
+        let Endpoint::Ip(ip) = e else { return None };
+        let node = cluster.nodes.values().find(|n| n.pod_cidrs.iter().any(|c| c.contains(ip)))?;
+        Some(format!(
+            "{ip} is inside node {}'s pod CIDR, where the node drops addresses no programmed pod holds (fail closed)",
+            node.name
+        ))
+    })
+}
+
 /// Every `*.yaml` test under the given files and folders, sorted.
 pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut out = Vec::new();
