@@ -1,107 +1,107 @@
 //! Event-to-applied latency and memory of `netfence agent --source` on a
-//! 10,000-pod cluster, measured on the real kernel in a private network
-//! namespace (the agent's nft calls never touch the host's ruleset).
+//! generated 10,000-pod cluster, measured on the real kernel in a private
+//! network namespace (the agent's nft calls never touch the host's ruleset).
 //!
-//!     sudo cargo run --release --example agent_latency [-- --pods 10000 --runs 20]
-//!     cargo run --release --example agent_latency -- --generate DIR   # the manifests only
+//!     sudo cargo run --release --example agent_latency [-- --size medium --runs 20 --poll-interval 50ms]
 //!
-//! The cluster is generated here, deterministically: 100 nodes, 100
-//! namespaces of 100 pods (one per node, three tiers), and four policies
-//! per namespace (default deny, frontends from the team's namespaces,
-//! backends from frontends, databases from backends), so node-0 holds 100
-//! pods whose peer sets span the whole cluster. Manifests are one file per
-//! namespace's pods, as a folder of exported manifests would be.
+//! The cluster is `netfence gen --size medium` (10k pods, 100 nodes, 1k
+//! namespaces, 1k policies; see `crate::gen`), written as a folder. The
+//! agent runs for the node of the first pod (by namespace and name) that a
+//! policy isolates, so that changes around it reach its chains.
 //!
 //! Events, each measured `--runs` times:
-//! - pod add: a file with one new pod on node-0, labelled like an existing
-//!   local pod (so the sync is element operations only), then
+//! - pod add: a file with one more replica of that pod (same namespace,
+//!   labels, ports and node, a free address), so the sync is element
+//!   operations only, then
 //! - pod delete: that file removed;
-//! - policy change: the port of one policy selecting a local pod, toggled
-//!   (rule changes in one chain).
+//! - policy change: the port of a policy selecting that pod, toggled (a
+//!   rule change in one chain).
 //!
 //! For each: `e2e`, from the file's rename to the agent's commit (the
 //! agent's `last_successful_sync_timestamp`), which includes the --source
 //! poll (every `--poll-interval`) and reloading the whole folder; `agent`,
 //! from the agent noticing the change to the commit (its
-//! `event_to_applied` histogram, one event per run); `sync`, compile + diff
-//! + `nft` (its `sync_duration{mode="delta"}`). The agent is this example
-//! re-run as `agent_latency agent ...` (the same code as `netfence agent`),
-//! so its memory is read from /proc/PID/status.
+//! `event_to_applied` histogram, one event per run), which includes the
+//! 50 ms debounce; `sync`, compile + diff + `nft` (its
+//! `sync_duration{mode="delta"}`). The agent is this example re-run as
+//! `agent_latency agent ...` (the same code as `netfence agent`), so its
+//! memory is read from /proc/PID/status.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
 use netfence::agent::http;
+use netfence::gen::{Plan, Size};
+use netfence::model::{load_paths, Pod};
 use netfence::netns::{self, Netns};
+use serde_json::{json, Value};
 
 const METRICS: &str = "127.0.0.1:9964";
-const NODE: &str = "node-0";
-const NODES: usize = 100;
-const TIERS: [&str; 3] = ["frontend", "backend", "db"];
 
 fn main() {
     // Re-run as the agent itself.
     if std::env::args().nth(1).as_deref() == Some("agent") {
         std::process::exit(netfence::cli::main());
     }
-    let mut pods = 10_000usize;
+    let mut size = Size::Medium;
     let mut runs = 20usize;
     let mut poll = "50ms".to_string();
-    let mut generate_only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
         match a.as_str() {
-            "--pods" => pods = value().parse().unwrap_or_else(|_| usage("--pods N")),
+            "--size" => size = Size::parse(&value()).unwrap_or_else(|e| usage(&e)),
             "--runs" => runs = value().parse().unwrap_or_else(|_| usage("--runs N")),
             "--poll-interval" => poll = value(),
-            "--generate" => generate_only = Some(std::path::PathBuf::from(value())),
             _ => usage(&format!("unknown argument {a}")),
         }
     }
-    if pods > 25_000 {
-        usage("--pods: at most 25000 (100 nodes, one /24 each)");
-    }
-    if let Some(dir) = generate_only {
-        let written = std::fs::create_dir_all(&dir).map_err(anyhow::Error::from).and_then(|_| generate(&dir, pods));
-        if let Err(e) = written {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-        return;
+    if runs == 0 {
+        usage("--runs: at least 1");
     }
     if let Err(why) = netns::check_privileges() {
         eprintln!("SKIPPED: {why}");
         std::process::exit(0);
     }
-    if let Err(e) = measure(pods, runs, &poll) {
+    if let Err(e) = measure(size, runs, &poll) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 fn usage(why: &str) -> ! {
-    eprintln!("{why}\nusage: agent_latency [--pods N] [--runs N] [--poll-interval DURATION]\n       agent_latency [--pods N] --generate DIR   (only write the manifests)");
+    eprintln!("{why}\nusage: agent_latency [--size small|medium|large] [--runs N] [--poll-interval DURATION]");
     std::process::exit(2);
 }
 
-fn measure(pods: usize, runs: usize, poll: &str) -> anyhow::Result<()> {
+fn measure(size: Size, runs: usize, poll: &str) -> anyhow::Result<()> {
     let folder = tempfile::tempdir()?;
-    let generated = Instant::now();
-    let namespaces = generate(folder.path(), pods)?;
+    let spec = size.spec(1);
+    let written = Plan::new(spec)?.write_dir(folder.path())?;
+    let events = Events::new(folder.path())?;
     println!(
-        "cluster: {pods} pods, {NODES} nodes, {namespaces} namespaces, {} policies, agent for {NODE}; --poll-interval {poll} (generated in {:.1?})",
-        namespaces * 4,
-        generated.elapsed()
+        "cluster: {} ({} pods, {} nodes, {} namespaces, {} policies); agent for {} ({} pods there), events around {} (selected by {} policies); --poll-interval {poll}",
+        spec.command(),
+        written.pods,
+        written.nodes,
+        written.namespaces,
+        written.policies,
+        events.node,
+        events.node_pods,
+        events.template.key(),
+        events.selected_by,
     );
+    write(folder.path(), POLICY_FILE, &events.policy(8080))?;
     let ns = Netns::create("nflat")?;
     ns.ip_batch("link set lo up\n")?;
     let log = tempfile::NamedTempFile::new()?;
     let started = Instant::now();
-    let agent = Agent::start(&ns, folder.path(), poll, log.path())?;
+    let agent = Agent::start(&ns, &events.node, folder.path(), poll, log.path())?;
     agent.wait(Duration::from_secs(300), |a| Ok(a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)))?;
     println!(
         "first full sync: ready {:.2?} after start ({} rules, {} sets, {} elements); memory {}",
@@ -116,20 +116,19 @@ fn measure(pods: usize, runs: usize, poll: &str) -> anyhow::Result<()> {
     let mut delete = Samples::default();
     let mut policy = Samples::default();
     for run in 0..runs {
-        let pod = new_pod(run);
+        let (pod, ip) = events.pod(run);
         let elements = agent.metric("netfence_ruleset_elements")?;
-        add.push(agent.event(|| write(folder.path(), "zz-new-pod.yaml", &pod))?);
+        add.push(agent.event(|| write(folder.path(), POD_FILE, &pod))?);
         let grown = agent.metric("netfence_ruleset_elements")? - elements;
         anyhow::ensure!(grown > 0.0, "the pod add added no element");
         if run == 0 {
             let out = ns.command("nft")?.args(["list", "ruleset"]).output()?;
-            let ip = format!("10.64.0.{}", 200 + run);
-            anyhow::ensure!(String::from_utf8_lossy(&out.stdout).contains(&ip), "{ip} is not in the kernel's ruleset");
+            anyhow::ensure!(String::from_utf8_lossy(&out.stdout).contains(&ip.to_string()), "{ip} is not in the kernel's ruleset");
         }
-        delete.push(agent.event(|| Ok(std::fs::remove_file(folder.path().join("zz-new-pod.yaml"))?))?);
+        delete.push(agent.event(|| Ok(std::fs::remove_file(folder.path().join(POD_FILE))?))?);
         anyhow::ensure!(agent.metric("netfence_ruleset_elements")? == elements, "the pod delete left elements");
         let port = if run % 2 == 0 { 8081 } else { 8080 };
-        policy.push(agent.event(|| write(folder.path(), "policies-000.yaml", &policies(0, port)))?);
+        policy.push(agent.event(|| write(folder.path(), POLICY_FILE, &events.policy(port)))?);
         if run % 10 == 9 {
             println!("memory after {} events: {}", 3 * (run + 1), agent.memory()?);
         }
@@ -185,10 +184,10 @@ struct Agent<'a> {
 }
 
 impl<'a> Agent<'a> {
-    fn start(ns: &'a Netns, folder: &Path, poll: &str, log: &Path) -> anyhow::Result<Agent<'a>> {
+    fn start(ns: &'a Netns, node: &str, folder: &Path, poll: &str, log: &Path) -> anyhow::Result<Agent<'a>> {
         let child = ns
             .command(std::env::current_exe()?)?
-            .args(["agent", "--node", NODE, "--metrics-addr", METRICS, "--poll-interval", poll])
+            .args(["agent", "--node", node, "--metrics-addr", METRICS, "--poll-interval", poll])
             .arg("--source")
             .arg(folder)
             .stdin(Stdio::null())
@@ -276,108 +275,74 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// The generated cluster.
+// The events.
 
-/// Pod `i` lives in namespace `i / 100` on node `i % 100`, tier `i % 3`,
-/// address 10.64.<node>.<2 + i / 100 % 250> (one /24 per node).
-fn pod(i: usize, name: &str, ip: &str) -> String {
-    let (ns, node, tier) = (i / 100, i % NODES, TIERS[i % 3]);
-    format!(
-        "---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: ns-{ns:03}, labels: {{app: app-{app}, tier: {tier}}}}}
-spec:
-  nodeName: node-{node}
-  containers:
-  - name: main
-    image: registry.example/app:1
-    ports: [{{name: http, containerPort: 8080, protocol: TCP}}]
-status: {{phase: Running, podIP: {ip}}}
-",
-        app = i % 7
-    )
+const POD_FILE: &str = "zz-latency-pod.json";
+const POLICY_FILE: &str = "zz-latency-policy.json";
+
+/// What the events are made of, chosen from the generated cluster.
+struct Events {
+    node: String,
+    node_pods: usize,
+    /// The pod whose replicas come and go, and whose policy changes.
+    template: Pod,
+    /// How many of the generated policies select it.
+    selected_by: usize,
+    /// Addresses in its node's podCIDR that no pod uses.
+    free: Vec<IpAddr>,
 }
 
-fn pod_ip(i: usize) -> String {
-    let (node, slot) = (i % NODES, i / NODES);
-    format!("10.64.{}.{}", node % 256, 2 + slot % 250)
-}
-
-/// The four policies of namespace `ns`; `port` is the frontends' port.
-fn policies(ns: usize, port: u16) -> String {
-    let team = ns % 10;
-    format!(
-        "---
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: default-deny, namespace: ns-{ns:03}}}
-spec: {{podSelector: {{}}, policyTypes: [Ingress]}}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: frontend-from-team, namespace: ns-{ns:03}}}
-spec:
-  podSelector: {{matchLabels: {{tier: frontend}}}}
-  ingress:
-  - from: [{{namespaceSelector: {{matchLabels: {{team: t{team}}}}}}}]
-    ports: [{{port: {port}, protocol: TCP}}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: backend-from-frontend, namespace: ns-{ns:03}}}
-spec:
-  podSelector: {{matchLabels: {{tier: backend}}}}
-  ingress:
-  - from: [{{podSelector: {{matchLabels: {{tier: frontend}}}}}}]
-    ports: [{{port: http}}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: db-from-backend, namespace: ns-{ns:03}}}
-spec:
-  podSelector: {{matchLabels: {{tier: db}}}}
-  ingress:
-  - from: [{{podSelector: {{matchLabels: {{tier: backend}}}}}}]
-    ports: [{{port: 5432, protocol: TCP}}]
-"
-    )
-}
-
-/// The pod of the `run`th add: on node-0 in ns-000, labelled like pod 0
-/// (the namespace's pod on node-0), so it joins existing sets and groups.
-fn new_pod(run: usize) -> String {
-    pod(0, &format!("new-{run}"), &format!("10.64.0.{}", 200 + run % 50))
-}
-
-/// Write the cluster into `dir`; the number of namespaces.
-fn generate(dir: &Path, pods: usize) -> anyhow::Result<usize> {
-    let namespaces = pods.div_ceil(100);
-    let mut text = String::new();
-    for n in 0..NODES {
-        let _ = write!(
-            text,
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{n}}}\nspec: {{podCIDRs: [10.64.{n}.0/24]}}\nstatus: {{addresses: [{{type: InternalIP, address: 172.20.{}.{}}}]}}\n",
-            n / 250,
-            1 + n % 250
-        );
+impl Events {
+    fn new(folder: &Path) -> anyhow::Result<Events> {
+        let cluster = load_paths(&[folder])?.0;
+        let ir = netfence::ir::resolve(&cluster);
+        let (id, template) = cluster
+            .pods
+            .iter()
+            .enumerate()
+            .find(|(id, p)| p.is_policy_pod() && p.node.is_some() && !ir.selecting[*id].is_empty())
+            .context("no pod is isolated by a policy")?;
+        let node = template.node.clone().unwrap_or_default();
+        let cidr = cluster.nodes.get(&node).and_then(|n| n.pod_cidrs.first()).context("the node has no podCIDR")?;
+        let used: HashSet<IpAddr> = cluster.pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
+        let free: Vec<IpAddr> = cidr.hosts().filter(|ip| !used.contains(ip)).skip(1).take(50).collect();
+        anyhow::ensure!(!free.is_empty(), "no free address in {cidr}");
+        let node_pods = cluster.pods.iter().filter(|p| p.node.as_deref() == Some(node.as_str()) && p.takes_part()).count();
+        let selected_by = ir.selecting[id].len();
+        Ok(Events { node, node_pods, template: template.clone(), selected_by, free })
     }
-    write(dir, "nodes.yaml", &text)?;
-    text.clear();
-    for ns in 0..namespaces {
-        let env = if ns % 4 == 0 { "dev" } else { "prod" };
-        let _ = write!(
-            text,
-            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{ns:03}, labels: {{team: t{}, env: {env}}}}}\n",
-            ns % 10
-        );
+
+    /// The `run`th replica of the template, and its address.
+    fn pod(&self, run: usize) -> (String, IpAddr) {
+        let t = &self.template;
+        let ip = self.free[run % self.free.len()];
+        let ports: Vec<Value> = t
+            .ports
+            .iter()
+            .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol.to_string()}))
+            .collect();
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": format!("{}-latency-{run}", t.name), "namespace": t.namespace, "labels": t.labels},
+            "spec": {"nodeName": t.node, "containers": [{"name": "main", "image": "registry.example/app:1", "ports": ports}]},
+            "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
+        });
+        (pod.to_string(), ip)
     }
-    write(dir, "namespaces.yaml", &text)?;
-    for ns in 0..namespaces {
-        let text: String =
-            (ns * 100..((ns + 1) * 100).min(pods)).map(|i| pod(i, &format!("pod-{i}"), &pod_ip(i))).collect();
-        write(dir, &format!("pods-{ns:03}.yaml"), &text)?;
-        write(dir, &format!("policies-{ns:03}.yaml"), &policies(ns, 8080))?;
+
+    /// A policy selecting the template's labels, admitting its namespace on `port`.
+    fn policy(&self, port: u16) -> String {
+        let t = &self.template;
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "latency-probe", "namespace": t.namespace},
+            "spec": {
+                "podSelector": {"matchLabels": t.labels},
+                "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": port, "protocol": "TCP"}]}],
+            },
+        })
+        .to_string()
     }
-    Ok(namespaces)
 }
