@@ -1,42 +1,46 @@
-//! Event-to-applied latency and memory of `netfence agent --source` on a
-//! generated 10,000-pod cluster, measured on the real kernel in a private
-//! network namespace (the agent's nft calls never touch the host's ruleset).
+//! Event-to-applied latency and memory of `netfence agent` on a generated
+//! 10,000-pod cluster, fed through the API server (kube-rs watchers on the
+//! in-process fake API server) and through `--source DIR`, side by side in
+//! one run, on the real kernel in private network namespaces (the agent's
+//! nft calls never touch the host's ruleset).
 //!
 //!     sudo cargo run --release --example agent_latency [-- --size medium --runs 20 --poll-interval 50ms]
 //!
 //! The cluster is `netfence gen --size medium` (10k pods, 100 nodes, 1k
-//! namespaces, 1k policies; see `crate::gen`), written as a folder. The
-//! agent runs for the node of the first pod (by namespace and name) that a
-//! policy isolates, so that changes around it reach its chains.
+//! namespaces, 1k policies; see `crate::gen`). The agent runs for the node
+//! of the first pod (by namespace and name) that a policy isolates, so that
+//! changes around it reach its chains.
 //!
 //! Events, each measured `--runs` times:
-//! - pod add: a file with one more replica of that pod (same namespace,
-//!   labels, ports and node, a free address), so the sync is element
-//!   operations only, then
-//! - pod delete: that file removed;
+//! - pod add: one more replica of that pod (same namespace, labels, ports
+//!   and node, a free address), so the sync is element operations only;
+//! - pod delete: that replica deleted;
 //! - policy change: the port of a policy selecting that pod, toggled (a
 //!   rule change in one chain).
 //!
-//! For each: `e2e`, from the file's rename to the agent's commit (the
-//! agent's `last_successful_sync_timestamp`), which includes the --source
-//! poll (every `--poll-interval`) and reloading the whole folder; `agent`,
-//! from the agent noticing the change to the commit (its
-//! `event_to_applied` histogram, one event per run), which includes the
-//! 50 ms debounce; `sync`, compile + diff + `nft` (its
-//! `sync_duration{mode="delta"}`). The agent is this example re-run as
-//! `agent_latency agent ...` (the same code as `netfence agent`), so its
-//! memory is read from /proc/PID/status.
+//! For each: `e2e`, from the change (the API object applied, or the file
+//! renamed into the folder) to the agent's commit (its
+//! `last_successful_sync_timestamp`); for the folder this includes the poll
+//! (every `--poll-interval`) and reloading the whole folder. `agent`, from
+//! the agent's index changing to the commit (its `event_to_applied`
+//! histogram, one event per run), which includes the 50 ms debounce.
+//! `sync`, compile + diff + `nft` (its `sync_duration{mode="delta"}`). The
+//! agent is this example re-run as `agent_latency agent ...` (the same code
+//! as `netfence agent`), so its memory is read from /proc/PID/status.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use netfence::agent::http;
+use netfence::agent::fake_api::FakeApi;
+use netfence::agent::{http, Key, Kind};
 use netfence::gen::{Plan, Size};
+use netfence::model::load::{manifest_files, parse_docs};
 use netfence::model::{load_paths, Pod};
 use netfence::netns::{self, Netns};
 use serde_json::{json, Value};
@@ -85,7 +89,7 @@ fn measure(size: Size, runs: usize, poll: &str) -> anyhow::Result<()> {
     let written = Plan::new(spec)?.write_dir(folder.path())?;
     let events = Events::new(folder.path())?;
     println!(
-        "cluster: {} ({} pods, {} nodes, {} namespaces, {} policies); agent for {} ({} pods there), events around {} (selected by {} policies); --poll-interval {poll}",
+        "cluster: {} ({} pods, {} nodes, {} namespaces, {} policies)\nagent for {} ({} pods there); events around {} (selected by {} policies)",
         spec.command(),
         written.pods,
         written.nodes,
@@ -96,12 +100,44 @@ fn measure(size: Size, runs: usize, poll: &str) -> anyhow::Result<()> {
         events.template.key(),
         events.selected_by,
     );
-    write(folder.path(), POLICY_FILE, &events.policy(8080))?;
-    let ns = Netns::create("nflat")?;
-    ns.ip_batch("link set lo up\n")?;
+    let mut tables = Vec::new();
+    for source in [Source::Api, Source::Folder] {
+        let ns = Netns::create("nflat")?;
+        ns.ip_batch("link set lo up\n")?;
+        let feed = match source {
+            Source::Api => Feed::api(&ns, folder.path())?,
+            Source::Folder => Feed::Folder(folder.path().to_path_buf()),
+        };
+        let name = match source {
+            Source::Api => "api watch".to_string(),
+            Source::Folder => format!("--source (poll {poll})"),
+        };
+        println!("\n{name}:");
+        tables.push((name, measure_feed(&ns, &feed, &events, runs, poll)?));
+    }
+    println!("\n{runs} runs each; milliseconds, min / median / p99 (nearest rank)");
+    println!("{:<36} {:>26} {:>26} {:>24}", "", "e2e (change -> committed)", "agent (index -> committed)", "sync (compile+diff+nft)");
+    for (feed, table) in &tables {
+        for (event, s) in table {
+            let row = format!("{feed}: {event}");
+            println!("{row:<36} {:>26} {:>26} {:>24}", s.summary(|r| r.e2e), s.summary(|r| r.agent), s.summary(|r| r.sync));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Api,
+    Folder,
+}
+
+/// Run one agent on `feed` through the events; the samples per event.
+fn measure_feed(ns: &Netns, feed: &Feed, events: &Events, runs: usize, poll: &str) -> anyhow::Result<Vec<(&'static str, Samples)>> {
+    feed.put(POLICY_FILE, &events.policy(8080))?;
     let log = tempfile::NamedTempFile::new()?;
     let started = Instant::now();
-    let agent = Agent::start(&ns, &events.node, folder.path(), poll, log.path())?;
+    let agent = Agent::start(ns, &events.node, feed.args(poll), log.path())?;
     agent.wait(Duration::from_secs(300), |a| Ok(a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)))?;
     println!(
         "first full sync: ready {:.2?} after start ({} rules, {} sets, {} elements); memory {}",
@@ -111,45 +147,105 @@ fn measure(size: Size, runs: usize, poll: &str) -> anyhow::Result<()> {
         agent.metric("netfence_ruleset_elements")?,
         agent.memory()?
     );
-
-    let mut add = Samples::default();
-    let mut delete = Samples::default();
-    let mut policy = Samples::default();
+    let (mut add, mut delete, mut policy) = (Samples::default(), Samples::default(), Samples::default());
     for run in 0..runs {
         let (pod, ip) = events.pod(run);
         let elements = agent.metric("netfence_ruleset_elements")?;
-        add.push(agent.event(|| write(folder.path(), POD_FILE, &pod))?);
-        let grown = agent.metric("netfence_ruleset_elements")? - elements;
-        anyhow::ensure!(grown > 0.0, "the pod add added no element");
+        add.push(agent.event(|| feed.put(POD_FILE, &pod))?);
+        anyhow::ensure!(agent.metric("netfence_ruleset_elements")? > elements, "the pod add added no element");
         if run == 0 {
             let out = ns.command("nft")?.args(["list", "ruleset"]).output()?;
             anyhow::ensure!(String::from_utf8_lossy(&out.stdout).contains(&ip.to_string()), "{ip} is not in the kernel's ruleset");
         }
-        delete.push(agent.event(|| Ok(std::fs::remove_file(folder.path().join(POD_FILE))?))?);
+        delete.push(agent.event(|| feed.remove(POD_FILE, &pod))?);
         anyhow::ensure!(agent.metric("netfence_ruleset_elements")? == elements, "the pod delete left elements");
         let port = if run % 2 == 0 { 8081 } else { 8080 };
-        policy.push(agent.event(|| write(folder.path(), POLICY_FILE, &events.policy(port)))?);
+        policy.push(agent.event(|| feed.put(POLICY_FILE, &events.policy(port)))?);
         if run % 10 == 9 {
             println!("memory after {} events: {}", 3 * (run + 1), agent.memory()?);
         }
     }
     anyhow::ensure!(agent.metric("netfence_apply_failures_total{mode=\"delta\"}")? == 0.0, "a delta failed; see the log");
-    println!("\n{runs} runs each; milliseconds, min / median / p99 (nearest rank)");
-    println!("{:<16} {:>28} {:>28} {:>28}", "event", "e2e (write -> committed)", "agent (noticed -> committed)", "sync (compile+diff+nft)");
-    for (name, s) in [("pod add", &add), ("pod delete", &delete), ("policy change", &policy)] {
-        println!("{name:<16} {:>28} {:>28} {:>28}", s.summary(|r| r.e2e), s.summary(|r| r.agent), s.summary(|r| r.sync));
-    }
     let ops = |s: &Samples| {
         let (o, e) = (s.0.iter().map(|r| r.ops).sum::<f64>(), s.0.iter().map(|r| r.element_ops).sum::<f64>());
-        format!("{:.1} ops/transaction ({:.1} element ops)", o / s.0.len() as f64, e / s.0.len() as f64)
+        format!("{:.1} ops ({:.1} element ops)", o / s.0.len() as f64, e / s.0.len() as f64)
     };
     println!("transactions: pod add {}; pod delete {}; policy change {}", ops(&add), ops(&delete), ops(&policy));
-    println!("agent memory at the end: {}", agent.memory()?);
     drop(agent);
     if std::env::var_os("AGENT_LOG").is_some() {
         println!("--- agent log ---\n{}", std::fs::read_to_string(log.path())?);
     }
-    Ok(())
+    Ok(vec![("pod add", add), ("pod delete", delete), ("policy change", policy)])
+}
+
+/// Where the agent learns the cluster from, and how an event is made there.
+enum Feed {
+    Folder(PathBuf),
+    /// The fake API server listens inside the agent's namespace; fields
+    /// drop in order, the server before its runtime.
+    Api { api: FakeApi, kubeconfig: tempfile::NamedTempFile, _runtime: tokio::runtime::Runtime },
+}
+
+impl Feed {
+    /// A fake API server inside `ns` holding every object of `folder`.
+    fn api(ns: &Netns, folder: &Path) -> anyhow::Result<Feed> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        // Bound on a thread inside the namespace, so the socket is there.
+        let api = ns.run(|| runtime.block_on(FakeApi::start()))??;
+        let watched = ["Namespace", "Node", "Pod", "NetworkPolicy"];
+        for file in manifest_files(folder)? {
+            let text = std::fs::read_to_string(&file)?;
+            for doc in parse_docs(&file.display().to_string(), &text)? {
+                if doc.value.get("kind").and_then(Value::as_str).is_some_and(|k| watched.contains(&k)) {
+                    api.apply(&doc.value);
+                }
+            }
+        }
+        let mut kubeconfig = tempfile::NamedTempFile::new()?;
+        std::io::Write::write_all(
+            &mut kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+                api.url()
+            )
+            .as_bytes(),
+        )?;
+        Ok(Feed::Api { api, kubeconfig, _runtime: runtime })
+    }
+
+    fn args(&self, poll: &str) -> Vec<OsString> {
+        match self {
+            Feed::Folder(dir) => vec!["--source".into(), dir.into(), "--poll-interval".into(), poll.into()],
+            Feed::Api { kubeconfig, .. } => vec!["--kubeconfig".into(), kubeconfig.path().into()],
+        }
+    }
+
+    /// Create or replace `obj` (kept in `file` in a folder).
+    fn put(&self, file: &str, obj: &Value) -> anyhow::Result<()> {
+        match self {
+            Feed::Folder(dir) => write(dir, file, &obj.to_string()),
+            Feed::Api { api, .. } => {
+                api.apply(obj);
+                Ok(())
+            }
+        }
+    }
+
+    fn remove(&self, file: &str, obj: &Value) -> anyhow::Result<()> {
+        match self {
+            Feed::Folder(dir) => Ok(std::fs::remove_file(dir.join(file))?),
+            Feed::Api { api, .. } => {
+                let kind = match obj["kind"].as_str() {
+                    Some("Pod") => Kind::Pod,
+                    _ => Kind::NetworkPolicy,
+                };
+                let meta = &obj["metadata"];
+                let key = Key::namespaced(meta["namespace"].as_str().unwrap_or_default(), meta["name"].as_str().unwrap_or_default());
+                anyhow::ensure!(api.delete(kind, &key), "{key} was not there to delete");
+                Ok(())
+            }
+        }
+    }
 }
 
 /// One event's measurements, in seconds.
@@ -184,12 +280,11 @@ struct Agent<'a> {
 }
 
 impl<'a> Agent<'a> {
-    fn start(ns: &'a Netns, node: &str, folder: &Path, poll: &str, log: &Path) -> anyhow::Result<Agent<'a>> {
+    fn start(ns: &'a Netns, node: &str, source: Vec<OsString>, log: &Path) -> anyhow::Result<Agent<'a>> {
         let child = ns
             .command(std::env::current_exe()?)?
-            .args(["agent", "--node", node, "--metrics-addr", METRICS, "--poll-interval", poll])
-            .arg("--source")
-            .arg(folder)
+            .args(["agent", "--node", node, "--metrics-addr", METRICS])
+            .args(source)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
@@ -232,7 +327,8 @@ impl<'a> Agent<'a> {
             self.metric("netfence_transaction_ops_sum")?,
             self.metric("netfence_transaction_element_ops_sum")?,
         ];
-        // Let the agent's next poll start from a quiet folder.
+        // Let the agent's next poll start from a quiet folder, and the
+        // debounce of the last event pass.
         std::thread::sleep(Duration::from_millis(300));
         let written = SystemTime::now();
         change()?;
@@ -313,7 +409,7 @@ impl Events {
     }
 
     /// The `run`th replica of the template, and its address.
-    fn pod(&self, run: usize) -> (String, IpAddr) {
+    fn pod(&self, run: usize) -> (Value, IpAddr) {
         let t = &self.template;
         let ip = self.free[run % self.free.len()];
         let ports: Vec<Value> = t
@@ -328,11 +424,11 @@ impl Events {
             "spec": {"nodeName": t.node, "containers": [{"name": "main", "image": "registry.example/app:1", "ports": ports}]},
             "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
         });
-        (pod.to_string(), ip)
+        (pod, ip)
     }
 
     /// A policy selecting the template's labels, admitting its namespace on `port`.
-    fn policy(&self, port: u16) -> String {
+    fn policy(&self, port: u16) -> Value {
         let t = &self.template;
         json!({
             "apiVersion": "networking.k8s.io/v1",
@@ -343,6 +439,5 @@ impl Events {
                 "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": port, "protocol": "TCP"}]}],
             },
         })
-        .to_string()
     }
 }
