@@ -15,8 +15,8 @@
 //! explanation, and the process's peak memory.
 //!
 //! With `packet`, the packet path too: throughput and new connections per
-//! second between two pods through the node, with no ruleset, netfence's
-//! program and a linear expansion of it ([`packet`]).
+//! second between two pods through the node, with no ruleset, conntrack
+//! alone, netfence's program and a linear expansion of it ([`packet`]).
 //!
 //! Effects: a scratch directory for the manifests and scratch network
 //! namespaces for nft and traffic (`nfb<pid>-<n>`), all removed when the size

@@ -4,9 +4,12 @@
 //! (client, node, server; veth pairs, /32 routes and a link-local gateway as
 //! Calico lays them out), with the node's program loaded in the node's
 //! namespace. TCP throughput and new connections per second are measured
-//! side by side with three rulesets: none, netfence's program, and the same
-//! program linearised the way an iptables implementation without ipsets
-//! would write it ([`linearize`]: one rule per set element). Established
+//! side by side with four rulesets, each in a topology of its own, measured
+//! round-robin: none (the targets' baseline), conntrack alone
+//! ([`conntrack_only`], what every Kubernetes node pays anyway),
+//! netfence's program, and the same program linearised the way an iptables
+//! implementation without ipsets would write it ([`linearize`]: one rule
+//! per set element). Established
 //! traffic leaves every ruleset at its first rule, so throughput should
 //! barely move; every new connection walks the policy, which is where sets
 //! and a rule list part ways.
@@ -420,7 +423,7 @@ fn median_and_best(mut v: Vec<f64>) -> (f64, f64) {
     (v[(v.len() - 1) / 2], v[v.len() - 1])
 }
 
-/// Measure the three rulesets on the node's real flow.
+/// Measure the four rulesets on the node's real flow.
 pub fn run(c: &Cluster, ir: &Ir, node: &str, program: &Program, opts: PacketOptions) -> anyhow::Result<PacketReport> {
     let Some((src, dst, port)) = pick_flow(c, ir, node) else {
         bail!("no remote IPv4 pod that a pod-selector rule lets into an isolated pod on {node}");
@@ -569,6 +572,38 @@ mod tests {
             let n = packets.iter().filter(accepted).count();
             assert!(n > 0 && n < packets.len(), "{node}: the sample must hold both verdicts ({n} of {} accepted)", packets.len());
         }
+    }
+
+    #[test]
+    fn ratios_are_medians_against_a_baseline() {
+        let r = |name, gbit: f64, conns: f64| RulesetResult {
+            name,
+            rules: 0,
+            elements: 0,
+            throughput: (gbit * 1e9, gbit * 2e9),
+            connections_per_s: (conns, conns * 2.0),
+        };
+        let report = PacketReport {
+            flow: String::new(),
+            results: vec![r(NO_RULESET, 20.0, 30_000.0), r(CONNTRACK_ONLY, 19.0, 27_000.0), r(NETFENCE, 19.0, 24_000.0)],
+        };
+        let check = |name, base, want: (f64, f64)| {
+            let (t, c) = report.ratio(name, base).unwrap();
+            assert!((t - want.0).abs() < 1e-9 && (c - want.1).abs() < 1e-9, "{name} vs {base}: {t}, {c}");
+        };
+        check(NETFENCE, NO_RULESET, (0.95, 0.8));
+        check(NETFENCE, CONNTRACK_ONLY, (1.0, 24.0 / 27.0));
+        check(NO_RULESET, NO_RULESET, (1.0, 1.0));
+        assert_eq!(report.ratio("linear", NO_RULESET), None);
+    }
+
+    #[test]
+    fn the_conntrack_baseline_only_accepts_established_traffic() {
+        let p = conntrack_only("netfence");
+        p.validate().unwrap();
+        assert_eq!((p.chains.len(), p.rule_count(), p.sets.len() + p.maps.len()), (1, 1, 0));
+        let rule = &p.chains[INGRESS.name].rules[0];
+        assert!(matches!(&rule.matches[..], [Match::CtState(_)]) && rule.action == Action::Verdict(Verdict::Accept));
     }
 
     #[test]
