@@ -206,6 +206,19 @@ impl NftKernel {
         }
     }
 
+    /// Apply `tx` in nft's text form (`nft -f -`) rather than JSON: one
+    /// transaction all the same, and a refusal names its line, hence its
+    /// operation, from this one call.
+    pub fn apply_text(&self, tx: &Transaction) -> Result<(), ApplyError> {
+        if tx.is_empty() {
+            return Ok(());
+        }
+        match self.run(&["-f", "-"], &tx.to_string())? {
+            Ok(_) => Ok(()),
+            Err(stderr) => Err(locate(tx, &stderr)),
+        }
+    }
+
     /// Whether nft accepts the transaction, without committing it
     /// (`nft -c -f -`, text form). Used to locate a refusal.
     pub fn check(&self, tx: &Transaction) -> Result<(), ApplyError> {

@@ -106,6 +106,14 @@ fn refused_transactions_change_nothing_and_say_where() {
     assert!(e.to_string().contains("jump no_such_chain"), "{e}");
     let back = k.read_table(&p.table).unwrap().unwrap();
     assert_eq!(back, p, "the element of operation 0 must not have been added");
+    // The text form: as atomic, and located from the one call.
+    let e = k.apply_text(&tx).unwrap_err();
+    assert!(matches!(e, ApplyError::Rejected { op: Some(1), reason: Reason::NotFound, .. }), "{e}");
+    assert_eq!(k.read_table(&p.table).unwrap().unwrap(), p, "text form: operation 0 must not have been applied");
+    tx.ops.pop();
+    k.apply_text(&tx).unwrap_or_else(|e| panic!("{e}\n{tx}"));
+    k.apply(&diff(Some(&k.read_table(&p.table).unwrap().unwrap()), &p)).unwrap();
+    assert_eq!(k.read_table(&p.table).unwrap().unwrap(), p);
 
     let mut tx = Transaction::new(&p.table);
     tx.push(Op::DeleteSet { name: p.sets.keys().find(|s| s.starts_with("pod4")).unwrap().clone() });

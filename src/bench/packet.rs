@@ -4,9 +4,12 @@
 //! (client, node, server; veth pairs, /32 routes and a link-local gateway as
 //! Calico lays them out), with the node's program loaded in the node's
 //! namespace. TCP throughput and new connections per second are measured
-//! side by side with three rulesets: none, netfence's program, and the same
-//! program linearised the way an iptables implementation without ipsets
-//! would write it ([`linearize`]: one rule per set element). Established
+//! side by side with four rulesets, each in a topology of its own, measured
+//! round-robin: none (the targets' baseline), conntrack alone
+//! ([`conntrack_only`], what every Kubernetes node pays anyway),
+//! netfence's program, and the same program linearised the way an iptables
+//! implementation without ipsets would write it ([`linearize`]: one rule
+//! per set element). Established
 //! traffic leaves every ruleset at its first rule, so throughput should
 //! barely move; every new connection walks the policy, which is where sets
 //! and a rule list part ways.
@@ -30,8 +33,11 @@ use crate::ir::{Ir, PeerIr};
 use crate::model::{Cluster, Family, PodId, PortRef, Protocol};
 use crate::netns::Netns;
 use crate::nft::compile::node_of;
-use crate::nft::program::{Action, AddrField, AddrMatch, Chain, Element, Hook, Match, PortRange, Program, Rule, Verdict};
-use crate::nft::{self, Op, Transaction};
+use crate::nft::compile::INGRESS;
+use crate::nft::program::{
+    Action, AddrField, AddrMatch, BaseHook, Chain, ChainPolicy, CtState, Element, Hook, Match, PortRange, Program, Rule, Verdict,
+};
+use crate::nft;
 
 /// How long to push traffic for one measurement, and how many times.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +61,39 @@ pub struct RulesetResult {
 pub struct PacketReport {
     pub flow: String,
     pub results: Vec<RulesetResult>,
+}
+
+/// The baseline of the issue's targets: no ruleset at all.
+pub const NO_RULESET: &str = "no ruleset";
+/// The second baseline: conntrack alone, as on every Kubernetes node.
+pub const CONNTRACK_ONLY: &str = "conntrack only";
+pub const NETFENCE: &str = "netfence";
+
+impl PacketReport {
+    fn get(&self, name: &str) -> Option<&RulesetResult> {
+        self.results.iter().find(|x| x.name == name)
+    }
+
+    /// Median throughput and median new connections/s of `name` divided by
+    /// those of `base`, measured in the same run.
+    pub fn ratio(&self, name: &str, base: &str) -> Option<(f64, f64)> {
+        let (x, b) = (self.get(name)?, self.get(base)?);
+        let div = |v: f64, w: f64| if w > 0.0 { v / w } else { f64::NAN };
+        Some((div(x.throughput.0, b.throughput.0), div(x.connections_per_s.0, b.connections_per_s.0)))
+    }
+}
+
+/// A table that only turns conntrack on in the node's namespace: one base
+/// chain where netfence's ingress chain sits, accepting established and
+/// related traffic and nothing else to decide. Every Kubernetes node has
+/// conntrack on (kube-proxy's NAT needs it), and any stateful
+/// NetworkPolicy engine pays for it; this isolates that share of the cost.
+pub fn conntrack_only(table: &str) -> Program {
+    let mut p = Program::new(table);
+    let base = BaseHook { hook: INGRESS.hook, priority: INGRESS.priority, policy: ChainPolicy::Accept };
+    let rules = vec![Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept)];
+    p.add_chain(Chain { name: INGRESS.name.to_string(), base: Some(base), rules });
+    p
 }
 
 /// The flow to push: into a pod on `node` whose ingress is isolated, from
@@ -384,7 +423,7 @@ fn median_and_best(mut v: Vec<f64>) -> (f64, f64) {
     (v[(v.len() - 1) / 2], v[v.len() - 1])
 }
 
-/// Measure the three rulesets on the node's real flow.
+/// Measure the four rulesets on the node's real flow.
 pub fn run(c: &Cluster, ir: &Ir, node: &str, program: &Program, opts: PacketOptions) -> anyhow::Result<PacketReport> {
     let Some((src, dst, port)) = pick_flow(c, ir, node) else {
         bail!("no remote IPv4 pod that a pod-selector rule lets into an isolated pod on {node}");
@@ -394,27 +433,30 @@ pub fn run(c: &Cluster, ir: &Ir, node: &str, program: &Program, opts: PacketOpti
     };
     let flow = format!("{} ({src_ip}) -> {} ({dst_ip}):{port}/TCP", c.pods[src].key(), c.pods[dst].key());
     let linear = linearize(program);
-    let topo = Topology::new(src_ip, dst_ip)?;
+    let ct_only = conntrack_only(&program.table);
     let to = SocketAddr::new(IpAddr::V4(dst_ip), port);
-    let mut results = Vec::new();
-    let rulesets: [(&'static str, Option<&Program>); 3] = [("no ruleset", None), ("netfence", Some(program)), ("linear", Some(&linear))];
+    let rulesets: [(&'static str, Option<&Program>); 4] =
+        [(NO_RULESET, None), (CONNTRACK_ONLY, Some(&ct_only)), (NETFENCE, Some(program)), ("linear", Some(&linear))];
+    // One topology per ruleset, each loaded once, measured round-robin: on
+    // a shared machine the load drifts, and interleaving spreads the drift
+    // over every ruleset alike instead of onto whichever ran last.
+    let mut topos = Vec::new();
     for (name, ruleset) in rulesets {
-        topo.node.run(|| -> anyhow::Result<()> {
-            let mut k = NftKernel::new();
-            let mut clear = Transaction::new(&program.table);
-            clear.push(Op::AddTable { table: program.table.clone() });
-            clear.push(Op::DeleteTable { table: program.table.clone() });
-            k.apply(&clear).context("clearing the node's table")?;
-            if let Some(p) = ruleset {
-                k.apply(&nft::diff(None, p)).with_context(|| format!("loading the {name} ruleset"))?;
-            }
-            Ok(())
-        })??;
-        let (mut bits, mut conns) = (Vec::new(), Vec::new());
-        for _ in 0..opts.runs.max(1) {
-            bits.push(throughput(&topo, to, opts.duration).with_context(|| format!("throughput with {name}"))?);
-            conns.push(connection_rate(&topo, to, opts.duration).with_context(|| format!("connections with {name}"))?);
+        let topo = Topology::new(src_ip, dst_ip)?;
+        if let Some(p) = ruleset {
+            topo.node.run(|| NftKernel::new().apply(&nft::diff(None, p)).with_context(|| format!("loading the {name} ruleset")))??;
         }
+        topos.push(topo);
+    }
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); rulesets.len()];
+    for _ in 0..opts.runs.max(1) {
+        for (((name, _), topo), (bits, conns)) in rulesets.iter().zip(&topos).zip(&mut samples) {
+            bits.push(throughput(topo, to, opts.duration).with_context(|| format!("throughput with {name}"))?);
+            conns.push(connection_rate(topo, to, opts.duration).with_context(|| format!("connections with {name}"))?);
+        }
+    }
+    let mut results = Vec::new();
+    for ((name, ruleset), (bits, conns)) in rulesets.into_iter().zip(samples) {
         let size = ruleset.map(super::ProgramSize::of).unwrap_or_default();
         results.push(RulesetResult {
             name,
@@ -427,28 +469,41 @@ pub fn run(c: &Cluster, ir: &Ir, node: &str, program: &Program, opts: PacketOpti
     Ok(PacketReport { flow, results })
 }
 
-/// The packet-path table.
+/// The packet-path table: every ruleset against both baselines.
 pub fn render(r: &PacketReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "\nPacket path, {} (median and best of the runs):\n", r.flow);
-    let _ = writeln!(s, "| ruleset | rules | set elements | throughput | vs none | new connections/s | vs none |\n|---|---|---|---|---|---|---|");
-    let base = r.results.first().map(|b| (b.throughput.0, b.connections_per_s.0));
+    let _ = writeln!(
+        s,
+        "| ruleset | rules | set elements | throughput | vs none | vs conntrack | new connections/s | vs none | vs conntrack |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
     for x in &r.results {
-        let vs = |v: f64, b: f64| if b > 0.0 { format!("{:.2}", v / b) } else { "–".to_string() };
-        let (bt, bc) = base.unwrap_or((0.0, 0.0));
+        let vs = |base: &str| r.ratio(x.name, base).map(|(t, c)| (format!("{t:.2}"), format!("{c:.2}")));
+        let ((tn, cn), (tc, cc)) = (vs(NO_RULESET).unwrap_or_default(), vs(CONNTRACK_ONLY).unwrap_or_default());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.2} / {:.2} Gbit/s | {} | {:.0} / {:.0} | {} |",
+            "| {} | {} | {} | {:.2} / {:.2} Gbit/s | {tn} | {tc} | {:.0} / {:.0} | {cn} | {cc} |",
             x.name,
             x.rules,
             x.elements,
             x.throughput.0 / 1e9,
             x.throughput.1 / 1e9,
-            vs(x.throughput.0, bt),
             x.connections_per_s.0,
             x.connections_per_s.1,
-            vs(x.connections_per_s.0, bc),
+        );
+    }
+    if let (Some(none), Some(ct), Some(nf)) = (r.get(NO_RULESET), r.get(CONNTRACK_ONLY), r.get(NETFENCE)) {
+        // Time per new connection: what each layer adds to it.
+        let per = |x: &RulesetResult| 1e6 / x.connections_per_s.0;
+        let (total, conntrack) = (per(nf) - per(none), per(ct) - per(none));
+        let _ = writeln!(
+            s,
+            "\nPer new connection, netfence adds {total:.1} µs to the {:.1} µs of no ruleset: conntrack {conntrack:.1} µs, \
+             netfence's rules {:.1} µs.",
+            per(none),
+            total - conntrack
         );
     }
     s
@@ -517,6 +572,38 @@ mod tests {
             let n = packets.iter().filter(accepted).count();
             assert!(n > 0 && n < packets.len(), "{node}: the sample must hold both verdicts ({n} of {} accepted)", packets.len());
         }
+    }
+
+    #[test]
+    fn ratios_are_medians_against_a_baseline() {
+        let r = |name, gbit: f64, conns: f64| RulesetResult {
+            name,
+            rules: 0,
+            elements: 0,
+            throughput: (gbit * 1e9, gbit * 2e9),
+            connections_per_s: (conns, conns * 2.0),
+        };
+        let report = PacketReport {
+            flow: String::new(),
+            results: vec![r(NO_RULESET, 20.0, 30_000.0), r(CONNTRACK_ONLY, 19.0, 27_000.0), r(NETFENCE, 19.0, 24_000.0)],
+        };
+        let check = |name, base, want: (f64, f64)| {
+            let (t, c) = report.ratio(name, base).unwrap();
+            assert!((t - want.0).abs() < 1e-9 && (c - want.1).abs() < 1e-9, "{name} vs {base}: {t}, {c}");
+        };
+        check(NETFENCE, NO_RULESET, (0.95, 0.8));
+        check(NETFENCE, CONNTRACK_ONLY, (1.0, 24.0 / 27.0));
+        check(NO_RULESET, NO_RULESET, (1.0, 1.0));
+        assert_eq!(report.ratio("linear", NO_RULESET), None);
+    }
+
+    #[test]
+    fn the_conntrack_baseline_only_accepts_established_traffic() {
+        let p = conntrack_only("netfence");
+        p.validate().unwrap();
+        assert_eq!((p.chains.len(), p.rule_count(), p.sets.len() + p.maps.len()), (1, 1, 0));
+        let rule = &p.chains[INGRESS.name].rules[0];
+        assert!(matches!(&rule.matches[..], [Match::CtState(_)]) && rule.action == Action::Verdict(Verdict::Accept));
     }
 
     #[test]
