@@ -123,14 +123,11 @@ pub fn render_text(changes: &[Change]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::load::ClusterBuilder;
 
     const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nstatus: {podIP: 10.0.0.2}\n";
 
     fn snap(policies: &str) -> Cluster {
-        let mut b = ClusterBuilder::new();
-        b.add_text("t.yaml", &format!("{PODS}---\n{policies}")).unwrap();
-        b.finish().0
+        crate::model::load::load_str("t.yaml", &format!("{PODS}---\n{policies}")).unwrap()
     }
 
     #[test]

@@ -194,12 +194,9 @@ impl<'a> Index<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::load::ClusterBuilder;
 
     fn cluster(text: &str) -> Cluster {
-        let mut b = ClusterBuilder::new();
-        b.add_text("t.yaml", text).unwrap();
-        b.finish().0
+        crate::model::load::load_str("t.yaml", text).unwrap()
     }
 
     const PODS: &str = "

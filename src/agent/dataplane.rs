@@ -217,12 +217,9 @@ fn fake_report(old: Option<&Cluster>, new: &Cluster, full: bool) -> SyncReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::load::ClusterBuilder;
 
     fn cluster(yaml: &str) -> Cluster {
-        let mut b = ClusterBuilder::new();
-        b.add_text("c.yaml", yaml).unwrap();
-        b.finish().0
+        crate::model::load::load_str("c.yaml", yaml).unwrap()
     }
 
     const A: &str = "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}\n---\n";

@@ -171,7 +171,6 @@ fn dirty(old: &Program, new: &Program, name: &str, sets: &BTreeSet<&str>, memo: 
 mod tests {
     use super::*;
     use crate::apply::{FakeKernel, Reason};
-    use crate::model::load::ClusterBuilder;
 
     const BASE: &str = "
 apiVersion: v1
@@ -201,9 +200,7 @@ spec:
 ";
 
     fn cluster(extra: &str) -> Cluster {
-        let mut b = ClusterBuilder::new();
-        b.add_text("t.yaml", &format!("{BASE}{extra}")).unwrap();
-        b.finish().0
+        crate::model::load::load_str("t.yaml", &format!("{BASE}{extra}")).unwrap()
     }
 
     /// A kernel shared with the test, so it can look inside after syncs.

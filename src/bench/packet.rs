@@ -539,9 +539,7 @@ mod tests {
     fn cluster(spec: Spec) -> Cluster {
         let mut text = Vec::new();
         Plan::new(spec).unwrap().write_stream(&mut text).unwrap();
-        let mut b = crate::model::load::ClusterBuilder::new();
-        b.add_text("gen.yaml", std::str::from_utf8(&text).unwrap()).unwrap();
-        b.finish().0
+        crate::model::load::load_str("gen.yaml", std::str::from_utf8(&text).unwrap()).unwrap()
     }
 
     #[test]

@@ -516,7 +516,6 @@ impl Script {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::load::ClusterBuilder;
 
     const NODES: &str = "
 apiVersion: v1
@@ -541,9 +540,7 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
     }
 
     fn cluster(pods: &[String]) -> Cluster {
-        let mut b = ClusterBuilder::new();
-        b.add_text("t.yaml", &format!("{NODES}{}", pods.concat())).unwrap();
-        b.finish().0
+        crate::model::load::load_str("t.yaml", &format!("{NODES}{}", pods.concat())).unwrap()
     }
 
     fn plan_of(pods: &[String], externals: &[&str]) -> anyhow::Result<Plan> {

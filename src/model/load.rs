@@ -144,6 +144,14 @@ impl ClusterBuilder {
     }
 }
 
+/// A cluster from one YAML text (manifests as a file would hold them),
+/// named `file` in errors. What tests and embedders reach for.
+pub fn load_str(file: &str, text: &str) -> Result<Cluster, LoadError> {
+    let mut b = ClusterBuilder::new();
+    b.add_text(file, text)?;
+    Ok(b.finish().0)
+}
+
 /// Load a cluster from files and folders of manifests.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>), LoadError> {
     let mut b = ClusterBuilder::new();
