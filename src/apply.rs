@@ -46,7 +46,7 @@ pub enum Reason {
 
 impl Reason {
     /// Classify nft's error text (the strerror of the netlink error).
-    fn from_message(m: &str) -> Reason {
+    pub(crate) fn from_message(m: &str) -> Reason {
         if m.contains("No such file or directory") {
             Reason::NotFound
         } else if m.contains("File exists") || m.contains("conflicting intervals") {
@@ -101,7 +101,7 @@ fn rejected(op: Option<usize>, text: Option<&str>, reason: Reason, message: &str
 }
 
 impl ApplyError {
-    fn at(tx: &Transaction, i: usize, reason: Reason, message: impl Into<String>) -> ApplyError {
+    pub(crate) fn at(tx: &Transaction, i: usize, reason: Reason, message: impl Into<String>) -> ApplyError {
         ApplyError::Rejected {
             op: Some(i),
             op_text: tx.ops.get(i).map(|op| OpLine { table: &tx.table, op }.to_string()),

@@ -19,6 +19,7 @@ pub mod eval;
 pub mod explain;
 pub mod nft;
 pub mod apply;
+pub mod apply_session;
 pub mod netns;
 pub mod policytest;
 pub mod dataplane;

@@ -309,6 +309,22 @@ impl<'a> Agent<'a> {
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Kill the agent's kept-open `nft -i` (its child process): with the
+    /// binary broken too, every later nft call fails, as when nft crashes.
+    fn kill_nft_session(&self) {
+        let me = self.child.id().to_string();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // pid (comm) state ppid ...
+            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { continue };
+            if rest.split_whitespace().nth(1) == Some(me.as_str()) {
+                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Agent<'_> {
@@ -456,6 +472,7 @@ fn a_failing_nft_keeps_the_old_rules_and_recovers() {
     s.check(&old);
 
     nft.set(false);
+    node1.kill_nft_session();
     s.write("policy-x-deny.yaml", DENY_X);
     s.remove("policy-y-a.yaml");
     let unready = node1.wait_status(503);

@@ -141,3 +141,39 @@ fn missing_nft_is_its_own_error() {
     tx.push(Op::AddTable { table: "netfence".into() });
     assert!(matches!(k.apply(&tx), Err(ApplyError::NftMissing { .. })));
 }
+
+/// The kept-open `nft -i` applies deltas as atomically as `nft -f`, locates
+/// a refusal from the caret, keeps working after one, and agrees with
+/// what is listed back.
+#[test]
+fn session_applies_small_transactions_atomically() {
+    use netfence::apply_session::SessionKernel;
+    let Some(ns) = Netns::new("session_applies_small_transactions_atomically") else { return };
+    let argv: Vec<std::ffi::OsString> = ["ip", "netns", "exec", ns.name.as_str(), "nft"].iter().map(Into::into).collect();
+    let mut session = SessionKernel::new(argv);
+    let reader = NftKernel::in_netns(&ns.name);
+    let base = ["fixtures/clusters/standard.yaml", "tests/golden/policies/mix.yaml"];
+    let old = compile(&base, "node-1");
+    session.apply(&diff(None, &old)).unwrap();
+    assert_eq!(reader.read_table(&old.table).unwrap().as_ref(), Some(&old));
+
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: x, labels: {pod: a}}\nspec: {nodeName: node-1, containers: [{name: c, ports: [{name: serve-80-tcp, containerPort: 80}]}]}\nstatus: {podIP: 10.244.1.13}\n";
+    let with_pod = common::compile_with(&base, pod, "node-1");
+    let tx = diff(Some(&old), &with_pod);
+    session.apply(&tx).unwrap();
+    assert_eq!(reader.read_table(&old.table).unwrap().as_ref(), Some(&with_pod));
+
+    // A good op then a bad one: nothing of it lands, the bad op is named.
+    let set = with_pod.sets.keys().next().expect("a set").clone();
+    let mut bad = Transaction::new(&with_pod.table);
+    bad.push(Op::AddElements { set: set.clone(), elements: vec![Element::Addr("10.244.1.200".parse().unwrap())] });
+    bad.push(Op::DeleteElements { set: "no_such_set".into(), elements: vec![Element::Addr("10.244.1.201".parse().unwrap())] });
+    let err = session.apply(&bad).unwrap_err();
+    assert_eq!(err.op(), Some(1), "{err}");
+    assert_eq!(err.reason(), Some(Reason::NotFound), "{err}");
+    assert_eq!(reader.read_table(&old.table).unwrap().as_ref(), Some(&with_pod), "a refused batch changed the table");
+
+    // The same session goes on.
+    session.apply(&diff(Some(&with_pod), &old)).unwrap();
+    assert_eq!(reader.read_table(&old.table).unwrap().as_ref(), Some(&old));
+}

@@ -114,7 +114,8 @@ pub struct Delta {
     pub apply: Option<Timing>,
     /// The same transaction through `nft -f -` (text), interleaved with
     /// the JSON runs so both see the same machine.
-    pub apply_text: Option<Timing>,
+    /// The same delta through a fresh `nft -j -f` per transaction.
+    pub apply_spawn: Option<Timing>,
 }
 
 /// The size of a compiled program.
@@ -261,10 +262,10 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             (new, tx)
         });
         drop(changed);
-        let (apply, apply_text) = match &ns {
+        let (apply, apply_spawn) = match &ns {
             Some(scratch) if !tx.is_empty() => {
-                let (json, text) = scratch.run(|| apply_delta(&program, &new, &tx, runs))??;
-                (Some(json), Some(text))
+                let (session, spawn) = scratch.run(|| apply_delta(&program, &new, &tx, runs))??;
+                (Some(session), Some(spawn))
             }
             _ => (None, None),
         };
@@ -279,7 +280,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             only_elements: tx.only_elements(),
             compute,
             apply,
-            apply_text,
+            apply_spawn,
         });
     }
     drop(ns);
@@ -353,26 +354,32 @@ fn apply_full(program: &Program, runs: usize) -> anyhow::Result<Timing> {
 }
 
 /// Apply `tx` (from `program`, which is applied, to `new`) `runs` times
-/// in JSON and `runs` times in text, interleaved and alternating which goes
-/// first, each followed, untimed, by its reverse: `program` stays applied.
+/// through the agent's kept-open `nft -i` session and `runs` times through
+/// a fresh `nft -j -f` each, interleaved and alternating which goes first,
+/// each followed, untimed, by its reverse: `program` stays applied.
+/// Returns (session, spawn).
 fn apply_delta(program: &Program, new: &Program, tx: &Transaction, runs: usize) -> anyhow::Result<(Timing, Timing)> {
-    let mut k = NftKernel::new();
+    let mut spawn = NftKernel::new();
+    let mut session = crate::apply_session::SessionKernel::new(vec!["nft".into()]);
     let back = nft::diff(Some(new), program);
-    let (mut json, mut text) = (Vec::new(), Vec::new());
+    // Start the session outside the timing, as a running agent has it.
+    session.apply(tx).context("starting the nft session")?;
+    spawn.apply(&back).context("reverting a delta")?;
+    let (mut kept, mut fresh) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        for text_form in [i % 2 == 1, i % 2 == 0] {
+        for use_session in [i % 2 == 1, i % 2 == 0] {
             let start = Instant::now();
-            if text_form {
-                k.apply_text(tx).context("applying a delta (text)")?;
-                text.push(start.elapsed());
+            if use_session {
+                session.apply(tx).context("applying a delta (session)")?;
+                kept.push(start.elapsed());
             } else {
-                k.apply(tx).context("applying a delta")?;
-                json.push(start.elapsed());
+                spawn.apply(tx).context("applying a delta")?;
+                fresh.push(start.elapsed());
             }
-            k.apply(&back).context("reverting a delta")?;
+            spawn.apply(&back).context("reverting a delta")?;
         }
     }
-    Ok((Timing::of(json), Timing::of(text)))
+    Ok((Timing::of(kept), Timing::of(fresh)))
 }
 
 fn largest_sets(p: &Program, n: usize) -> Vec<(String, usize)> {
@@ -624,9 +631,9 @@ pub fn ratios(r: &SizeReport) -> Vec<(String, String)> {
             if let Some(a) = d.apply {
                 out.push((format!("full apply / {} apply", d.what), format!("{:.0}×", secs(full.median) / secs(a.median))));
             }
-            if let (Some(a), Some(t)) = (d.apply, d.apply_text) {
+            if let (Some(a), Some(t)) = (d.apply, d.apply_spawn) {
                 out.push((
-                    format!("{} apply, text ÷ JSON (min, median)", d.what),
+                    format!("{} apply, one nft process ÷ session (min, median)", d.what),
                     format!("{:.2}, {:.2}", secs(t.min) / secs(a.min), secs(t.median) / secs(a.median)),
                 ));
             }
@@ -697,8 +704,8 @@ pub fn render(r: &SizeReport) -> String {
     for d in &r.deltas {
         row(&format!("{}: recompute", d.what), Some(d.compute), format!("{}: resolve + compile + diff", d.subject));
         let kind = if d.only_elements { "element ops only" } else { "includes chain/rule/set ops" };
-        row(&format!("{}: apply", d.what), d.apply, format!("{} ops, {} elements, {kind}; nft -j -f (JSON)", d.ops, d.elements));
-        row(&format!("{}: apply, text", d.what), d.apply_text, "the same through nft -f (text), interleaved".to_string());
+        row(&format!("{}: apply", d.what), d.apply, format!("{} ops, {} elements, {kind}; the agent's kept-open nft -i", d.ops, d.elements));
+        row(&format!("{}: apply, new nft", d.what), d.apply_spawn, "the same through a fresh nft -j -f, interleaved".to_string());
     }
     row("eval one flow", Some(r.eval), r.flow.clone());
     row("explain one flow", Some(r.explain), "parse endpoints + resolve + eval + render".to_string());

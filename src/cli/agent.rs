@@ -128,7 +128,10 @@ fn dataplane(args: &Args) -> anyhow::Result<Box<dyn Dataplane>> {
     if args.dry_run {
         return Ok(Box::new(DryRun));
     }
-    Ok(Box::new(crate::agent::NftDataplane::new(&args.node, Box::new(crate::apply::NftKernel::new()))))
+    // Deltas through one kept-open `nft -i`: pod churn then costs the
+    // kernel's work, not a process start per event (`apply_session`).
+    let kernel = crate::apply_session::SessionKernel::new(vec!["nft".into()]);
+    Ok(Box::new(crate::agent::NftDataplane::new(&args.node, Box::new(kernel))))
 }
 
 fn flows(args: &Args) -> anyhow::Result<Option<Box<dyn Flows>>> {
