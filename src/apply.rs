@@ -366,14 +366,20 @@ fn apply_op(tables: &mut BTreeMap<String, Program>, table: &str, op: &Op) -> OpR
     let Some(p) = tables.get_mut(table) else { return missing("table", table) };
     match op {
         Op::AddTable { .. } | Op::DeleteTable { .. } => unreachable!("handled above"),
-        Op::AddSet { name, key, interval } => {
+        Op::AddSet { name, key, interval, dynamic } => {
             if p.maps.contains_key(name) {
                 return Err((Reason::Exists, format!("{name:?} is a map")));
             }
             match p.sets.get(name) {
-                Some(s) if s.key == *key && s.interval == *interval => {}
+                Some(s) if s.key == *key && s.interval == *interval && s.dynamic == *dynamic => {}
                 Some(_) => return Err((Reason::Exists, format!("set {name:?} exists with another type"))),
-                None => p.add_set(crate::nft::Set { name: name.clone(), key: *key, interval: *interval, elements: Default::default() }),
+                None => p.add_set(crate::nft::Set {
+                    name: name.clone(),
+                    key: *key,
+                    interval: *interval,
+                    dynamic: *dynamic,
+                    elements: Default::default(),
+                }),
             }
         }
         Op::DeleteSet { name } => {
@@ -617,7 +623,7 @@ mod tests {
         check_refused(|t| t.push(add_rule("nope", Rule::verdict(vec![], Verdict::Accept))), 0, Reason::NotFound);
         check_refused(
             |t| {
-                t.push(Op::AddSet { name: "s".into(), key: KeyType::Addr(Family::IPv4), interval: false });
+                t.push(Op::AddSet { name: "s".into(), key: KeyType::Addr(Family::IPv4), interval: false, dynamic: None });
                 t.push(add_rule("pol_a", Rule::verdict(vec![], Verdict::Jump("grp_a".into()))));
             },
             1,
@@ -652,7 +658,7 @@ mod tests {
             0,
             Reason::Exists,
         );
-        check_refused(|t| t.push(Op::AddSet { name: "peer4_a".into(), key: KeyType::Addr(Family::IPv6), interval: false }), 0, Reason::Exists);
+        check_refused(|t| t.push(Op::AddSet { name: "peer4_a".into(), key: KeyType::Addr(Family::IPv6), interval: false, dynamic: None }), 0, Reason::Exists);
         check_refused(|t| t.push(Op::DeleteTable { table: "other".into() }), 0, Reason::NotFound);
     }
 

@@ -91,8 +91,28 @@ pub const EGRESS: Base = Base { name: "egress", dir: Direction::Egress, hook: Ho
 pub const EGRESS_LOCAL: Base = Base { name: "egress_local", dir: Direction::Egress, hook: Hook::Input, priority: 110 };
 /// Ingress to local pods: after egress on the same hook, before SNAT.
 pub const INGRESS: Base = Base { name: "ingress", dir: Direction::Ingress, hook: Hook::Postrouting, priority: priority::SRCNAT - 5 };
-/// Every base chain.
+/// Every base chain that judges a direction.
 pub const BASES: [Base; 3] = [INGRESS, EGRESS, EGRESS_LOCAL];
+
+/// The base chain that records UDP and SCTP flows for their replies: on
+/// postrouting after both directions' chains, so it sees only packets this
+/// node let through.
+pub const RECORD: &str = "record";
+pub const RECORD_PRIORITY: i32 = priority::SRCNAT - 4;
+
+/// The flow sets' names, per family.
+pub fn flow_set(f: Family) -> &'static str {
+    match f {
+        Family::IPv4 => "flows4",
+        Family::IPv6 => "flows6",
+    }
+}
+
+/// How long a UDP or SCTP flow's replies stay welcome after its last
+/// packet either way (conntrack's UDP stream timeout), and how many flows a
+/// node remembers per family (a full set records no new flow: their
+/// replies are dropped, as conntrack drops new flows when its table is full).
+pub const FLOW_SET: Dynamic = Dynamic { timeout_s: 120, size: 262_144 };
 
 /// The node a pod runs on; `""` for a pod without `spec.nodeName` (a
 /// hand-written snapshot may leave it out): such pods share one pseudo-node,
@@ -115,6 +135,9 @@ pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
     let node = cluster.nodes.get(node);
     for dir in Direction::BOTH {
         c.direction(dir, &local, node);
+    }
+    if c.p.chains.keys().any(|k| k.starts_with("grp_")) {
+        c.flow_record();
     }
     c.p
 }
@@ -171,7 +194,7 @@ impl Compiler<'_> {
     fn direction(&mut self, dir: Direction, local: &[PodId], node: Option<&crate::model::Node>) {
         let (pod_field, _) = fields(dir);
         let mut rules = vec![
-            Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept),
+            Rule::verdict(vec![Match::TcpNotOpening], Verdict::Accept),
             Rule::verdict(vec![Match::Icmpv6Type(Icmpv6Type::ND.into())], Verdict::Accept),
         ];
         if dir == Direction::Ingress {
@@ -225,15 +248,35 @@ impl Compiler<'_> {
         if self.p.chains.contains_key(&name) {
             return name;
         }
-        let mut rules = vec![Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop)];
+        let mut rules = Vec::new();
         for &pol in policies {
             if let Some(chain) = self.policy_chain(dir, pol) {
                 rules.push(Rule::verdict(vec![], Verdict::Jump(chain)));
             }
         }
+        rules.extend(replies());
         rules.push(Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed"))));
         self.p.add_chain(Chain { name: name.clone(), base: None, rules });
         name
+    }
+
+    /// The flow sets and the chain that fills them: a UDP or SCTP packet
+    /// that got through records the flow of its reply; a reply refreshes it.
+    fn flow_record(&mut self) {
+        let udp_sctp = || Match::L4Protos([Protocol::Udp, Protocol::Sctp].into());
+        // Most packets are TCP, whose replies need no record: out first.
+        let mut rules = vec![Rule::verdict(vec![Match::Proto { proto: Protocol::Tcp, dport: None }], Verdict::Accept)];
+        for f in FAMILIES {
+            let set = flow_set(f).to_string();
+            self.p.add_set(Set { dynamic: Some(FLOW_SET), ..Set::of(set.clone(), KeyType::Flow(f), false, BTreeSet::new()) });
+            rules.push(Rule::new(
+                vec![udp_sctp(), Match::Flow { family: f, set: set.clone() }],
+                Action::Remember { family: f, set: set.clone(), reversed: false, then: Some(Verdict::Accept) },
+            ));
+            rules.push(Rule::new(vec![udp_sctp()], Action::Remember { family: f, set, reversed: true, then: None }));
+        }
+        let base = BaseHook { hook: Hook::Postrouting, priority: RECORD_PRIORITY, policy: ChainPolicy::Accept };
+        self.p.add_chain(Chain { name: RECORD.to_string(), base: Some(base), rules });
     }
 
     /// The rule chain of policy `pol` in `dir`; `None` when it has no rules
@@ -349,7 +392,7 @@ impl Compiler<'_> {
         let name = self.names.hashed(&format!("pod{}", fam_digit(f)), &def);
         if !self.p.sets.contains_key(&name) {
             let elements = ids.iter().filter_map(|&id| self.cluster.pods[id].ip(f)).map(Element::Addr).collect();
-            self.p.add_set(Set { name: name.clone(), key: KeyType::Addr(f), interval: false, elements });
+            self.p.add_set(Set::of(name.clone(), KeyType::Addr(f), false, elements));
         }
         name
     }
@@ -362,7 +405,7 @@ impl Compiler<'_> {
             let def = nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
             let name = self.names.hashed(prefix, &def);
             let elements = nets.into_iter().map(Element::Net).collect();
-            self.p.sets.entry(name.clone()).or_insert_with(|| Set { name: name.clone(), key: KeyType::Addr(f), interval: true, elements });
+            self.p.sets.entry(name.clone()).or_insert_with(|| Set::of(name.clone(), KeyType::Addr(f), true, elements));
             name
         };
         let block = interval_set(&format!("blk{}", fam_digit(f)), vec![*cidr]);
@@ -382,10 +425,28 @@ impl Compiler<'_> {
                 .filter(|p| p.is_policy_pod())
                 .filter_map(|p| Some(Element::AddrProtoPort(p.ip(f)?, proto, p.named_port(name, proto)?)))
                 .collect();
-            self.p.add_set(Set { name: set_name.clone(), key: KeyType::AddrProtoPort(f), interval: false, elements });
+            self.p.add_set(Set::of(set_name.clone(), KeyType::AddrProtoPort(f), false, elements));
         }
         set_name
     }
+}
+
+/// What an isolated pod sends and receives that no policy allowed but that
+/// belongs to a flow that was: replies of UDP and SCTP flows (the flow
+/// sets), ICMP errors and echo replies, and later fragments (only the first
+/// carries ports; it is judged, and the pod's kernel cannot reassemble the
+/// rest without it). Last in a group chain: a packet a policy allows never
+/// gets here.
+fn replies() -> Vec<Rule> {
+    let udp_sctp = || Match::L4Protos([Protocol::Udp, Protocol::Sctp].into());
+    let mut rules: Vec<Rule> = FAMILIES
+        .into_iter()
+        .map(|f| Rule::verdict(vec![udp_sctp(), Match::Flow { family: f, set: flow_set(f).to_string() }], Verdict::Accept))
+        .collect();
+    rules.push(Rule::verdict(vec![Match::IcmpType(IcmpType::REPLIES.into())], Verdict::Accept));
+    rules.push(Rule::verdict(vec![Match::Icmpv6Type(Icmpv6Type::REPLIES.into())], Verdict::Accept));
+    rules.extend(FAMILIES.map(|f| Rule::verdict(vec![Match::LaterFragment(f)], Verdict::Accept)));
+    rules
 }
 
 /// A rule comment `key` + `rest`, the key shortened to fit nft's limit.
@@ -469,6 +530,15 @@ pub(crate) mod tests {
         p
     }
 
+    /// The end of every group chain, before its drop.
+    const REPLIES: &str = "meta l4proto { udp, sctp } ip saddr . meta l4proto . th sport . ip daddr . th dport @flows4 accept
+meta l4proto { udp, sctp } ip6 saddr . meta l4proto . th sport . ip6 daddr . th dport @flows6 accept
+icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept
+icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-reply } accept
+ip frag-off & 0x1fff != 0 accept
+frag frag-off != 0 accept
+";
+
     fn chain_text(p: &Program, name: &str) -> String {
         p.chains[name].rules.iter().map(|r| format!("{r}\n")).collect()
     }
@@ -476,7 +546,7 @@ pub(crate) mod tests {
     #[test]
     fn no_policies_accepts_every_local_pod() {
         let p = node1("");
-        let head = "ct state established,related accept
+        let head = "tcp flags & (syn | ack) != syn accept
 icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
 ";
         assert_eq!(
@@ -542,10 +612,11 @@ ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fa
         };
         assert_eq!(
             chain_text(&p, &grp),
-            "ct state invalid drop
-jump ing_x_web
-counter drop comment \"x/web ingress: isolated, no rule allowed\"
+            format!(
+                "jump ing_x_web
+{REPLIES}counter drop comment \"x/web ingress: isolated, no rule allowed\"
 "
+            )
         );
         let pod4 = p.sets.keys().find(|k| k.starts_with("pod4_")).unwrap().clone();
         let pod6 = p.sets.keys().find(|k| k.starts_with("pod6_")).unwrap().clone();
@@ -592,11 +663,11 @@ counter accept comment \"x/web ingress rule 1\"
         assert_eq!(v("egress4", "10.244.1.11"), Verdict::Accept);
         let Verdict::Jump(ya) = v("egress4", "10.244.1.21") else { panic!() };
         assert_eq!(v("egress4", "10.244.1.22"), Verdict::Jump(ya.clone()), "same group, same chain");
-        assert_eq!(chain_text(&p, &ya), "ct state invalid drop\ncounter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n");
+        assert_eq!(chain_text(&p, &ya), format!("{REPLIES}counter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n"));
         let Verdict::Jump(xa) = xa else { panic!() };
         assert_eq!(
             chain_text(&p, &xa),
-            "ct state invalid drop\njump ing_x_allow-a\ncounter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n"
+            format!("jump ing_x_allow-a\n{REPLIES}counter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n")
         );
     }
 

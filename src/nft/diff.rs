@@ -85,7 +85,7 @@ pub fn diff(old: Option<&Program>, new: &Program) -> Transaction {
     // 3. Declare what is new, fill it and the kept sets and maps, then add
     // the rules of new and rebuilt chains.
     for s in new.sets.values().filter(|s| !old.sets.contains_key(&s.name) || sets_gone.contains(s.name.as_str())) {
-        tx.push(Op::AddSet { name: s.name.clone(), key: s.key, interval: s.interval });
+        tx.push(Op::AddSet { name: s.name.clone(), key: s.key, interval: s.interval, dynamic: s.dynamic });
     }
     for m in new.maps.values().filter(|m| !old.maps.contains_key(&m.name) || maps_gone.contains(m.name.as_str())) {
         tx.push(Op::AddMap { name: m.name.clone(), key: m.key });

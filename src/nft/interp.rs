@@ -1,13 +1,21 @@
 //! Evaluate a packet through a [`Program`] as the kernel would, for the
 //! subset we emit: base chains by hook and priority, jump and return, verdict
 //! maps, hash and interval sets, concatenations, negation, accept and drop
-//! (counters and comments change nothing), and `fib saddr type local`,
-//! answered from the node's own addresses ([`Host`]).
+//! (counters and comments change nothing), TCP flags, fragments, `fib saddr
+//! type local`, answered from the node's own addresses ([`Host`]), and the
+//! flow sets the packet path fills (`update @set`), kept per node in a
+//! [`Flows`] for as long as one connection is followed.
+//!
+//! A connection is its first packet there and, when that got through, its
+//! reply back ([`flow_verdict`]): netfence keeps no conntrack state, so a
+//! reply is judged by rules of its own.
 //!
 //! It is the compiler's second opinion: `netfence test` runs every flow of a
 //! policy test through the programs of the nodes it crosses and checks the
 //! result against the reference evaluator ([`crate::eval`]).
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::program::*;
@@ -17,7 +25,8 @@ use crate::model::{Cluster, Family, Protocol};
 /// The transport of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    Port { proto: Protocol, dport: u16 },
+    Port { proto: Protocol, sport: u16, dport: u16 },
+    Icmp { ty: u8 },
     Icmpv6 { ty: u8 },
     /// Any other IP protocol number (ICMP, GRE, ...).
     Other(u8),
@@ -29,13 +38,38 @@ pub struct Packet {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub l4: L4,
+    /// What a `ct state` match sees (netfence's programs have none).
     pub ct: CtState,
+    /// A TCP segment that opens a connection: SYN without ACK.
+    pub opening: bool,
+    /// A fragment after the first (no transport header).
+    pub later_fragment: bool,
 }
+
+/// The source port of every connection the model follows: an ephemeral one.
+pub const EPHEMERAL_PORT: u16 = 40000;
 
 impl Packet {
     /// The first packet of a connection.
     pub fn new(src: IpAddr, dst: IpAddr, proto: Protocol, dport: u16) -> Packet {
-        Packet { src, dst, l4: L4::Port { proto, dport }, ct: CtState::New }
+        Packet {
+            src,
+            dst,
+            l4: L4::Port { proto, sport: EPHEMERAL_PORT, dport },
+            ct: CtState::New,
+            opening: true,
+            later_fragment: false,
+        }
+    }
+
+    /// The answer to this packet: the other way round, and for TCP a SYN
+    /// ACK (or any later segment), never an opening one.
+    pub fn reply(&self) -> Packet {
+        let l4 = match self.l4 {
+            L4::Port { proto, sport, dport } => L4::Port { proto, sport: dport, dport: sport },
+            other => other,
+        };
+        Packet { src: self.dst, dst: self.src, l4, ct: CtState::Established, opening: false, later_fragment: false }
     }
 
     pub fn family(&self) -> Family {
@@ -76,13 +110,34 @@ enum Outcome {
 pub struct Host<'a> {
     pub program: &'a Program,
     pub addrs: &'a [IpAddr],
+    /// What the node's flow sets hold; `None`: empty, and updates are lost.
+    pub flows: Option<&'a Flows>,
 }
+
+/// The elements the packet path added to a node's dynamic sets: (set,
+/// source, protocol, source port, destination, destination port). Time does
+/// not pass in the model, so nothing expires.
+pub type Flows = RefCell<BTreeSet<(String, IpAddr, Protocol, u16, IpAddr, u16)>>;
 
 impl<'a> Host<'a> {
     /// `node`'s program `p`, with the node's addresses from `cluster`.
     pub fn of(cluster: &'a Cluster, node: &str, p: &'a Program) -> Host<'a> {
-        Host { program: p, addrs: cluster.nodes.get(node).map(|n| n.internal_ips.as_slice()).unwrap_or_default() }
+        Host { program: p, addrs: cluster.nodes.get(node).map(|n| n.internal_ips.as_slice()).unwrap_or_default(), flows: None }
     }
+
+    pub fn with_flows(self, flows: &'a Flows) -> Host<'a> {
+        Host { flows: Some(flows), ..self }
+    }
+}
+
+/// The packet's flow as a flow set keys it, or its reply's.
+fn flow_of(set: &str, pkt: &Packet, reversed: bool) -> Option<(String, IpAddr, Protocol, u16, IpAddr, u16)> {
+    let L4::Port { proto, sport, dport } = pkt.l4 else { return None };
+    Some(if reversed {
+        (set.to_string(), pkt.dst, proto, dport, pkt.src, sport)
+    } else {
+        (set.to_string(), pkt.src, proto, sport, pkt.dst, dport)
+    })
 }
 
 /// Run `pkt` through every base chain of `host`'s program on `hook`, in
@@ -124,6 +179,20 @@ fn run(host: Host<'_>, chain: &Chain, pkt: &Packet, path: &mut Vec<String>, dept
                     .then(|| p.maps.get(map)?.elements.get(&Element::Addr(addr(pkt, *field))))
                     .flatten();
                 match found {
+                    Some(v) => v,
+                    None => continue,
+                }
+            }
+            Action::Remember { family, set, reversed, then } => {
+                // `ip saddr` in the key carries `meta nfproto ipv4`: the
+                // other family's packets do not get here.
+                if pkt.family() != *family {
+                    continue;
+                }
+                if let (Some(flows), Some(key)) = (host.flows, flow_of(set, pkt, *reversed)) {
+                    flows.borrow_mut().insert(key);
+                }
+                match then {
                     Some(v) => v,
                     None => continue,
                 }
@@ -181,11 +250,11 @@ fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
             inside != *negate
         }
         Match::Proto { proto, dport } => match pkt.l4 {
-            L4::Port { proto: pp, dport: d } => pp == *proto && dport.is_none_or(|r| r.contains(d)),
+            L4::Port { proto: pp, dport: d, .. } => pp == *proto && (dport.is_none() || !pkt.later_fragment && dport.is_none_or(|r| r.contains(d))),
             _ => false,
         },
         Match::NamedPort { family, set } => match pkt.l4 {
-            L4::Port { proto, dport } if pkt.family() == *family => {
+            L4::Port { proto, dport, .. } if pkt.family() == *family && !pkt.later_fragment => {
                 p.sets.get(set).is_some_and(|s| s.elements.contains(&Element::AddrProtoPort(pkt.dst, proto, dport)))
             }
             _ => false,
@@ -194,6 +263,18 @@ fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
             L4::Icmpv6 { ty } => pkt.family() == Family::IPv6 && types.iter().any(|t| t.code() == ty),
             _ => false,
         },
+        Match::IcmpType(types) => match pkt.l4 {
+            L4::Icmp { ty } => pkt.family() == Family::IPv4 && types.iter().any(|t| t.code() == ty),
+            _ => false,
+        },
+        Match::TcpNotOpening => matches!(pkt.l4, L4::Port { proto: Protocol::Tcp, .. }) && !pkt.opening && !pkt.later_fragment,
+        Match::LaterFragment(f) => pkt.family() == *f && pkt.later_fragment,
+        Match::L4Protos(ps) => matches!(pkt.l4, L4::Port { proto, .. } if ps.contains(&proto)),
+        Match::Flow { family, set } => {
+            pkt.family() == *family
+                && !pkt.later_fragment
+                && host.flows.zip(flow_of(set, pkt, false)).is_some_and(|(flows, key)| flows.borrow().contains(&key))
+        }
         Match::NfProto(f) => pkt.family() == *f,
         Match::FibSaddrLocal { negate } => host.addrs.contains(&pkt.src) != *negate,
     }
@@ -219,8 +300,11 @@ pub struct HopVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowTrace {
     pub packet: Packet,
+    /// The first packet and its reply both got through.
     pub allowed: bool,
     pub hops: Vec<HopVerdict>,
+    /// The reply's way back; empty when the first packet was dropped.
+    pub reply: Vec<HopVerdict>,
 }
 
 /// Where an endpoint sits: the node whose hooks its packets cross, and
@@ -299,8 +383,9 @@ pub fn hops(cluster: &Cluster, src: &Endpoint, dst: &Endpoint) -> Vec<Hop> {
 }
 
 /// Run `flow`'s first packet in `family` through the programs of the
-/// nodes it crosses (`programs` gives a node's program). `None` when an
-/// endpoint has no address in `family`.
+/// nodes it crosses (`programs` gives a node's program), then, if it got
+/// through, its reply back, with what the first packet left in the nodes'
+/// flow sets. `None` when an endpoint has no address in `family`.
 pub fn flow_verdict<'p>(
     cluster: &Cluster,
     programs: &dyn Fn(&str) -> Option<&'p Program>,
@@ -308,15 +393,24 @@ pub fn flow_verdict<'p>(
     family: Family,
 ) -> Option<FlowTrace> {
     let packet = Packet::new(flow.src.ip(cluster, family)?, flow.dst.ip(cluster, family)?, flow.protocol, flow.port);
-    let hops: Vec<HopVerdict> = hops(cluster, &flow.src, &flow.dst)
-        .into_iter()
-        .map(|hop| {
-            let eval = programs(&hop.node).map(|p| eval_hook(Host::of(cluster, &hop.node, p), hop.hook, &packet));
-            HopVerdict { hop, eval }
-        })
-        .collect();
-    let allowed = hops.iter().all(|h| h.eval.as_ref().is_none_or(|e| e.accepted));
-    Some(FlowTrace { packet, allowed, hops })
+    let mut flows: BTreeMap<String, Flows> = BTreeMap::new();
+    let mut run = |pkt: &Packet, from: &Endpoint, to: &Endpoint| -> Vec<HopVerdict> {
+        hops(cluster, from, to)
+            .into_iter()
+            .map(|hop| {
+                let eval = programs(&hop.node).map(|p| {
+                    let node_flows = flows.entry(hop.node.clone()).or_default();
+                    eval_hook(Host::of(cluster, &hop.node, p).with_flows(node_flows), hop.hook, pkt)
+                });
+                HopVerdict { hop, eval }
+            })
+            .collect()
+    };
+    let passed = |hops: &[HopVerdict]| hops.iter().all(|h| h.eval.as_ref().is_none_or(|e| e.accepted));
+    let hops = run(&packet, &flow.src, &flow.dst);
+    let reply = if passed(&hops) { run(&packet.reply(), &flow.dst, &flow.src) } else { Vec::new() };
+    let allowed = passed(&hops) && passed(&reply);
+    Some(FlowTrace { packet, allowed, hops, reply })
 }
 
 #[cfg(test)]
@@ -332,7 +426,7 @@ mod tests {
     const NODE_ADDRS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::new(172, 18, 0, 2))];
 
     fn host(p: &Program) -> Host<'_> {
-        Host { program: p, addrs: NODE_ADDRS }
+        Host { program: p, addrs: NODE_ADDRS, flows: None }
     }
 
     /// Check the verdict at postrouting, and the rule that gave it.
@@ -366,14 +460,14 @@ mod tests {
         check(&p, tcp("192.168.1.5", "10.244.1.11", 9), true, "pol_a[1]");
         // Named port: the concatenation with the destination.
         check(&p, tcp("172.16.0.1", "10.244.1.11", 8080), true, "pol_a[2]");
-        check(&p, Packet { l4: L4::Port { proto: Protocol::Udp, dport: 8080 }, ..tcp("172.16.0.1", "10.244.1.11", 8080) }, false, "grp_a[1]");
-        check(&p, Packet { l4: L4::Port { proto: Protocol::Sctp, dport: 1 }, ..tcp("172.16.0.1", "10.244.1.11", 1) }, true, "pol_a[3]");
+        check(&p, Packet { l4: L4::Port { proto: Protocol::Udp, sport: EPHEMERAL_PORT, dport: 8080 }, ..tcp("172.16.0.1", "10.244.1.11", 8080) }, false, "grp_a[1]");
+        check(&p, Packet { l4: L4::Port { proto: Protocol::Sctp, sport: EPHEMERAL_PORT, dport: 1 }, ..tcp("172.16.0.1", "10.244.1.11", 1) }, true, "pol_a[3]");
         // Unprogrammed address in the pod CIDR: fail closed.
         check(&p, tcp("10.244.2.11", "10.244.1.99", 80), false, "ingress[5]");
         // Conntrack and neighbour discovery come first.
         check(&p, Packet { ct: CtState::Established, ..tcp("10.1.2.3", "10.244.1.11", 9) }, true, "ingress[0]");
         check(&p, Packet { ct: CtState::Invalid, ..tcp("10.1.2.3", "10.244.1.11", 9) }, false, "ingress[3]");
-        let nd = Packet { src: "fe80::1".parse().unwrap(), dst: "fe80::2".parse().unwrap(), l4: L4::Icmpv6 { ty: 135 }, ct: CtState::Invalid };
+        let nd = Packet { src: "fe80::1".parse().unwrap(), dst: "fe80::2".parse().unwrap(), l4: L4::Icmpv6 { ty: 135 }, ct: CtState::Invalid, ..tcp("10.0.0.1", "10.0.0.2", 1) };
         check(&p, nd, true, "ingress[1]");
         check(&p, Packet { l4: L4::Icmpv6 { ty: 128 }, ..nd }, false, "ingress[3]");
         // No chain on the hook.
@@ -412,7 +506,7 @@ mod tests {
         p.add_chain(base("a", -5, vec![Rule::verdict(vec![], Verdict::Accept)]));
         p.add_chain(base("b", 5, vec![Rule::verdict(vec![Match::Proto { proto: Protocol::Udp, dport: None }], Verdict::Drop)]));
         check(&p, tcp("1.1.1.1", "2.2.2.2", 1), true, "b policy");
-        check(&p, Packet { l4: L4::Port { proto: Protocol::Udp, dport: 1 }, ..tcp("1.1.1.1", "2.2.2.2", 1) }, false, "b[0]");
+        check(&p, Packet { l4: L4::Port { proto: Protocol::Udp, sport: EPHEMERAL_PORT, dport: 1 }, ..tcp("1.1.1.1", "2.2.2.2", 1) }, false, "b[0]");
     }
 
     #[test]
