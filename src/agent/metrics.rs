@@ -68,8 +68,6 @@ pub struct Metrics {
     pub invalid_objects: InvalidObjects,
     pub watch_errors: Family<KindLabel, Counter>,
     pub source_errors: Counter,
-    pub conntrack_deleted: Counter,
-    pub conntrack_failures: Counter,
     ready: AtomicBool,
 }
 
@@ -97,8 +95,6 @@ impl Metrics {
             invalid_objects: InvalidObjects::default(),
             watch_errors: Family::default(),
             source_errors: Counter::default(),
-            conntrack_deleted: Counter::default(),
-            conntrack_failures: Counter::default(),
             ready: AtomicBool::new(false),
         };
         m.register()
@@ -139,8 +135,6 @@ impl Metrics {
         r.register("invalid_objects", "Objects skipped because they failed validation, by kind", self.invalid_objects.0.clone());
         r.register("watch_errors", "Errors from the API watchers, by kind (each is retried with backoff)", self.watch_errors.clone());
         r.register("source_load_errors", "Failed reloads of the --source folder (the last good cluster is kept)", self.source_errors.clone());
-        r.register("conntrack_deleted_entries", "Conntrack entries deleted by --established cut", self.conntrack_deleted.clone());
-        r.register("conntrack_failures", "Failed conntrack deletions under --established cut", self.conntrack_failures.clone());
         self
     }
 

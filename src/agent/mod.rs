@@ -21,18 +21,14 @@
 //! - nothing in this module lists the nftables table back: the dataplane
 //!   keeps what it committed in memory.
 //!
-//! Established connections (`--established`): with `keep` (the default, as
-//! in most NetworkPolicy implementations) a policy change affects new
-//! connections only; flows already in conntrack carry on. With `cut`, after
-//! a change is applied the agent deletes the conntrack entries to and from
-//! the pods whose effective policy changed (as reported by the dataplane),
-//! so the next packet of such a flow is judged by the new rules. The first
-//! sync after start cuts nothing: it adopts an earlier run's ruleset, whose
-//! content the new process cannot know, and flushing every flow on each
-//! restart would hurt more than it helps. A failed deletion is logged and
-//! counted, never fails the sync.
+//! When a policy change takes effect: the ruleset uses no conntrack, so a
+//! change applies to every new TCP connection (only a SYN without ACK is
+//! judged) and to every later UDP/SCTP packet; TCP connections already open
+//! carry on until they close. UDP/SCTP replies are accepted through a
+//! per-node flow set with a 2-minute idle timeout, so for a flow the new
+//! rules no longer allow the forward direction stops at once and the replies
+//! once its entry idles out.
 
-pub mod conntrack;
 pub mod dataplane;
 pub mod fake_api;
 pub mod http;
@@ -52,7 +48,6 @@ use tokio::task::JoinHandle;
 
 use crate::model::Cluster;
 
-pub use conntrack::{ConntrackCli, Flows};
 pub use index::{Index, Key, Kind, Watched};
 pub use metrics::Metrics;
 pub use dataplane::{Dataplane, DryRun, FakeDataplane, SyncError, SyncReport};
@@ -136,14 +131,6 @@ impl std::fmt::Debug for Source {
             Source::Folder { dir, poll } => f.debug_struct("Folder").field("dir", dir).field("poll", poll).finish(),
         }
     }
-}
-
-/// What to do with connections established before a policy change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Established {
-    #[default]
-    Keep,
-    Cut,
 }
 
 #[derive(Debug, Clone)]
@@ -246,15 +233,7 @@ impl Running {
 }
 
 /// Start the agent: the metrics server, the sources and the reconcile loop.
-/// `flows` is required when `config.reconcile.established` is `Cut`.
-pub async fn start(
-    config: Config,
-    dataplane: Box<dyn Dataplane>,
-    flows: Option<Box<dyn Flows>>,
-) -> anyhow::Result<Running> {
-    if config.reconcile.established == Established::Cut && flows.is_none() {
-        anyhow::bail!("--established cut needs a conntrack implementation");
-    }
+pub async fn start(config: Config, dataplane: Box<dyn Dataplane>) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::new(Index::new(metrics.invalid_objects.clone()));
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -273,7 +252,7 @@ pub async fn start(
     tasks.extend(sources);
     tracing::info!(node = %config.node, %metrics_addr, "agent started");
 
-    let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, flows, store.clone(), metrics.clone());
+    let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, store.clone(), metrics.clone());
     let mut rx = shutdown_rx;
     let reconcile = tokio::spawn(reconciler.run(async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -10,13 +10,9 @@
 //! ([`crate::apply::apply_staged`]); until its last step it is not hooked,
 //! so traffic never sees it half-built.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
-
 use super::dataplane::{Dataplane, SyncError, SyncReport};
 use crate::apply::{apply_staged, Kernel};
 use crate::model::Cluster;
-use crate::nft::program::{Action, AddrMatch, Element, Match, Verdict};
 use crate::nft::{self, Op, Program, Transaction, ALT_TABLE, TABLE};
 
 /// Above this many elements a full sync is built in bounded transactions.
@@ -77,17 +73,12 @@ impl Dataplane for NftDataplane {
                 (p, ops, 0)
             }
         };
-        let affected = match &self.committed {
-            Some(old) => affected(old, &program),
-            None => Vec::new(),
-        };
         let report = SyncReport {
             ops,
             element_ops,
             rules: program.rule_count(),
             sets: program.sets.len() + program.maps.len(),
             elements: element_count(&program),
-            affected,
         };
         self.committed = Some(program);
         Ok(report)
@@ -96,75 +87,6 @@ impl Dataplane for NftDataplane {
 
 pub fn element_count(p: &Program) -> usize {
     p.sets.values().map(|s| s.elements.len()).sum::<usize>() + p.maps.values().map(|m| m.elements.len()).sum::<usize>()
-}
-
-/// Local pod addresses whose verdict path changed between two programs: a
-/// different dispatch verdict, or a reachable chain or set that changed.
-/// An over-approximation on purpose: flushing conntrack for a pod whose
-/// connections all stay allowed costs a re-lookup, missing one that is now
-/// denied would leave it open.
-pub fn affected(old: &Program, new: &Program) -> Vec<IpAddr> {
-    let changed_sets: BTreeSet<&str> = old
-        .sets
-        .keys()
-        .chain(new.sets.keys())
-        .map(String::as_str)
-        .filter(|n| old.sets.get(*n) != new.sets.get(*n))
-        .collect();
-    let mut memo: HashMap<String, bool> = HashMap::new();
-    let mut out = BTreeSet::new();
-    let maps: BTreeSet<&String> = old.maps.keys().chain(new.maps.keys()).collect();
-    for name in maps {
-        let empty = BTreeMap::new();
-        let o = old.maps.get(name).map_or(&empty, |m| &m.elements);
-        let n = new.maps.get(name).map_or(&empty, |m| &m.elements);
-        for key in o.keys().chain(n.keys()) {
-            let differs = match (o.get(key), n.get(key)) {
-                (Some(a), Some(b)) if a == b => match b {
-                    Verdict::Jump(c) => dirty(old, new, c, &changed_sets, &mut memo),
-                    _ => false,
-                },
-                _ => true,
-            };
-            if differs {
-                if let Element::Addr(ip) | Element::AddrProtoPort(ip, _, _) = key {
-                    out.insert(*ip);
-                }
-            }
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// Did chain `name` (or anything it jumps to, or a set it reads) change?
-fn dirty(old: &Program, new: &Program, name: &str, sets: &BTreeSet<&str>, memo: &mut HashMap<String, bool>) -> bool {
-    if let Some(&d) = memo.get(name) {
-        return d;
-    }
-    memo.insert(name.to_string(), false); // no loops: validate() refuses them
-    let (Some(a), Some(b)) = (old.chains.get(name), new.chains.get(name)) else {
-        memo.insert(name.to_string(), true);
-        return true;
-    };
-    let mut d = a.rules != b.rules;
-    if !d {
-        for r in &b.rules {
-            let reads_changed = r.matches.iter().any(|m| match m {
-                Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => sets.contains(s.as_str()),
-                _ => false,
-            });
-            let jumps_dirty = match &r.action {
-                Action::Verdict(Verdict::Jump(t)) => dirty(old, new, t, sets, memo),
-                _ => false,
-            };
-            if reads_changed || jumps_dirty {
-                d = true;
-                break;
-            }
-        }
-    }
-    memo.insert(name.to_string(), d);
-    d
 }
 
 #[cfg(test)]
@@ -220,13 +142,11 @@ spec:
         let k = Shared::default();
         let mut dp = NftDataplane::new("n1", Box::new(k.clone()));
         let r = dp.sync(&cluster(""), true).unwrap();
-        assert!(r.ops > 0 && r.affected.is_empty());
+        assert!(r.ops > 0);
         let c2 = cluster("---\napiVersion: v1\nkind: Pod\nmetadata: {name: b2, namespace: x, labels: {app: b}}\nspec: {nodeName: n2}\nstatus: {podIP: 10.0.2.9}\n");
         let r = dp.sync(&c2, false).unwrap();
         assert_eq!(r.ops, r.element_ops, "a remote pod add is element operations only");
         assert!(r.ops > 0);
-        // x/a's allowed peers changed: it is affected; x/b (not isolated) is not.
-        assert_eq!(r.affected, vec!["10.0.1.1".parse::<IpAddr>().unwrap()]);
         let kernel = k.0.lock().unwrap();
         assert_eq!(kernel.table(TABLE), dp.committed());
     }

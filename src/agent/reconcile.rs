@@ -8,24 +8,18 @@
 //! unready, and retry with a full apply after an exponential, capped
 //! backoff. A full apply also happens on start (adopting and atomically
 //! replacing whatever an earlier run left) and every `resync` to repair
-//! drift. With `--established cut`, conntrack entries of the pods the
-//! dataplane reports as affected are deleted after each successful sync but
-//! the first (which adopts an earlier run's ruleset, whose content is
-//! unknown).
+//! drift.
 
-use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::conntrack::Flows;
 use super::dataplane::{Dataplane, SyncError, SyncReport};
 use super::metrics::{Metrics, ModeLabel};
-use super::{Established, Store};
+use super::Store;
 use crate::model::Cluster;
 
 #[derive(Debug, Clone)]
@@ -39,7 +33,6 @@ pub struct ReconcileConfig {
     /// First retry delay after a failed sync; doubles up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
-    pub established: Established,
 }
 
 impl Default for ReconcileConfig {
@@ -50,7 +43,6 @@ impl Default for ReconcileConfig {
             resync: Duration::from_secs(300),
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
-            established: Established::Keep,
         }
     }
 }
@@ -141,7 +133,6 @@ impl Backoff {
 pub(crate) struct Reconciler {
     cfg: ReconcileConfig,
     dataplane: Option<Box<dyn Dataplane>>,
-    flows: Option<Box<dyn Flows>>,
     store: Store,
     metrics: Arc<Metrics>,
     coalescer: Coalescer,
@@ -153,31 +144,21 @@ pub(crate) struct Reconciler {
     need_full: bool,
     /// First change not yet applied (kept across failed attempts).
     pending_since: Option<Instant>,
-    /// Has any sync succeeded since start?
-    synced_once: bool,
 }
 
 impl Reconciler {
-    pub(crate) fn new(
-        cfg: ReconcileConfig,
-        dataplane: Box<dyn Dataplane>,
-        flows: Option<Box<dyn Flows>>,
-        store: Store,
-        metrics: Arc<Metrics>,
-    ) -> Reconciler {
+    pub(crate) fn new(cfg: ReconcileConfig, dataplane: Box<dyn Dataplane>, store: Store, metrics: Arc<Metrics>) -> Reconciler {
         Reconciler {
             coalescer: Coalescer::new(cfg.debounce, cfg.max_delay),
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
             cfg,
             dataplane: Some(dataplane),
-            flows,
             store,
             metrics,
             retry_at: None,
             next_resync: None,
             need_full: true,
             pending_since: None,
-            synced_once: false,
         }
     }
 
@@ -240,16 +221,7 @@ impl Reconciler {
         }
         let now = Instant::now();
         match result {
-            Ok(report) => {
-                // The first sync adopts what an earlier run left: what that
-                // run enforced is unknown, and flushing every flow on each
-                // restart would hurt more than it helps, so it cuts nothing.
-                let adopting = !self.synced_once;
-                self.succeeded(&report, full, now);
-                if !adopting {
-                    self.cut_flows(report.affected).await?;
-                }
-            }
+            Ok(report) => self.succeeded(&report, full, now),
             Err(e) => {
                 self.need_full = true;
                 let delay = self.backoff.next_delay();
@@ -301,39 +273,12 @@ impl Reconciler {
         }
         m.set_ready(true);
         self.need_full = false;
-        self.synced_once = true;
         self.retry_at = None;
         self.backoff.reset();
         if full {
             self.next_resync = Some(now + self.cfg.resync);
         }
         tracing::info!(full, ops = r.ops, element_ops = r.element_ops, rules = r.rules, sets = r.sets, elements = r.elements, "synced");
-    }
-
-    async fn cut_flows(&mut self, affected: Vec<IpAddr>) -> anyhow::Result<()> {
-        if self.cfg.established != Established::Cut || affected.is_empty() {
-            return Ok(());
-        }
-        let Some(mut flows) = self.flows.take() else { return Ok(()) };
-        let ips: Vec<IpAddr> = affected.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
-        let (flows, result) = tokio::task::spawn_blocking(move || {
-            let r = flows.cut(&ips);
-            (flows, r)
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("conntrack panicked: {e}"))?;
-        self.flows = Some(flows);
-        match result {
-            Ok(n) => {
-                self.metrics.conntrack_deleted.inc_by(n);
-                tracing::info!(deleted = n, "cut established connections of affected pods");
-            }
-            Err(e) => {
-                self.metrics.conntrack_failures.inc();
-                tracing::warn!(error = %e, "cannot cut established connections; they continue under the old policy until they end");
-            }
-        }
-        Ok(())
     }
 }
 
@@ -347,7 +292,6 @@ async fn sleep_until(t: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::conntrack::FakeFlows;
     use crate::agent::dataplane::FakeDataplane;
     use crate::agent::Index;
     use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -390,7 +334,6 @@ mod tests {
     struct Harness {
         store: Store,
         dp: FakeDataplane,
-        flows: FakeFlows,
         metrics: Arc<Metrics>,
         stop: tokio::sync::oneshot::Sender<()>,
         task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -401,13 +344,12 @@ mod tests {
             let metrics = Arc::new(Metrics::new());
             let store = Store::new(Index::new(metrics.invalid_objects.clone()));
             let dp = FakeDataplane::default();
-            let flows = FakeFlows::default();
-            let r = Reconciler::new(cfg, Box::new(dp.clone()), Some(Box::new(flows.clone())), store.clone(), metrics.clone());
+            let r = Reconciler::new(cfg, Box::new(dp.clone()), store.clone(), metrics.clone());
             let (stop, rx) = tokio::sync::oneshot::channel();
             let task = tokio::spawn(r.run(async move {
                 let _ = rx.await;
             }));
-            Harness { store, dp, flows, metrics, stop, task }
+            Harness { store, dp, metrics, stop, task }
         }
 
         fn list_all(&self, pods: &[Pod]) {
@@ -433,7 +375,6 @@ mod tests {
             resync: Duration::from_secs(300),
             retry_base: 100 * MS,
             retry_max: 1000 * MS,
-            established: Established::Keep,
         }
     }
 
@@ -554,19 +495,5 @@ mod tests {
         advance(100_000).await;
         assert_eq!(h.dp.history(), ["full", "delta", "full", "full"]);
         h.stop().await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cut_flushes_affected_pods_only_with_cut() {
-        for (established, expected) in [(Established::Keep, vec![]), (Established::Cut, vec!["10.0.0.2"])] {
-            let h = Harness::start(ReconcileConfig { established, ..cfg() });
-            h.list_all(&[pod("a", "10.0.0.1")]);
-            advance(100).await;
-            assert_eq!(h.flows.cut_ips(), Vec::<String>::new(), "the adopting first sync cuts nothing");
-            h.apply(pod("b", "10.0.0.2"));
-            advance(100).await;
-            assert_eq!(h.flows.cut_ips(), expected, "{established:?}");
-            h.stop().await;
-        }
     }
 }

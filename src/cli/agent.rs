@@ -2,15 +2,14 @@
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM, Ctrl-C), 1 when the agent
 //! died at run time, 2 for bad flags or an environment it cannot start in
-//! (no kubeconfig, no conntrack with `--established cut`, metrics port taken).
+//! (no kubeconfig, metrics port taken). A removed flag such as `--established`
+//! is refused like any unknown one, so a stale DaemonSet fails loudly.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-
-use crate::agent::{self, ConntrackCli, Dataplane, DryRun, Established, Flows, ReconcileConfig, Source};
+use crate::agent::{self, Dataplane, DryRun, ReconcileConfig, Source};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -56,20 +55,6 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_retry_delay: Duration,
 
-    /// Connections established before a policy change: `keep` lets them
-    /// continue under the rules that admitted them (new connections follow
-    /// the new policy; most implementations do this); `cut` deletes the
-    /// conntrack entries to and from every pod whose effective policy
-    /// changed, so their next packet is judged by the new rules (not on the
-    /// first sync after start, which adopts the previous run's ruleset).
-    /// `cut` needs the conntrack binary and fails at start without it.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = EstablishedArg::Keep)]
-    pub established: EstablishedArg,
-
-    /// The conntrack binary used by `--established cut`.
-    #[arg(long, value_name = "PATH", default_value = "conntrack")]
-    pub conntrack: PathBuf,
-
     /// Address serving /healthz, /readyz and /metrics (Prometheus).
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], agent::METRICS_PORT)))]
     pub metrics_addr: SocketAddr,
@@ -79,16 +64,10 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Watch and log what would be enforced, but never touch nftables or
-    /// conntrack: for trying the agent on a cluster.
+    /// Watch and log what would be enforced, but never touch nftables: for
+    /// trying the agent on a cluster.
     #[arg(long)]
     pub dry_run: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EstablishedArg {
-    Keep,
-    Cut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,10 +90,6 @@ impl Args {
                 max_delay: self.max_delay,
                 resync: self.resync_interval,
                 retry_max: self.max_retry_delay,
-                established: match self.established {
-                    EstablishedArg::Keep => Established::Keep,
-                    EstablishedArg::Cut => Established::Cut,
-                },
                 ..ReconcileConfig::default()
             },
             metrics_addr: self.metrics_addr,
@@ -132,15 +107,6 @@ fn dataplane(args: &Args) -> anyhow::Result<Box<dyn Dataplane>> {
     // kernel's work, not a process start per event (`apply_session`).
     let kernel = crate::apply_session::SessionKernel::new(vec!["nft".into()]);
     Ok(Box::new(crate::agent::NftDataplane::new(&args.node, Box::new(kernel))))
-}
-
-fn flows(args: &Args) -> anyhow::Result<Option<Box<dyn Flows>>> {
-    if args.established == EstablishedArg::Keep || args.dry_run {
-        return Ok(None);
-    }
-    let cli = ConntrackCli::new(&args.conntrack)
-        .with_context(|| "--established cut deletes conntrack entries and needs the conntrack binary (conntrack-tools)")?;
-    Ok(Some(Box::new(cli)))
 }
 
 fn init_logging(format: LogFormat) {
@@ -166,8 +132,7 @@ pub fn run(args: Args) -> i32 {
     runtime.block_on(async {
         let started = async {
             let dataplane = dataplane(&args)?;
-            let flows = flows(&args)?;
-            agent::start(args.config(), dataplane, flows).await
+            agent::start(args.config(), dataplane).await
         };
         let running = match started.await {
             Ok(r) => r,
@@ -227,32 +192,33 @@ mod tests {
         assert!(matches!(c.source, Source::Kube { kubeconfig: None }));
         assert_eq!(c.reconcile.resync, Duration::from_secs(300));
         assert_eq!(c.reconcile.debounce, Duration::from_millis(50));
-        assert_eq!(c.reconcile.established, Established::Keep);
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:9964");
         assert_eq!(a.log_format, LogFormat::Text);
     }
 
     #[test]
     fn flags() {
-        let a = parse(&["--node", "n1", "--source", "/tmp/x", "--poll-interval", "1s", "--resync-interval", "1m30s", "--established", "cut"])
-            .unwrap();
+        let a = parse(&["--node", "n1", "--source", "/tmp/x", "--poll-interval", "1s", "--resync-interval", "1m30s"]).unwrap();
         let c = a.config();
         assert!(matches!(&c.source, Source::Folder { dir, poll } if dir.to_str() == Some("/tmp/x") && *poll == Duration::from_secs(1)));
         assert_eq!(c.reconcile.resync, Duration::from_secs(90));
-        assert_eq!(c.reconcile.established, Established::Cut);
     }
 
     #[test]
     fn bad_flags_are_usage_errors() {
-        assert!(parse(&["--node", "n1", "--established", "drop"]).is_err());
+        assert!(parse(&["--node", "n1", "--log-format", "xml"]).is_err());
         assert!(parse(&["--node", "n1", "--resync-interval", "soon"]).is_err());
         assert!(parse(&["--node", "n1", "--source", "d", "--kubeconfig", "k"]).is_err());
     }
 
     #[test]
-    fn cut_without_conntrack_fails_at_start() {
-        let a = parse(&["--node", "n1", "--established", "cut", "--conntrack", "/nonexistent/conntrack"]).unwrap();
-        let e = flows(&a).err().expect("an error");
-        assert!(format!("{e:#}").contains("needs the conntrack binary"), "{e:#}");
+    fn removed_flags_are_refused() {
+        // A DaemonSet still passing them must fail loudly, not run with a
+        // behaviour it did not ask for.
+        let unknown = clap::error::ErrorKind::UnknownArgument.to_string();
+        let check = |argv: &[&str]| assert_eq!(parse(argv).err(), Some(unknown.clone()), "{argv:?}");
+        check(&["--node", "n1", "--established", "cut"]);
+        check(&["--node", "n1", "--established", "keep"]);
+        check(&["--node", "n1", "--conntrack", "/usr/sbin/conntrack"]);
     }
 }
