@@ -38,14 +38,14 @@
 //!   `return`s. Distinct priorities give the order (egress first, as the
 //!   packet leaves its source before it reaches its destination), which
 //!   the kernel leaves undefined among equal ones.
-//! - Each base chain accepts established/related traffic and IPv6 neighbour
-//!   discovery (ND is untracked, so conntrack calls it invalid: it must be
-//!   accepted before anything drops invalid packets), then dispatches on the
-//!   local pod's address through a verdict map (`@ingress4`, `@egress6`, ...,
-//!   the egress maps shared by both egress chains): `accept` for a pod not
-//!   isolated in that direction, `jump` to its group chain otherwise. An
-//!   address in the node's pod CIDRs that is in no map is dropped: a pod
-//!   the agent has not programmed yet is closed, not open.
+//! - Each base chain first accepts every TCP segment that does not open a
+//!   connection (see "No conntrack" below) and IPv6 neighbour discovery,
+//!   then dispatches on the local pod's address through a verdict map
+//!   (`@ingress4`, `@egress6`, ..., the egress maps shared by both egress
+//!   chains): `accept` for a pod not isolated in that direction, `jump` to
+//!   its group chain otherwise. An address in the node's pod CIDRs that is
+//!   in no map is dropped: a pod the agent has not programmed yet is
+//!   closed, not open.
 //! - Traffic from the node itself is told by address: `fib saddr type
 //!   local`, the source is one of the node's own addresses. Ingress accepts
 //!   it before the dispatch (kubelet probes, which on a bridge CNI come
@@ -54,16 +54,48 @@
 //!   same bridge address is in the pod CIDR but is no pod). A pod's address
 //!   lives in the pod's own namespace, so no pod, local or remote, is ever
 //!   local to the node.
-//! - A group chain per distinct list of isolating policies: it drops invalid
-//!   packets (only isolated pods' traffic is touched), jumps to each policy's
-//!   rule chain in order, then drops. Chains grow with policies, never with
-//!   pods.
+//! - A group chain per distinct list of isolating policies: it jumps to each
+//!   policy's rule chain in order, then accepts what belongs to a flow that
+//!   was allowed ([`replies`]), then drops. Chains grow with policies, never
+//!   with pods.
 //! - A rule chain per policy and direction: one rule per (rule, peer, port),
 //!   counted, with a comment naming its source, accepting. Selector peers
 //!   are hash sets of pod addresses named from the selector's definition and
 //!   shared by every rule using it; ipBlocks are small interval sets; named
 //!   ports are `daddr . l4proto . dport` sets of every pod declaring the
 //!   name. Pod churn changes set and map elements only.
+//!
+//! No conntrack. Nothing in the program is a `ct` expression, so netfence
+//! never turns connection tracking on: on this kind of machine conntrack
+//! alone costs 10 to 13% of the new-connection rate (docs/benchmarks.md),
+//! more than the whole budget netfence has. What conntrack gave, and what
+//! replaces it:
+//!
+//! - TCP: a connection exists only once its opening segment (SYN without
+//!   ACK) got through, and that segment is judged by the policies in both
+//!   directions, as before. Every other segment is accepted at once: it
+//!   cannot open a connection (the receiving kernel answers a stray one
+//!   with a reset), and replies, SYN ACKs included, need no state. So
+//!   exactly the allowed TCP connections can be opened, and one that is
+//!   open carries on when a policy change would no longer allow it. The
+//!   price: a peer a policy denies can still reach an isolated pod's kernel
+//!   with segments that open nothing (scans, resets, SYN cookie guesses,
+//!   which only count while the pod's listen queue overflows).
+//! - UDP and SCTP: every packet is judged in its own direction. A reply is
+//!   accepted when its flow is in the node's flow set (`@flows4`,
+//!   `@flows6`): the `record` chain, on postrouting after both directions'
+//!   chains (so only packets this node let through), adds the flow of the
+//!   reply each UDP or SCTP packet would get, and a reply refreshes it; an
+//!   entry lives [`FLOW_SET`]'s 120 s without traffic. Only a node with an
+//!   isolated pod has them, and a full table replacement (agent start, a
+//!   failed delta) forgets them: replies in flight then are lost once.
+//! - ICMP: errors (unreachable, too big, time exceeded, parameter problem)
+//!   and echo replies are accepted for isolated pods; conntrack would have
+//!   related them to a flow, netfence does not look inside them.
+//! - Fragments: conntrack reassembled them; without it, only the first
+//!   carries ports. It is judged; later fragments are accepted (the pod's
+//!   kernel cannot reassemble them without the first, and Linux drops
+//!   overlapping fragments).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -99,6 +131,10 @@ pub const BASES: [Base; 3] = [INGRESS, EGRESS, EGRESS_LOCAL];
 /// node let through.
 pub const RECORD: &str = "record";
 pub const RECORD_PRIORITY: i32 = priority::SRCNAT - 4;
+
+/// The chain every group chain ends with before it drops: see [`replies`].
+/// (Policy chains begin `ing_`/`egr_`, groups `grp_`: no clash.)
+pub const REPLIES: &str = "replies";
 
 /// The flow sets' names, per family.
 pub fn flow_set(f: Family) -> &'static str {
@@ -254,10 +290,16 @@ impl Compiler<'_> {
                 rules.push(Rule::verdict(vec![], Verdict::Jump(chain)));
             }
         }
-        rules.extend(replies());
+        rules.push(Rule::verdict(vec![], Verdict::Jump(self.replies())));
         rules.push(Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed"))));
         self.p.add_chain(Chain { name: name.clone(), base: None, rules });
         name
+    }
+
+    /// The chain of [`replies`], shared by every group chain.
+    fn replies(&mut self) -> String {
+        self.p.chains.entry(REPLIES.to_string()).or_insert_with(|| Chain { name: REPLIES.to_string(), base: None, rules: replies() });
+        REPLIES.to_string()
     }
 
     /// The flow sets and the chain that fills them: a UDP or SCTP packet
@@ -530,8 +572,8 @@ pub(crate) mod tests {
         p
     }
 
-    /// The end of every group chain, before its drop.
-    const REPLIES: &str = "meta l4proto { udp, sctp } ip saddr . meta l4proto . th sport . ip daddr . th dport @flows4 accept
+    /// What every group chain jumps to before its drop.
+    const REPLIES_TEXT: &str = "meta l4proto { udp, sctp } ip saddr . meta l4proto . th sport . ip daddr . th dport @flows4 accept
 meta l4proto { udp, sctp } ip6 saddr . meta l4proto . th sport . ip6 daddr . th dport @flows6 accept
 icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept
 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-reply } accept
@@ -612,11 +654,10 @@ ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fa
         };
         assert_eq!(
             chain_text(&p, &grp),
-            format!(
-                "jump ing_x_web
-{REPLIES}counter drop comment \"x/web ingress: isolated, no rule allowed\"
+            "jump ing_x_web
+jump replies
+counter drop comment \"x/web ingress: isolated, no rule allowed\"
 "
-            )
         );
         let pod4 = p.sets.keys().find(|k| k.starts_with("pod4_")).unwrap().clone();
         let pod6 = p.sets.keys().find(|k| k.starts_with("pod6_")).unwrap().clone();
@@ -663,11 +704,12 @@ counter accept comment \"x/web ingress rule 1\"
         assert_eq!(v("egress4", "10.244.1.11"), Verdict::Accept);
         let Verdict::Jump(ya) = v("egress4", "10.244.1.21") else { panic!() };
         assert_eq!(v("egress4", "10.244.1.22"), Verdict::Jump(ya.clone()), "same group, same chain");
-        assert_eq!(chain_text(&p, &ya), format!("{REPLIES}counter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n"));
+        assert_eq!(chain_text(&p, &ya), "jump replies\ncounter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n");
+        assert_eq!(chain_text(&p, REPLIES), REPLIES_TEXT);
         let Verdict::Jump(xa) = xa else { panic!() };
         assert_eq!(
             chain_text(&p, &xa),
-            format!("jump ing_x_allow-a\n{REPLIES}counter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n")
+            "jump ing_x_allow-a\njump replies\ncounter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n"
         );
     }
 
@@ -729,6 +771,26 @@ counter accept comment \"x/web ingress rule 1\"
             // And back: the pod is deleted.
             let back = crate::nft::diff(Some(&after), &before);
             assert!(back.only_elements(), "{back}");
+        }
+    }
+
+    /// netfence never turns conntrack on, and only a node with an isolated
+    /// pod records flows.
+    #[test]
+    fn no_conntrack_and_flow_sets_only_where_needed() {
+        let open = node1("");
+        assert!(open.sets.is_empty() && !open.chains.contains_key(RECORD), "{open}");
+        let p = node1(&np("x", "deny", "{podSelector: {}}"));
+        for f in FAMILIES {
+            let s = &p.sets[flow_set(f)];
+            assert_eq!((s.key, s.dynamic, s.elements.len()), (KeyType::Flow(f), Some(FLOW_SET), 0));
+        }
+        let record = &p.chains[RECORD];
+        assert_eq!(record.base.map(|b| (b.hook, b.priority)), Some((Hook::Postrouting, RECORD_PRIORITY)));
+        assert!(RECORD_PRIORITY > INGRESS.priority && RECORD_PRIORITY < priority::SRCNAT, "after both directions, before SNAT");
+        for program in [&open, &p] {
+            let ct = program.chains.values().flat_map(|c| &c.rules).flat_map(|r| &r.matches).any(|m| matches!(m, Match::CtState(_)));
+            assert!(!ct, "a ct expression turns conntrack on:\n{program}");
         }
     }
 }

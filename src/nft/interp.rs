@@ -582,4 +582,45 @@ mod tests {
         check("x/a", "x/c", "allowed");
         check("x/a", "node/node-1", "allowed");
     }
+
+    /// A connection is its first packet and its reply: with no conntrack,
+    /// a UDP or SCTP reply into an isolated pod gets in only because the
+    /// first packet left its flow in the node's flow set; TCP's needs none.
+    #[test]
+    fn replies_come_back_through_the_flow_set() {
+        let np = |name: &str, spec: &str| {
+            format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec: {spec}\n")
+        };
+        // x/a (node-1) and x/c (node-1) isolated both ways; a may reach c
+        // on 53 and 80, whatever the protocol; nothing may reach a.
+        let c = crate::nft::compile::tests::cluster(&format!(
+            "{}{}",
+            np("a-out", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress, Egress], egress: [{to: [{podSelector: {matchLabels: {pod: c}}}], ports: [{port: 53, protocol: UDP}, {port: 80}, {port: 80, protocol: SCTP}]}]}"),
+            np("c-in", "{podSelector: {matchLabels: {pod: c}}, policyTypes: [Ingress, Egress], ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]}"),
+        ));
+        let mut programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
+        let flow = |from: &str, to: &str, protocol, port| Flow {
+            src: Endpoint::parse(&c, from).unwrap(),
+            dst: Endpoint::parse(&c, to).unwrap(),
+            protocol,
+            port,
+            family: None,
+        };
+        let cases = [(Protocol::Udp, 53), (Protocol::Tcp, 80), (Protocol::Sctp, 80)];
+        for (proto, port) in cases {
+            let t = flow_verdict(&c, &|n| programs.get(n), &flow("x/a", "x/c", proto, port), Family::IPv4).unwrap();
+            assert!(t.allowed && !t.reply.is_empty(), "{proto:?}: {t:#?}");
+            let back = flow_verdict(&c, &|n| programs.get(n), &flow("x/c", "x/a", proto, port), Family::IPv4).unwrap();
+            assert!(!back.allowed && back.reply.is_empty(), "{proto:?} the other way is a new flow");
+        }
+        // Without the record chain the first packets still get through, but
+        // UDP and SCTP replies do not; TCP's do.
+        programs.get_mut("node-1").unwrap().chains.get_mut(crate::nft::compile::RECORD).unwrap().rules.clear();
+        for (proto, port) in cases {
+            let t = flow_verdict(&c, &|n| programs.get(n), &flow("x/a", "x/c", proto, port), Family::IPv4).unwrap();
+            let first = t.hops.iter().all(|h| h.eval.as_ref().is_none_or(|e| e.accepted));
+            assert!(first, "{proto:?}");
+            assert_eq!(t.allowed, proto == Protocol::Tcp, "{proto:?}: {t:#?}");
+        }
+    }
 }
