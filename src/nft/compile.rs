@@ -136,6 +136,11 @@ pub const RECORD_PRIORITY: i32 = priority::SRCNAT - 4;
 /// (Policy chains begin `ing_`/`egr_`, groups `grp_`: no clash.)
 pub const REPLIES: &str = "replies";
 
+// The order on postrouting: egress, ingress, then recording, all before
+// SNAT; egress to the node after IPVS's input hooks (ip_vs_out 98, ip_vs_in 99).
+const _: () = assert!(EGRESS.priority < INGRESS.priority && INGRESS.priority < RECORD_PRIORITY && RECORD_PRIORITY < priority::SRCNAT);
+const _: () = assert!(EGRESS_LOCAL.priority > priority::SRCNAT - 1);
+
 /// The flow sets' names, per family.
 pub fn flow_set(f: Family) -> &'static str {
     match f {
@@ -633,9 +638,6 @@ ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fa
                 "ingress type filter hook postrouting priority srcnat - 5; policy accept;",
             ]
         );
-        // After IPVS's input hooks (ip_vs_out 98, ip_vs_in 99), before SNAT.
-        assert!(EGRESS_LOCAL.priority > priority::SRCNAT - 1);
-        assert!(EGRESS.priority < INGRESS.priority && INGRESS.priority < priority::SRCNAT);
     }
 
     #[test]
@@ -787,7 +789,6 @@ counter accept comment \"x/web ingress rule 1\"
         }
         let record = &p.chains[RECORD];
         assert_eq!(record.base.map(|b| (b.hook, b.priority)), Some((Hook::Postrouting, RECORD_PRIORITY)));
-        assert!(RECORD_PRIORITY > INGRESS.priority && RECORD_PRIORITY < priority::SRCNAT, "after both directions, before SNAT");
         for program in [&open, &p] {
             let ct = program.chains.values().flat_map(|c| &c.rules).flat_map(|r| &r.matches).any(|m| matches!(m, Match::CtState(_)));
             assert!(!ct, "a ct expression turns conntrack on:\n{program}");

@@ -95,7 +95,7 @@ fn key_json(k: KeyType) -> SetTypeValue<'static> {
             SetTypeValue::Concatenated(vec![addr, schema::SetType::InetProto, schema::SetType::InetService].into())
         }
         KeyType::Flow(_) => SetTypeValue::Concatenated(
-            vec![addr.clone(), schema::SetType::InetProto, schema::SetType::InetService, addr, schema::SetType::InetService].into(),
+            vec![addr, schema::SetType::InetProto, schema::SetType::InetService, addr, schema::SetType::InetService].into(),
         ),
     }
 }
