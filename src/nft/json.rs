@@ -677,7 +677,7 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
     let p = left.get("payload")?;
     let (protocol, field) = (p.get("protocol")?.as_str()?, p.get("field")?.as_str()?);
     if protocol == "icmpv6" && field == "type" {
-        let types = strings(right)?.iter().map(|n| Icmpv6Type::ALL.into_iter().find(|t| t.name() == *n)).collect::<Option<_>>()?;
+        let types = strings(right)?.iter().map(|n| Icmpv6Type::all().find(|t| t.name() == *n)).collect::<Option<_>>()?;
         return Some(vec![Match::Icmpv6Type(types)]);
     }
     if protocol == "icmp" && field == "type" {

@@ -320,17 +320,10 @@ impl Icmpv6Type {
         Icmpv6Type::ParameterProblem,
         Icmpv6Type::EchoReply,
     ];
-    pub const ALL: [Icmpv6Type; 9] = [
-        Icmpv6Type::DestinationUnreachable,
-        Icmpv6Type::PacketTooBig,
-        Icmpv6Type::TimeExceeded,
-        Icmpv6Type::ParameterProblem,
-        Icmpv6Type::EchoReply,
-        Icmpv6Type::NdRouterSolicit,
-        Icmpv6Type::NdRouterAdvert,
-        Icmpv6Type::NdNeighborSolicit,
-        Icmpv6Type::NdNeighborAdvert,
-    ];
+    /// Every type netfence matches.
+    pub fn all() -> impl Iterator<Item = Icmpv6Type> {
+        Icmpv6Type::REPLIES.into_iter().chain(Icmpv6Type::ND)
+    }
     pub fn name(self) -> &'static str {
         match self {
             Icmpv6Type::DestinationUnreachable => "destination-unreachable",
