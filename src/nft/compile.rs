@@ -177,7 +177,8 @@ pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
     for dir in Direction::BOTH {
         c.direction(dir, &local, node);
     }
-    if c.p.chains.keys().any(|k| k.starts_with("grp_")) {
+    // Every group chain ends in `replies`, which reads the flow sets.
+    if c.p.chains.contains_key(REPLIES) {
         c.flow_record();
     }
     c.p
@@ -310,7 +311,6 @@ impl Compiler<'_> {
     /// The flow sets and the chain that fills them: a UDP or SCTP packet
     /// that got through records the flow of its reply; a reply refreshes it.
     fn flow_record(&mut self) {
-        let udp_sctp = || Match::L4Protos([Protocol::Udp, Protocol::Sctp].into());
         // Most packets are TCP, whose replies need no record: out first.
         let mut rules = vec![Rule::verdict(vec![Match::Proto { proto: Protocol::Tcp, dport: None }], Verdict::Accept)];
         for f in FAMILIES {
@@ -478,6 +478,11 @@ impl Compiler<'_> {
     }
 }
 
+/// The protocols whose replies the flow sets let back.
+fn udp_sctp() -> Match {
+    Match::L4Protos([Protocol::Udp, Protocol::Sctp].into())
+}
+
 /// What an isolated pod sends and receives that no policy allowed but that
 /// belongs to a flow that was: replies of UDP and SCTP flows (the flow
 /// sets), ICMP errors and echo replies, and later fragments (only the first
@@ -485,7 +490,6 @@ impl Compiler<'_> {
 /// rest without it). Last in a group chain: a packet a policy allows never
 /// gets here.
 fn replies() -> Vec<Rule> {
-    let udp_sctp = || Match::L4Protos([Protocol::Udp, Protocol::Sctp].into());
     let mut rules: Vec<Rule> = FAMILIES
         .into_iter()
         .map(|f| Rule::verdict(vec![udp_sctp(), Match::Flow { family: f, set: flow_set(f).to_string() }], Verdict::Accept))

@@ -250,7 +250,8 @@ fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
             inside != *negate
         }
         Match::Proto { proto, dport } => match pkt.l4 {
-            L4::Port { proto: pp, dport: d, .. } => pp == *proto && (dport.is_none() || !pkt.later_fragment && dport.is_none_or(|r| r.contains(d))),
+            // A later fragment has a protocol but no ports.
+            L4::Port { proto: pp, dport: d, .. } => pp == *proto && dport.is_none_or(|r| !pkt.later_fragment && r.contains(d)),
             _ => false,
         },
         Match::NamedPort { family, set } => match pkt.l4 {
@@ -622,5 +623,31 @@ mod tests {
             assert!(first, "{proto:?}");
             assert_eq!(t.allowed, proto == Protocol::Tcp, "{proto:?}: {t:#?}");
         }
+    }
+
+    /// What conntrack used to relate to a flow passes isolated pods: ICMP
+    /// errors and echo replies, and fragments after the first; an echo
+    /// request, a first fragment and a new flow are still judged.
+    #[test]
+    fn icmp_replies_and_later_fragments_pass_isolated_pods() {
+        let c = crate::nft::compile::tests::cluster(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n",
+        );
+        let programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
+        let p = &programs["node-1"];
+        let verdict = |pkt: Packet| eval_hook(Host::of(&c, "node-1", p), Hook::Postrouting, &pkt).accepted;
+        // x/a (10.244.1.11) is isolated both ways on node-1.
+        let to_xa = tcp("10.244.2.21", "10.244.1.11", 80);
+        let icmp = |ty| Packet { l4: L4::Icmp { ty }, ..to_xa };
+        assert!(verdict(icmp(IcmpType::DestinationUnreachable.code())));
+        assert!(verdict(icmp(IcmpType::EchoReply.code())));
+        assert!(!verdict(icmp(8)), "an echo request is a new flow");
+        let udp = Packet { l4: L4::Port { proto: Protocol::Udp, sport: 53, dport: EPHEMERAL_PORT }, opening: false, ..to_xa };
+        assert!(!verdict(udp), "a UDP packet with no flow behind it");
+        assert!(verdict(Packet { later_fragment: true, ..udp }), "a later fragment: its first was judged");
+        assert!(verdict(Packet { opening: false, ..to_xa }), "a TCP segment that opens nothing");
+        assert!(!verdict(to_xa), "a SYN");
+        let from_xa = Packet { src: to_xa.dst, dst: to_xa.src, ..to_xa };
+        assert!(!verdict(from_xa) && verdict(Packet { opening: false, ..from_xa }));
     }
 }
