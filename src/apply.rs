@@ -25,6 +25,10 @@ pub trait Kernel {
     /// Names of the `inet` tables that exist: cheap (no contents), what a
     /// staged start needs to know which of our two tables is live.
     fn table_names(&mut self) -> Result<Vec<String>, ApplyError>;
+    /// `table`'s chains (with their rules), sets and maps, without any set
+    /// or map element: cheap at any size, what a full sync needs to replace
+    /// everything but the flow sets. `None`: no such table.
+    fn declarations(&mut self, table: &str) -> Result<Option<Program>, ApplyError>;
 }
 
 /// Why the kernel refused an operation, as errno classes: what a caller can
@@ -193,7 +197,14 @@ impl NftKernel {
     /// into a program. For verification only: at scale this is slow, so the
     /// sync path never calls it.
     pub fn read_table(&self, table: &str) -> Result<Option<Program>, ApplyError> {
-        match self.run(&["-j", "list", "table", "inet", table], "")? {
+        self.list_table(table, false)
+    }
+
+    /// `nft -j list table`, with `-t` (terse: no set or map elements) when
+    /// `terse`.
+    fn list_table(&self, table: &str, terse: bool) -> Result<Option<Program>, ApplyError> {
+        let args: &[&str] = if terse { &["-t", "-j", "list", "table", "inet", table] } else { &["-j", "list", "table", "inet", table] };
+        match self.run(args, "")? {
             Ok(json) => {
                 let v: serde_json::Value = serde_json::from_str(&json)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -230,6 +241,10 @@ impl NftKernel {
 }
 
 impl Kernel for NftKernel {
+    fn declarations(&mut self, table: &str) -> Result<Option<Program>, ApplyError> {
+        self.list_table(table, true)
+    }
+
     fn table_names(&mut self) -> Result<Vec<String>, ApplyError> {
         match self.run(&["-j", "list", "tables", "inet"], "")? {
             Ok(json) => {
@@ -330,6 +345,15 @@ impl FakeKernel {
 impl Kernel for FakeKernel {
     fn table_names(&mut self) -> Result<Vec<String>, ApplyError> {
         Ok(self.tables.keys().cloned().collect())
+    }
+
+    fn declarations(&mut self, table: &str) -> Result<Option<Program>, ApplyError> {
+        Ok(self.tables.get(table).map(|p| {
+            let mut p = p.clone();
+            p.sets.values_mut().for_each(|s| s.elements.clear());
+            p.maps.values_mut().for_each(|m| m.elements.clear());
+            p
+        }))
     }
 
     fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
@@ -495,10 +519,12 @@ fn refusal(e: ValidationError) -> (Reason, String) {
 }
 
 fn chain_uses_set(c: &Chain, name: &str) -> bool {
-    c.rules.iter().flat_map(|r| &r.matches).any(|m| match m {
-        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => s == name,
-        _ => false,
-    })
+    let updates = c.rules.iter().any(|r| matches!(&r.action, Action::Remember { set, .. } if set == name));
+    updates
+        || c.rules.iter().flat_map(|r| &r.matches).any(|m| match m {
+            Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } | Match::Flow { set: s, .. } => s == name,
+            _ => false,
+        })
 }
 
 // ---------------------------------------------------------------------------

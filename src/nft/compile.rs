@@ -87,8 +87,11 @@
 //!   chains (so only packets this node let through), adds the flow of the
 //!   reply each UDP or SCTP packet would get, and a reply refreshes it; an
 //!   entry lives [`FLOW_SET`]'s 120 s without traffic. Only a node with an
-//!   isolated pod has them, and a full table replacement (agent start, a
-//!   failed delta) forgets them: replies in flight then are lost once.
+//!   isolated pod has them. The agent's full syncs (start, periodic
+//!   resync, after a failed delta) replace everything but them
+//!   ([`super::diff::replace_keeping_flows`]); only a staged cold start
+//!   (over 200k elements) or a table it cannot read starts them empty,
+//!   and replies in flight then are lost once.
 //! - ICMP: errors (unreachable, too big, time exceeded, parameter problem)
 //!   and echo replies are accepted for isolated pods; conntrack would have
 //!   related them to a flow, netfence does not look inside them.
