@@ -89,9 +89,10 @@
 //!   entry lives [`FLOW_SET`]'s 120 s without traffic. Only a node with an
 //!   isolated pod has them. The agent's full syncs (start, periodic
 //!   resync, after a failed delta) replace everything but them
-//!   ([`super::diff::replace_keeping_flows`]); only a staged cold start
-//!   (over 200k elements) or a table it cannot read starts them empty,
-//!   and replies in flight then are lost once.
+//!   ([`super::diff::replace_keeping_flows`]), except when the program is
+//!   over 200k elements: such a full sync is staged under the other table
+//!   name and starts them empty (as does a table it cannot read), and
+//!   replies in flight then are lost once.
 //! - ICMP: errors (unreachable, too big, time exceeded, parameter problem)
 //!   and echo replies are accepted for isolated pods; conntrack would have
 //!   related them to a flow, netfence does not look inside them.
