@@ -21,13 +21,10 @@
 //! - nothing in this module lists the nftables table back: the dataplane
 //!   keeps what it committed in memory.
 //!
-//! When a policy change takes effect: the ruleset uses no conntrack, so a
-//! change applies to every new TCP connection (only a SYN without ACK is
-//! judged) and to every later UDP/SCTP packet; TCP connections already open
-//! carry on until they close. UDP/SCTP replies are accepted through a
-//! per-node flow set with a 2-minute idle timeout, so for a flow the new
-//! rules no longer allow the forward direction stops at once and the replies
-//! once its entry idles out.
+//! When a policy change takes effect: every new connection is judged by
+//! the new program at once. Connections already open pass on conntrack's
+//! word until they end, unless the agent cuts the ones the new program
+//! would deny (`--established`).
 
 pub mod dataplane;
 pub mod fake_api;
