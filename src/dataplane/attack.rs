@@ -279,6 +279,10 @@ impl Kind {
             // congestion; one with FIN or RST opens nothing.
             Kind::Tcp(f) if f & !(ECE | CWR | PSH) == SYN => Arrives,
             Kind::Tcp(_) | Kind::HopByHopAck => Instead(TcpConnection),
+            // RFC 7112: an IPv6 first fragment must hold the whole header
+            // chain, transport header included; reassembly (conntrack's
+            // and the kernel's) discards one that does not.
+            Kind::TinyFirstFragment if family == Family::IPv6 => Instead(TcpConnection),
             Kind::Udp | Kind::Protocol(_) | Kind::Ipv4Options | Kind::Ipv6Ext(_) | Kind::TinyFirstFragment => Arrives,
             Kind::Sctp(sctp::INIT) => Arrives,
             Kind::Sctp(_) => Instead(Attack(Kind::Sctp(sctp::INIT))),
@@ -902,5 +906,7 @@ mod tests {
         assert_eq!(Kind::Tcp(SYN | ECE | CWR).when_allowed(Family::IPv4), WhenAllowed::Arrives);
         assert_eq!(Kind::Tcp(SYN | FIN).when_allowed(Family::IPv4), WhenAllowed::Instead(Counterpart::TcpConnection));
         assert_eq!(Kind::Icmp(136).when_allowed(Family::IPv6), WhenAllowed::Instead(Counterpart::Attack(Kind::Icmp(128))));
+        assert_eq!(Kind::TinyFirstFragment.when_allowed(Family::IPv4), WhenAllowed::Arrives);
+        assert_eq!(Kind::TinyFirstFragment.when_allowed(Family::IPv6), WhenAllowed::Instead(Counterpart::TcpConnection));
     }
 }
