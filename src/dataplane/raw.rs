@@ -230,7 +230,7 @@ fn recv_link(s: &Socket, buf: &mut [u8]) -> io::Result<Received> {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::WouldBlock { Ok(Received::Empty) } else { Err(e) };
     }
-    if from.sll_pkttype != libc::PACKET_HOST as u8 {
+    if from.sll_pkttype != libc::PACKET_HOST {
         return Ok(Received::Skipped);
     }
     let packet = &buf[..n as usize];
