@@ -12,8 +12,10 @@
 //! Invariant: nothing here touches the host namespace's links, addresses,
 //! routes or ruleset; the install step runs inside node namespaces only.
 
+pub mod attack;
 pub mod backend;
 pub mod probe;
+pub mod raw;
 pub mod sctp;
 pub mod topology;
 
@@ -158,6 +160,13 @@ impl Dataplane {
     /// The namespace of a node, for installing or inspecting its ruleset.
     pub fn node_netns(&self, node: &str) -> Option<&Netns> {
         self.topology.plan.node_ns(node).map(|ns| self.topology.netns(ns))
+    }
+
+    /// The namespace an endpoint lives in and its address in `family`: for
+    /// tests that send their own packets ([`attack`], [`raw`]).
+    pub fn locate(&self, endpoint: &Endpoint, family: Family) -> Result<(&Netns, IpAddr), String> {
+        let Place { ns, ip } = self.topology.plan.locate(endpoint, family)?;
+        Ok((self.topology.netns(ns), ip))
     }
 
     /// Every namespace this dataplane made.
