@@ -2,12 +2,12 @@
 //! last committed, apply the difference as one transaction.
 //!
 //! The committed program is kept in memory and never read back on the sync
-//! path (`../shared/nft-facts.md`: listing a large table takes seconds; a
-//! full sync lists only declarations, `nft -t`, which is cheap). A full sync
-//! replaces everything in our table but the flow sets (UDP/SCTP replies on
-//! their way) and removes the other of our two table names in the same
-//! transaction, so whatever an earlier run left (either name, any contents)
-//! is adopted with no moment without rules. Only a cold start too
+//! path (`../shared/nft-facts.md`: listing a large table takes seconds). A
+//! full sync replaces our table and removes the other of our two table names
+//! in the same transaction, so whatever an earlier run left (either name, any
+//! contents) is adopted with no moment without rules. Connection state lives
+//! in the kernel's conntrack table, not in ours, so replacing the table (or
+//! swapping in a staged one) keeps every established connection. Only a cold start too
 //! large for one transaction is built in bounded steps under the other name
 //! ([`crate::apply::apply_staged`]); until its last step it is not hooked,
 //! so traffic never sees it half-built.
@@ -56,17 +56,7 @@ impl NftDataplane {
             return Ok((program, ops));
         }
         program.table = TABLE.to_string();
-        // Replace everything but the flow sets, whose elements are replies
-        // on their way (a periodic resync must not drop them); if the live
-        // table cannot be read, replace it whole.
-        let mut tx = match self.kernel.declarations(TABLE) {
-            Ok(Some(live)) => nft::diff::replace_keeping_flows(&live, &program),
-            Ok(None) => nft::diff::replace(&program),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the live table's declarations; replacing it whole (UDP/SCTP reply state is lost)");
-                nft::diff::replace(&program)
-            }
-        };
+        let mut tx = nft::diff::replace(&program);
         tx.push(Op::AddTable { table: ALT_TABLE.to_string() });
         tx.push(Op::DeleteTable { table: ALT_TABLE.to_string() });
         self.kernel.apply(&tx).map_err(apply_err)?;
@@ -295,9 +285,6 @@ spec:
         }
         fn table_names(&mut self) -> Result<Vec<String>, crate::apply::ApplyError> {
             self.0.lock().unwrap().table_names()
-        }
-        fn declarations(&mut self, table: &str) -> Result<Option<Program>, crate::apply::ApplyError> {
-            self.0.lock().unwrap().declarations(table)
         }
     }
 

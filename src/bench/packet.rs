@@ -171,17 +171,13 @@ pub fn linearize(p: &Program) -> Program {
         .flat_map(|c| &c.rules)
         .filter_map(|r| match &r.action {
             Action::Vmap { map, .. } => p.maps.get(map),
-            Action::Verdict(_) | Action::Remember { .. } => None,
+            Action::Verdict(_) => None,
         })
         .flat_map(|m| m.elements.keys())
         .filter_map(|e| if let Element::Addr(ip) = e { Some(*ip) } else { None })
         .collect();
     let on_ingress = reachable(p, &ingress_roots);
     let mut out = Program::new(&p.table);
-    // The flow sets are the packet path's own, in either form.
-    for s in p.sets.values().filter(|s| s.dynamic.is_some()) {
-        out.add_set(s.clone());
-    }
     let mut extra = Vec::new();
     for c in p.chains.values() {
         let scope = on_ingress.contains(c.name.as_str()).then_some(&local);
@@ -206,7 +202,6 @@ fn reachable<'a>(p: &'a Program, roots: &[&'a Chain]) -> BTreeSet<&'a str> {
             let targets: Vec<&Verdict> = match &r.action {
                 Action::Verdict(v) => vec![v],
                 Action::Vmap { map, .. } => p.maps.get(map).map(|m| m.elements.values().collect()).unwrap_or_default(),
-                Action::Remember { .. } => vec![],
             };
             for v in targets {
                 if let Verdict::Jump(t) = v {
@@ -279,8 +274,7 @@ fn expand(p: &Program, r: &Rule, local: Option<&BTreeSet<IpAddr>>, extra: &mut V
     }
     // The last stage carries the verdicts: the rule's own, or one per map key.
     let last: Vec<(Vec<Match>, Verdict)> = match &r.action {
-        Action::Verdict(_) | Action::Remember { .. } if stages.is_empty() => return Rule { matches: plain, ..r.clone() },
-        Action::Remember { .. } => return r.clone(),
+        Action::Verdict(_) if stages.is_empty() => return Rule { matches: plain, ..r.clone() },
         Action::Verdict(v) => stages.pop().unwrap_or_default().into_iter().map(|alt| (alt, v.clone())).collect(),
         Action::Vmap { family, field, map } => p
             .maps
@@ -554,7 +548,7 @@ pub fn first_disagreement(a: &Program, b: &Program, addrs: &[IpAddr], packets: &
         }
         let pkt = Packet::new(s, d, Protocol::Tcp, port);
         for hook in [Hook::Prerouting, Hook::Postrouting] {
-            let host = |program| Host { program, addrs, flows: None };
+            let host = |program| Host { program, addrs, pods: None };
             let (x, y) = (eval_hook(host(a), hook, &pkt).accepted, eval_hook(host(b), hook, &pkt).accepted);
             if x != y {
                 return Some(format!("{s} -> {d}:{port} at {}: {x} vs {y}", hook.name()));
@@ -582,7 +576,7 @@ mod tests {
         for node in c.nodes.keys() {
             let p = nft::compile(&c, &ir, node);
             let lin = linearize(&p);
-            assert!(lin.sets.values().all(|s| s.dynamic.is_some()) && lin.maps.is_empty(), "{node}: sets or maps left");
+            assert!(lin.sets.is_empty() && lin.maps.is_empty(), "{node}: sets or maps left");
             assert!(lin.rule_count() > p.rule_count(), "{node}: nothing was expanded");
             let ips: Vec<IpAddr> = c.pods.iter().filter_map(|p| p.ip(Family::IPv4)).step_by(3).collect();
             let mut packets = Vec::new();

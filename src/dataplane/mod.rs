@@ -118,9 +118,8 @@ impl Dataplane {
     }
 
     /// Call `install` for every node's namespace, in node name order. Only
-    /// once, before any probe: a flow set (or, for a stateful ruleset,
-    /// conntrack) would let replies of flows probed under an earlier ruleset
-    /// pass under a later one.
+    /// once, before any probe: conntrack would let flows probed under an
+    /// earlier ruleset pass as established under a later one.
     fn install<F>(&self, mut install: F) -> anyhow::Result<()>
     where
         F: FnMut(&str, &Netns) -> anyhow::Result<()>,

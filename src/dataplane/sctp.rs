@@ -5,9 +5,7 @@
 //! answers with an INIT ACK. Both are valid as conntrack sees them (the INIT
 //! carries verification tag 0 and is alone in its packet; the INIT ACK is
 //! tagged with the INIT's initiate tag), so a stateful ruleset treats the
-//! INIT ACK as a reply of the association, exactly as it would a real one;
-//! netfence's program, which keys replies by addresses and ports in its
-//! flow set, lets it back the same way.
+//! INIT ACK as a reply of the association, exactly as it would a real one.
 
 use crc::{Crc, CRC_32_ISCSI};
 

@@ -70,6 +70,15 @@ impl Protocol {
         }
     }
 
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
     /// The lower-case name nftables uses (`meta l4proto tcp`).
     pub fn nft_name(self) -> &'static str {
         match self {
