@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::eval::Endpoint;
 use crate::model::{Cluster, Protocol};
+use crate::nft::compile;
 use crate::nft::interp::{self, eval_hook, Host, Packet};
 use crate::nft::Program;
 
@@ -328,9 +329,11 @@ pub struct Enforced<'a> {
 }
 
 /// Judges a connection as new against the program in force, on the hooks
-/// this node runs for it ([`interp::hops`]): a local pod's egress at
-/// postrouting, or at input when the backend is one of the node's own
-/// addresses; ingress to a local pod at postrouting.
+/// where this node judges it ([`interp::hops`], limited to the hooks of
+/// [`compile::BASES`]): a local pod's egress at postrouting, or at input
+/// when the backend is one of the node's own addresses; ingress to a local
+/// pod at postrouting. Prerouting's anti-spoofing does not depend on
+/// policies and already let the connection's packets in.
 pub struct Judge<'a> {
     now: Enforced<'a>,
     /// The node's own addresses: its InternalIPs and the kernel's.
@@ -376,7 +379,7 @@ impl<'a> Judge<'a> {
         let host = Host { addrs: &self.addrs, ..Host::of(self.now.cluster, self.now.node, self.now.program) };
         interp::hops(self.now.cluster, &self.endpoint(e.client()), &self.endpoint(e.backend()))
             .into_iter()
-            .filter(|h| h.node == self.now.node)
+            .filter(|h| h.node == self.now.node && compile::BASES.iter().any(|b| b.hook == h.hook))
             .all(|h| eval_hook(host, h.hook, &pkt).accepted)
     }
 }

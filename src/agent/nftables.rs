@@ -179,7 +179,7 @@ fn address(e: &Element) -> Option<IpAddr> {
 /// The sets a rule's matches read.
 fn reads(matches: &[Match]) -> impl Iterator<Item = &str> {
     matches.iter().filter_map(|m| match m {
-        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } | Match::Flow { set: s, .. } => Some(s.as_str()),
+        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => Some(s.as_str()),
         _ => None,
     })
 }
@@ -380,7 +380,7 @@ spec:
                 .iter()
                 .map(|e| if interval { Element::Net(e.parse().unwrap()) } else { Element::Addr(e.parse().unwrap()) })
                 .collect();
-            p.add_set(Set::of("blocked", KeyType::Addr(Family::IPv4), interval, elements));
+            p.add_set(Set::of("blocked".to_string(), KeyType::Addr(Family::IPv4), interval, elements));
             let m = Match::Addr { family: Family::IPv4, field: AddrField::Saddr, negate: false, rhs: AddrMatch::Set("blocked".into()) };
             p.add_chain(nft::Chain {
                 name: "c".into(),
