@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::sources::{Location, PolicySource, Sources};
 use super::{convert, Cluster, Origin};
 use crate::yaml::{self, Doc, Pos};
 
@@ -53,11 +54,20 @@ pub struct ClusterBuilder {
     cluster: Cluster,
     /// Things worth telling the user that are not errors (ignored kinds).
     pub notices: Vec<String>,
+    /// Kept only on request: field positions for lint.
+    sources: Option<Sources>,
 }
 
 impl ClusterBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also record where every object came from ([`Sources`]), for
+    /// diagnostics that point at a field.
+    pub fn keep_sources(mut self) -> Self {
+        self.sources = Some(Sources::default());
+        self
     }
 
     /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name order.
@@ -91,6 +101,11 @@ impl ClusterBuilder {
             Some(Value::String(k)) => k.as_str(),
             _ => return Err(LoadError::at(file, doc, "kind", "every object needs a `kind` (e.g. kind: NetworkPolicy)")),
         };
+        if let Some(s) = &mut self.sources {
+            if !kind.ends_with("List") {
+                *s.kinds.entry(kind.to_string()).or_default() += 1;
+            }
+        }
         let c = &mut self.cluster;
         match kind {
             "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" => {
@@ -123,12 +138,22 @@ impl ClusterBuilder {
             }
             "Pod" => {
                 let p = typed(file, doc)?;
-                c.pods.push(convert::pod(&p).map_err(|e| field_error(file, doc, e))?);
+                let pod = convert::pod(&p).map_err(|e| field_error(file, doc, e))?;
+                if let Some(s) = &mut self.sources {
+                    let at = Location { file: file.into(), pos: doc.start };
+                    s.pods.entry((pod.namespace.clone(), pod.name.clone())).or_insert(at);
+                }
+                c.pods.push(pod);
             }
             "NetworkPolicy" => {
                 let np = typed(file, doc)?;
                 let origin = Origin::new(file, Some(doc.start));
-                c.policies.push(convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?);
+                let policy = convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?;
+                if let Some(s) = &mut self.sources {
+                    let key = (policy.namespace.clone(), policy.name.clone());
+                    s.policies.entry(key).or_default().push(PolicySource { file: file.into(), doc: doc.clone() });
+                }
+                c.policies.push(policy);
             }
             other => {
                 let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("?");
@@ -141,6 +166,14 @@ impl ClusterBuilder {
     pub fn finish(mut self) -> (Cluster, Vec<String>) {
         self.cluster.normalize();
         (self.cluster, self.notices)
+    }
+
+    /// As [`finish`](Self::finish), with the sources recorded since
+    /// [`keep_sources`](Self::keep_sources) (empty without it).
+    pub fn finish_with_sources(mut self) -> (Cluster, Vec<String>, Sources) {
+        let sources = self.sources.take().unwrap_or_default();
+        let (cluster, notices) = self.finish();
+        (cluster, notices, sources)
     }
 }
 
@@ -159,6 +192,15 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>),
         b.add_path(p.as_ref())?;
     }
     Ok(b.finish())
+}
+
+/// As [`load_paths`], also recording where every object came from.
+pub fn load_paths_with_sources<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>, Sources), LoadError> {
+    let mut b = ClusterBuilder::new().keep_sources();
+    for p in paths {
+        b.add_path(p.as_ref())?;
+    }
+    Ok(b.finish_with_sources())
 }
 
 pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, LoadError> {
