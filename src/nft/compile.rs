@@ -226,7 +226,7 @@ impl Compiler<'_> {
             Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept),
             Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop)
                 .counted(format!("{dir}: invalid, part of no connection")),
-            nd_accept(),
+            nd_accept(vec![Match::Ip6HopLimit255]),
         ];
         if dir == Direction::Ingress {
             // The node's own traffic (kubelet probes), before the dispatch
@@ -292,10 +292,12 @@ impl Compiler<'_> {
 
     /// The anti-spoofing chain (see the module doc, "Anti-spoofing").
     fn antispoof(&mut self) {
-        let rules = vec![
-            nd_accept(),
+        let link: [IpNet; 2] = ["fe80::/10".parse().expect("a prefix"), "ff00::/8".parse().expect("a prefix")];
+        let mut rules: Vec<Rule> =
+            link.into_iter().map(|n| nd_accept(vec![addr_match(Family::IPv6, AddrField::Daddr, false, AddrMatch::Nets([n].into()))])).collect();
+        rules.extend([
             Rule::verdict(vec![Match::NoRouteBack], Verdict::Drop).counted("antispoof: source not routed back through its interface"),
-        ];
+        ]);
         let base = BaseHook { hook: Hook::Prerouting, priority: ANTISPOOF_PRIORITY, policy: ChainPolicy::Accept };
         self.p.add_chain(Chain { name: ANTISPOOF.to_string(), base: Some(base), rules });
     }
@@ -452,10 +454,15 @@ impl Compiler<'_> {
     }
 }
 
-/// IPv6 neighbour discovery is never policed: it never leaves its link,
-/// and a pod that cannot resolve its neighbours has no network at all.
-fn nd_accept() -> Rule {
-    Rule::verdict(vec![Match::Icmpv6Type(Icmpv6Type::ND.into())], Verdict::Accept)
+/// IPv6 neighbour discovery on its own link is never policed (a pod that
+/// cannot resolve its neighbours has no network at all); `also` keeps it to
+/// the link: hop limit 255 where a forwarded copy would be judged, link-local
+/// and multicast destinations before the reverse-path check. Untracked by
+/// conntrack, it would otherwise cross isolation to any address.
+fn nd_accept(also: Vec<Match>) -> Rule {
+    let mut m = vec![Match::Icmpv6Type(Icmpv6Type::ND.into())];
+    m.extend(also);
+    Rule::verdict(m, Verdict::Accept)
 }
 
 /// A rule comment `key` + `rest`, the key shortened to fit nft's limit.
@@ -548,7 +555,7 @@ pub(crate) mod tests {
         let p = node1("");
         let head = |dir: &str| format!("ct state established,related accept
 ct state invalid counter drop comment \"{dir}: invalid, part of no connection\"
-icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept
+icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} ip6 hoplimit 255 accept
 ");
         assert_eq!(
             chain_text(&p, "ingress"),
@@ -577,7 +584,8 @@ ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fa
         assert_eq!(p.chains.len(), 4, "three judging chains and antispoof");
         assert_eq!(
             chain_text(&p, ANTISPOOF),
-            "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
+            "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 daddr fe80::/10 accept
+icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 daddr ff00::/8 accept
 fib saddr . iif oif missing counter drop comment \"antispoof: source not routed back through its interface\"
 "
         );

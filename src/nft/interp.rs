@@ -70,6 +70,9 @@ pub struct Packet {
     /// node the packet crosses.
     pub ct: CtState,
     pub iif: Iif,
+    /// IPv6 hop limit (TTL) as the rules see it; 255 only for a packet
+    /// that crossed no router, as neighbour discovery must.
+    pub hop_limit: u8,
 }
 
 /// The source port of every connection the model follows: an ephemeral one.
@@ -78,7 +81,7 @@ pub const EPHEMERAL_PORT: u16 = 40000;
 impl Packet {
     /// The first packet of a connection, from the wire.
     pub fn new(src: IpAddr, dst: IpAddr, proto: Protocol, dport: u16) -> Packet {
-        Packet { src, dst, l4: L4::Port { proto, sport: EPHEMERAL_PORT, dport }, ct: CtState::New, iif: Iif::Wire }
+        Packet { src, dst, l4: L4::Port { proto, sport: EPHEMERAL_PORT, dport }, ct: CtState::New, iif: Iif::Wire, hop_limit: 64 }
     }
 
     /// The answer to this packet: the other way round.
@@ -89,7 +92,7 @@ impl Packet {
             L4::Icmpv6 { ty: 128 } => L4::Icmpv6 { ty: 129 },
             other => other,
         };
-        Packet { src: self.dst, dst: self.src, l4, ct: CtState::Established, iif: Iif::Wire }
+        Packet { src: self.dst, dst: self.src, l4, ct: CtState::Established, iif: Iif::Wire, hop_limit: self.hop_limit }
     }
 
     pub fn family(&self) -> Family {
@@ -349,6 +352,7 @@ fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
         Match::NfProto(f) => pkt.family() == *f,
         Match::FibSaddrLocal { negate } => host.addrs.contains(&pkt.src) != *negate,
         Match::NoRouteBack => host.no_route_back(pkt),
+        Match::Ip6HopLimit255 => pkt.family() == Family::IPv6 && pkt.hop_limit == 255,
     }
 }
 
@@ -774,7 +778,7 @@ mod tests {
         assert!(verdict("10.244.2.21", Iif::Wire), "a remote pod, from the wire");
         assert!(!verdict("172.18.0.2", Iif::Wire), "the wire claiming the node");
         assert!(verdict("172.18.0.2", Iif::Local), "the node itself, looped back");
-        let nd = Packet { l4: L4::Icmpv6 { ty: 135 }, iif: xa, ..Packet::new("fe80::1".parse().unwrap(), "fe80::2".parse().unwrap(), Protocol::Udp, 0) };
+        let nd = Packet { l4: L4::Icmpv6 { ty: 135 }, iif: xa, hop_limit: 255, ..Packet::new("fe80::1".parse().unwrap(), "fe80::2".parse().unwrap(), Protocol::Udp, 0) };
         assert!(eval_hook(Host::of(&c, "node-1", p), Hook::Prerouting, &nd).accepted, "neighbour discovery");
     }
 }

@@ -261,6 +261,7 @@ fn match_stmt(m: &Match) -> Statement<'static> {
             let fib = expr::Fib { result: expr::FibResult::Type, flags: [expr::FibFlag::Saddr].into() };
             matches(Expression::Named(NamedExpression::Fib(fib)), if *negate { Operator::NEQ } else { Operator::EQ }, s("local"))
         }
+        Match::Ip6HopLimit255 => matches(payload("ip6", "hoplimit"), Operator::EQ, Expression::Number(255)),
         Match::NoRouteBack => {
             let fib = expr::Fib { result: expr::FibResult::Oif, flags: [expr::FibFlag::Saddr, expr::FibFlag::Iif].into() };
             matches(Expression::Named(NamedExpression::Fib(fib)), Operator::EQ, Expression::Boolean(false))
@@ -576,6 +577,9 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
     }
     let p = left.get("payload")?;
     let (protocol, field) = (p.get("protocol")?.as_str()?, p.get("field")?.as_str()?);
+    if protocol == "ip6" && field == "hoplimit" && right.as_u64() == Some(255) {
+        return Some(vec![Match::Ip6HopLimit255]);
+    }
     if protocol == "icmpv6" && field == "type" {
         let types = strings(right)?.iter().map(|n| Icmpv6Type::ND.into_iter().find(|t| t.name() == *n)).collect::<Option<_>>()?;
         return Some(vec![Match::Icmpv6Type(types)]);

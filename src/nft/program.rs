@@ -347,6 +347,10 @@ pub enum Match {
     /// finds a local route, which counts as missing); loopback is always
     /// its own way back.
     NoRouteBack,
+    /// `ip6 hoplimit 255`: sent on this link, routed by no one (what makes
+    /// neighbour discovery valid, RFC 4861; a forwarded packet has 254 or
+    /// less here).
+    Ip6HopLimit255,
 }
 
 /// Why a program would be refused by the kernel (or would not mean what it
@@ -741,6 +745,7 @@ impl fmt::Display for Match {
             Match::NfProto(fam) => write!(f, "meta nfproto {}", nfproto_name(*fam)),
             Match::FibSaddrLocal { negate } => write!(f, "fib saddr type {}local", if *negate { "!= " } else { "" }),
             Match::NoRouteBack => f.write_str("fib saddr . iif oif missing"),
+            Match::Ip6HopLimit255 => f.write_str("ip6 hoplimit 255"),
         }
     }
 }
