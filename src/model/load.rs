@@ -162,7 +162,7 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>),
 }
 
 pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, LoadError> {
-    yaml::parse(text).map_err(|e| LoadError::new(file, Some(e.pos), "", format!("invalid YAML: {}", e.message)))
+    yaml::parse(text).map_err(|e| LoadError::new(file, Some(e.pos), &e.path, e.message))
 }
 
 /// Deserialise a document into a k8s-openapi type, keeping the field path
