@@ -9,7 +9,8 @@
 //!
 //! Input is hostile until proven otherwise, so the parser bounds what a
 //! small file can cost: nesting depth ([`MAX_DEPTH`]; deeper documents
-//! would overflow the stack of whatever walks the value), and positions
+//! would overflow the stack of whatever walks the value), alias expansion
+//! (a "billion laughs" document is refused, not expanded), and positions
 //! are kept per node, never as a path string per node (which costs depth ×
 //! nodes).
 
@@ -25,6 +26,12 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 /// schema a few dozen); the limit keeps every recursive walk of the value
 /// (serde, clone, drop) far from the end of a 2 MiB thread stack.
 pub const MAX_DEPTH: usize = 256;
+
+/// Aliases may add this many nodes to a stream, plus [`ALIAS_RATIO`] per
+/// node written out: anchors for shared label maps are fine, exponential
+/// expansion is not.
+pub const ALIAS_BASE: usize = 10_000;
+pub const ALIAS_RATIO: usize = 10;
 
 /// A 1-based line and column in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -127,8 +134,9 @@ impl Doc {
     }
 }
 
-/// A YAML syntax error, or a document netfence refuses to build (too
-/// deep), with its position and, when it is about a field, the field's path.
+/// A YAML syntax error, or a document netfence refuses to build (too deep,
+/// too many aliases), with its position and, when it is about a field, the
+/// field's path.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{pos}: {message}")]
 pub struct SyntaxError {
@@ -190,6 +198,8 @@ struct Builder {
     root: Option<(Value, usize)>,
     /// Anchor id -> (value, nodes in it), for the current document.
     anchors: HashMap<usize, (Value, usize)>,
+    written: usize,
+    expanded: usize,
     error: Option<(Pos, String, String)>,
 }
 
@@ -292,6 +302,7 @@ impl Builder {
                 self.docs.push((value, start, root));
             }
             Event::Scalar(text, style, anchor, tag) => {
+                self.written += 1;
                 if in_key {
                     return self.key(text, pos);
                 }
@@ -301,6 +312,7 @@ impl Builder {
                 self.push_value(v, anchor, 1, span);
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                self.written += 1;
                 let is_seq = matches!(ev, Event::SequenceStart(..));
                 if in_key {
                     let what = if is_seq { "sequence" } else { "mapping" };
@@ -331,6 +343,14 @@ impl Builder {
                 let Some((v, count)) = self.anchors.get(&id).cloned() else {
                     return self.fail(pos, "alias to an anchor of another document (anchors are per document)".into());
                 };
+                self.expanded += count;
+                let budget = ALIAS_BASE + ALIAS_RATIO * self.written;
+                if self.expanded > budget {
+                    return self.fail(
+                        pos,
+                        format!("aliases expand this stream to over {budget} nodes (a \"billion laughs\" document?): write the repeated part out"),
+                    );
+                }
                 if in_key {
                     let text = match v {
                         Value::String(s) => s,
@@ -440,6 +460,25 @@ mod tests {
         let e = parse(text).unwrap_err();
         assert_eq!(((e.pos.line, e.pos.col), e.path.as_str()), (at, path), "{e}");
         assert!(e.message.contains(msg), "{e}");
+    }
+
+    /// "Billion laughs": nine levels of ten aliases would be 10^9 nodes.
+    #[test]
+    fn alias_expansion_is_bounded() {
+        let mut bomb = String::from("l0: &l0 [a, a, a, a, a, a, a, a, a, a]\n");
+        for i in 1..=9 {
+            bomb.push_str(&format!("l{i}: &l{i} [{}]\n", vec![format!("*l{}", i - 1); 10].join(", ")));
+        }
+        // Refused at the alias that crosses the budget: the ninth of l3 (10,000
+        // + 10 per node written; l0 to l2 and eight aliases of l2 fit).
+        check_err(&bomb, (4, 50), "l3[8]", "billion laughs");
+        // Sharing a label map among many objects is what aliases are for.
+        let mut shared = String::from("labels: &l {app: web, tier: front}\npods:\n");
+        for i in 0..3000 {
+            shared.push_str(&format!("- {{name: p{i}, labels: *l}}\n"));
+        }
+        let docs = parse(&shared).unwrap();
+        assert_eq!(docs[0].value["pods"][2999]["labels"]["tier"], "front");
     }
 
     #[test]
