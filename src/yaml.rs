@@ -12,7 +12,8 @@
 //! would overflow the stack of whatever walks the value), alias expansion
 //! (a "billion laughs" document is refused, not expanded), and positions
 //! are kept per node, never as a path string per node (which costs depth ×
-//! nodes).
+//! nodes). Duplicate keys are refused, as Kubernetes' strict decoding does,
+//! rather than silently keeping one of them.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -134,9 +135,9 @@ impl Doc {
     }
 }
 
-/// A YAML syntax error, or a document netfence refuses to build (too deep,
-/// too many aliases), with its position and, when it is about a field, the
-/// field's path.
+/// A YAML syntax error, or a document netfence refuses to build (duplicate
+/// keys, too deep, too many aliases), with its position and, when it is
+/// about a field, the field's path.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{pos}: {message}")]
 pub struct SyntaxError {
@@ -280,6 +281,15 @@ impl Builder {
         let span = *span;
         let s = &mut self.spans.nodes[span].pos;
         *s = (*s).min(pos);
+        if map.contains_key(&text) {
+            let first = match &self.spans.nodes[span].kids {
+                Kids::Map(entries) => entries.iter().find(|(k, _)| *k == text).map(|(_, id)| self.spans.nodes[*id].pos),
+                _ => None,
+            };
+            let at = first.map(|p| format!(" (first at line {}, column {})", p.line, p.col)).unwrap_or_default();
+            *key = Some((text.clone(), pos));
+            return self.fail(pos, format!("duplicate key {text:?}{at}; a key may appear once in a mapping"));
+        }
         *key = Some((text, pos));
     }
 
@@ -490,6 +500,15 @@ mod tests {
         // Far deeper, in block and flow style: refused, not a stack overflow.
         assert!(parse(&deep(200_000)).is_err());
         assert!(parse(&format!("a: {}{}\n", "[".repeat(200_000), "]".repeat(200_000))).is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        check_err("kind: Namespace\nmetadata:\n  name: x\n  name: y\n", (4, 3), "metadata.name", "duplicate key \"name\" (first at line 3, column 3)");
+        check_err("metadata: {name: x, name: y}\n", (1, 21), "metadata.name", "duplicate key");
+        check_err("items:\n- a: 1\n  a: 2\n", (3, 3), "items[0].a", "duplicate key");
+        // The same key in different mappings or documents is fine.
+        assert!(parse("a: {k: 1}\nb: {k: 2}\n---\na: 3\n").is_ok());
     }
 
     #[test]
