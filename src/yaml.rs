@@ -185,8 +185,10 @@ enum FrameKind {
     Seq(Vec<Value>),
     Map {
         map: Map<String, Value>,
-        /// The key whose value comes next: its text and position.
+        /// The key whose value comes next: its text and position, or `<<`.
         key: Option<(String, Pos)>,
+        merge_next: bool,
+        merges: Vec<Value>,
     },
 }
 
@@ -263,10 +265,13 @@ impl Builder {
                 f.count += count;
                 match &mut f.kind {
                     FrameKind::Seq(items) => items.push(v),
-                    FrameKind::Map { map, key } => {
-                        if let Some((k, _)) = key.take() {
+                    FrameKind::Map { map, key, merge_next, merges } => {
+                        if std::mem::take(merge_next) {
+                            merges.push(v);
+                        } else if let Some((k, _)) = key.take() {
                             map.insert(k, v);
                         }
+                        *key = None;
                     }
                 }
             }
@@ -274,13 +279,18 @@ impl Builder {
     }
 
     /// A scalar (or alias) in key position: the key of the next entry.
-    fn key(&mut self, text: String, pos: Pos) {
-        let Some(Frame { span, kind: FrameKind::Map { map, key }, .. }) = self.stack.last_mut() else { return };
+    fn key(&mut self, text: String, pos: Pos, merge: bool) {
+        let Some(Frame { span, kind: FrameKind::Map { map, key, merge_next, .. }, .. }) = self.stack.last_mut() else { return };
         // The parser marks a block mapping's start after its first key; the
         // first key's position is where it really starts.
         let span = *span;
         let s = &mut self.spans.nodes[span].pos;
         *s = (*s).min(pos);
+        if merge {
+            *merge_next = true;
+            *key = Some((text, pos));
+            return;
+        }
         if map.contains_key(&text) {
             let first = match &self.spans.nodes[span].kids {
                 Kids::Map(entries) => entries.iter().find(|(k, _)| *k == text).map(|(_, id)| self.spans.nodes[*id].pos),
@@ -314,7 +324,8 @@ impl Builder {
             Event::Scalar(text, style, anchor, tag) => {
                 self.written += 1;
                 if in_key {
-                    return self.key(text, pos);
+                    let merge = text == "<<" && style == TScalarStyle::Plain && tag.is_none();
+                    return self.key(text, pos, merge);
                 }
                 let (span, _) = self.open(pos);
                 let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
@@ -337,15 +348,34 @@ impl Builder {
                     FrameKind::Seq(Vec::new())
                 } else {
                     self.spans.nodes[span].kids = Kids::Map(Vec::new());
-                    FrameKind::Map { map: Map::new(), key: None }
+                    FrameKind::Map { map: Map::new(), key: None, merge_next: false, merges: Vec::new() }
                 };
                 self.stack.push(Frame { span, anchor, count: 1, seg, kind });
             }
             Event::SequenceEnd | Event::MappingEnd => {
+                if let Some(Frame { span, kind: FrameKind::Map { merges, .. }, .. }) = self.stack.last() {
+                    let sources = merges.iter().flat_map(|m| m.as_array().map_or(std::slice::from_ref(m), Vec::as_slice));
+                    if sources.clone().any(|m| !m.is_object()) {
+                        let at = self.spans.nodes[*span].pos;
+                        return self.fail(at, "`<<` merges mappings: its value must be a mapping or a list of them".into());
+                    }
+                }
                 let Some(f) = self.stack.pop() else { return };
                 let v = match f.kind {
                     FrameKind::Seq(items) => Value::Array(items),
-                    FrameKind::Map { map, .. } => Value::Object(map),
+                    FrameKind::Map { mut map, merges, .. } => {
+                        // YAML 1.1 merge keys (`<<: *defaults`), which
+                        // Kubernetes' YAML decoder honours: keys written in
+                        // the mapping win, then earlier sources.
+                        for m in &merges {
+                            for src in m.as_array().map_or(std::slice::from_ref(m), Vec::as_slice) {
+                                for (k, v) in src.as_object().into_iter().flatten() {
+                                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                                }
+                            }
+                        }
+                        Value::Object(map)
+                    }
                 };
                 self.push_value(v, f.anchor, f.count, f.span);
             }
@@ -366,7 +396,7 @@ impl Builder {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    return self.key(text, pos);
+                    return self.key(text, pos, false);
                 }
                 let (span, _) = self.open(pos);
                 self.push_value(v, 0, count, span);
@@ -509,6 +539,16 @@ mod tests {
         check_err("items:\n- a: 1\n  a: 2\n", (3, 3), "items[0].a", "duplicate key");
         // The same key in different mappings or documents is fine.
         assert!(parse("a: {k: 1}\nb: {k: 2}\n---\na: 3\n").is_ok());
+    }
+
+    #[test]
+    fn merge_keys() {
+        let docs = parse("base: &b {app: web, tier: a}\nlabels:\n  <<: *b\n  tier: b\nboth:\n  <<: [*b, {x: y}]\n").unwrap();
+        assert_eq!(docs[0].value["labels"], serde_json::json!({"app": "web", "tier": "b"}));
+        assert_eq!(docs[0].value["both"], serde_json::json!({"app": "web", "tier": "a", "x": "y"}));
+        // A quoted "<<" is an ordinary key.
+        assert_eq!(parse("\"<<\": 1\n").unwrap()[0].value, serde_json::json!({"<<": 1}));
+        check_err("a:\n  <<: [1]\n", (1, 1), "a", "`<<` merges mappings");
     }
 
     #[test]
