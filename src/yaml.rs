@@ -154,14 +154,14 @@ pub fn parse(text: &str) -> Result<Vec<Doc>, SyntaxError> {
     // level, which a deep enough document turns into a stack overflow.
     loop {
         let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
-            pos: Pos { line: e.marker().line(), col: e.marker().col() + 1 },
+            pos: clamp(text, Pos { line: e.marker().line(), col: e.marker().col() + 1 }),
             path: String::new(),
             message: format!("invalid YAML: {}", e.info()),
         })?;
         let end = ev == Event::StreamEnd;
         b.on_event(ev, mark);
         if let Some((pos, path, message)) = b.error.take() {
-            return Err(SyntaxError { pos, path, message });
+            return Err(SyntaxError { pos: clamp(text, pos), path, message });
         }
         if end {
             break;
@@ -169,6 +169,16 @@ pub fn parse(text: &str) -> Result<Vec<Doc>, SyntaxError> {
     }
     let spans = Arc::new(std::mem::take(&mut b.spans));
     Ok(b.docs.into_iter().map(|(value, start, root)| Doc { value, start, spans: spans.clone(), root }).collect())
+}
+
+/// A position inside `text`: the scanner reports the end of input one line
+/// past the last.
+fn clamp(text: &str, pos: Pos) -> Pos {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let line = pos.line.clamp(1, lines.len());
+    let len = lines[line - 1].trim_end_matches('\r').chars().count();
+    let col = if line < pos.line { len + 1 } else { pos.col.clamp(1, len + 1) };
+    Pos { line, col }
 }
 
 /// A node being built: its span, value so far, anchor, nodes it holds
@@ -554,6 +564,15 @@ mod tests {
     #[test]
     fn aliases_do_not_cross_documents() {
         check_err("a: &x 1\n---\nb: *x\n", (3, 4), "b", "another document");
+    }
+
+    #[test]
+    fn errors_at_the_end_of_input_stay_inside_the_text() {
+        for text in [":\n!", "a: [1,", "a: \"x", "a: [1,\n", "a: {b: 1\n\n"] {
+            let e = parse(text).unwrap_err();
+            let lines: Vec<&str> = text.split('\n').collect();
+            assert!(e.pos.line <= lines.len() && e.pos.col <= lines[e.pos.line - 1].chars().count() + 1, "{text:?}: {e}");
+        }
     }
 
     #[test]
