@@ -63,10 +63,9 @@ impl ClusterBuilder {
     /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name order.
     pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
         for file in manifest_files(path)? {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                LoadError::new(&file.display().to_string(), None, "", format!("cannot read: {e}"))
-            })?;
-            self.add_text(&file.display().to_string(), &text)?;
+            let name = file.display().to_string();
+            let bytes = std::fs::read(&file).map_err(|e| LoadError::new(&name, None, "", format!("cannot read: {e}")))?;
+            self.add_text(&name, decode(&name, &bytes)?)?;
         }
         Ok(())
     }
@@ -161,6 +160,17 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>),
     Ok(b.finish())
 }
 
+/// A file's bytes as text. Bytes that are not UTF-8 are bad input like any
+/// other, so the error says where they are.
+pub fn decode<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, LoadError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+        let line = good.matches('\n').count() + 1;
+        let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        LoadError::new(file, Some(Pos { line, col }), "", "not UTF-8 text (netfence reads UTF-8 YAML and JSON)")
+    })
+}
+
 pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, LoadError> {
     yaml::parse(text).map_err(|e| LoadError::new(file, Some(e.pos), &e.path, e.message))
 }
@@ -242,6 +252,12 @@ mod tests {
         assert_eq!(c.pods[0].ips, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
         // A hidden file named on its own is still read.
         assert_eq!(manifest_files(&d.join("..data/pods.yaml")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_located() {
+        let e = decode("f.yaml", b"a: 1\nb: x\xff\n").unwrap_err();
+        assert_eq!(e.to_string(), "f.yaml:2:5: not UTF-8 text (netfence reads UTF-8 YAML and JSON)");
     }
 
     #[test]

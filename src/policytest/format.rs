@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::load::{parse_docs, typed, ClusterBuilder, LoadError};
+use crate::model::load::{decode, parse_docs, typed, ClusterBuilder, LoadError};
 use crate::model::{Cluster, Family, Protocol};
 use crate::yaml::Doc;
 
@@ -115,8 +115,15 @@ impl PolicyTest {
     /// the file (the test's or a manifest's), the line and the field.
     pub fn load(path: &Path) -> Result<PolicyTest, LoadError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| LoadError::new(&file, None, "", format!("cannot read: {e}")))?;
-        let docs = parse_docs(&file, &text)?;
+        let bytes = std::fs::read(path).map_err(|e| LoadError::new(&file, None, "", format!("cannot read: {e}")))?;
+        PolicyTest::from_text(path, decode(&file, &bytes)?)
+    }
+
+    /// A test held as text, as if read from `path` (which relative
+    /// `cluster` and `resources` paths are resolved against).
+    pub fn from_text(path: &Path, text: &str) -> Result<PolicyTest, LoadError> {
+        let file = path.display().to_string();
+        let docs = parse_docs(&file, text)?;
         let [doc] = docs.as_slice() else {
             return Err(LoadError::new(&file, None, "", format!("a policy test is one YAML document, found {}", docs.len())));
         };
