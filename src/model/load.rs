@@ -5,6 +5,7 @@
 //! expected; nothing past this module has to handle malformed objects.
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -203,20 +204,35 @@ pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
+    // Folders already walked, by device and inode: a symlink to a parent
+    // (`ln -s .. loop`) would otherwise be walked until paths grow too
+    // long, and two of them make that exponential.
+    let mut seen = std::collections::HashSet::new();
+    seen.insert((meta.dev(), meta.ino()));
     while let Some(dir) = stack.pop() {
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| LoadError::new(&dir.display().to_string(), None, "", format!("cannot read folder: {e}")))?;
-        for entry in entries.flatten() {
-            if entry.file_name().as_encoded_bytes().starts_with(b".") {
-                continue;
-            }
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
-                out.push(p);
+        // In name order, so which of two names for one folder is walked
+        // does not depend on the file system's order.
+        let mut entries: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        let mut dirs = Vec::new();
+        for p in entries {
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if seen.insert((m.dev(), m.ino())) {
+                        dirs.push(p);
+                    }
+                }
+                _ if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) => out.push(p),
+                _ => {}
             }
         }
+        stack.extend(dirs.into_iter().rev());
     }
     out.sort();
     Ok(out)
@@ -252,6 +268,20 @@ mod tests {
         assert_eq!(c.pods[0].ips, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
         // A hidden file named on its own is still read.
         assert_eq!(manifest_files(&d.join("..data/pods.yaml")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn symlink_loops_are_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n").unwrap();
+        // Two links back up: without the check, 2^depth paths until names get too long.
+        std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(".", d.join("sub/here")).unwrap();
+        std::os::unix::fs::symlink("sub", d.join("again")).unwrap();
+        assert_eq!(manifest_files(d).unwrap(), vec![d.join("again/ns.yaml")]);
+        assert_eq!(load_paths(&[d]).unwrap().0.namespaces.len(), 1);
     }
 
     #[test]
