@@ -351,7 +351,9 @@ fn new_message(e: &Entry, timeout: u32) -> ConntrackMessage {
         ConntrackAttribute::CtaTupleOrig(tuple_attrs(&e.orig)),
         ConntrackAttribute::CtaTupleReply(tuple_attrs(&e.reply)),
         ConntrackAttribute::CtaTimeout(timeout),
-        ConntrackAttribute::CtaStatus(Status::SeenReply | Status::Assured),
+        // The kernel marks a created entry confirmed before it applies the
+        // status it is given, and refuses (EBUSY) a status that would clear it.
+        ConntrackAttribute::CtaStatus(Status::Confirmed | Status::SeenReply | Status::Assured),
     ];
     if e.orig.proto == IPPROTO_TCP {
         attrs.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(vec![ProtoInfoTCP::State(TCP_CONNTRACK_ESTABLISHED)])]));
