@@ -23,6 +23,7 @@
 //! is done, also when it fails. Nothing touches the machine's own ruleset,
 //! interfaces or addresses.
 
+pub mod conntrack;
 pub mod packet;
 
 use std::fmt::Write as _;
