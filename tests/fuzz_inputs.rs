@@ -45,7 +45,7 @@ use netfence::agent::index::{Index, Watched};
 use netfence::eval::{evaluate, Endpoint, Flow};
 use netfence::model::convert::check_port_name;
 use netfence::model::load::{decode, ClusterBuilder, LoadError};
-use netfence::model::{Cluster, Family, Peer, PortRef, Protocol, NAMESPACE_NAME_LABEL};
+use netfence::model::{Cluster, Family, Peer, PortRef, Protocol, Sources, NAMESPACE_NAME_LABEL};
 use netfence::policytest::format::PolicyTest;
 use netfence::policytest::interp::InterpBackend;
 use netfence::policytest::Backend;
@@ -309,7 +309,7 @@ fn check_invariants(c: &Cluster) -> Result<(), String> {
 
 /// An accepted cluster must go through every later stage, and the
 /// nftables programs must say what the reference says.
-fn downstream(c: &Cluster) -> Result<(), String> {
+fn downstream(c: &Cluster, sources: &Sources) -> Result<(), String> {
     check_invariants(c)?;
     let ir = ir::resolve(c);
     let programs = nft::compile_all(c, &ir);
@@ -318,7 +318,7 @@ fn downstream(c: &Cluster) -> Result<(), String> {
         let _ = p.to_string();
         let _ = nft::json::transaction_to_json(&nft::diff(None, p));
     }
-    let _ = lint::lint(c, &ir);
+    let _ = lint::lint(c, &ir, sources, &lint::Config::default());
     let _ = graph::AllowGraph::build(c, &ir).to_dot(c);
 
     // A few flows: pods that take part, a node, and outside addresses.
@@ -392,7 +392,7 @@ fn exec_manifests(case: &Case) -> Verdict {
             return Ok(Outcome::Rejected(e.to_string()));
         }
     };
-    let mut b = ClusterBuilder::new();
+    let mut b = ClusterBuilder::new().keep_sources();
     let r = b.add_text(file, text);
     if let Some(exp) = &case.expect {
         check_expectation(exp, &r)?;
@@ -401,7 +401,7 @@ fn exec_manifests(case: &Case) -> Verdict {
         check_located(&e, file, text)?;
         return Ok(Outcome::Rejected(e.to_string()));
     }
-    let (cluster, _notices) = b.finish();
+    let (cluster, _notices, sources) = b.finish_with_sources();
     // Same text, same cluster (a sample: loading twice costs).
     if case.bytes.len() % 4 == 0 {
         let again = netfence::model::load::load_str(file, text).map_err(|e| format!("nondeterministic | second load failed: {e}"))?;
@@ -409,7 +409,7 @@ fn exec_manifests(case: &Case) -> Verdict {
             return Err("nondeterministic | the same text loaded twice gave different clusters".into());
         }
     }
-    downstream(&cluster)?;
+    downstream(&cluster, &sources)?;
     Ok(Outcome::Accepted)
 }
 
@@ -1312,7 +1312,7 @@ fn exec_agent(case: &Case) -> Verdict {
     let pods: Vec<K8sPod> = objects.iter().filter(|o| o["kind"] == "Pod").filter_map(|o| typed(o).ok()).collect();
     ix.reset(&pods);
     let snap = ix.snapshot();
-    downstream(&snap)?;
+    downstream(&snap, &Sources::default())?;
     Ok(match refused.first() {
         None => Outcome::Accepted,
         Some(why) => Outcome::Rejected(why.clone()),

@@ -4,7 +4,9 @@
 //! [`LoadError`] naming the file, the line, the field path and what was
 //! expected; nothing past this module has to handle malformed objects.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::sources::{Location, PolicySource, Sources};
-use super::{convert, Cluster, Origin};
+use super::{convert, Cluster, Origin, Pod};
 use crate::yaml::{self, Doc, Pos};
 
 /// Bad input, located as precisely as we can.
@@ -57,6 +59,11 @@ pub struct ClusterBuilder {
     pub notices: Vec<String>,
     /// Kept only on request: field positions for lint.
     sources: Option<Sources>,
+    /// Which pod holds each address, for pods that take part and are not
+    /// host-network: two of them cannot share one (the CNI gives each its
+    /// own), and everything downstream (dispatch by address, the kernel's
+    /// maps) relies on it.
+    addresses: HashMap<IpAddr, (String, String, String)>,
 }
 
 impl ClusterBuilder {
@@ -139,11 +146,12 @@ impl ClusterBuilder {
             "Pod" => {
                 let p = typed(file, doc)?;
                 let pod = convert::pod(&p).map_err(|e| field_error(file, doc, e))?;
+                self.claim_addresses(file, doc, &pod)?;
                 if let Some(s) = &mut self.sources {
                     let at = Location { file: file.into(), pos: doc.start };
                     s.pods.entry((pod.namespace.clone(), pod.name.clone())).or_insert(at);
                 }
-                c.pods.push(pod);
+                self.cluster.pods.push(pod);
             }
             "NetworkPolicy" => {
                 let np = typed(file, doc)?;
@@ -163,6 +171,29 @@ impl ClusterBuilder {
         Ok(())
     }
 
+    fn claim_addresses(&mut self, file: &str, doc: &Doc, pod: &Pod) -> Result<(), LoadError> {
+        if !pod.is_policy_pod() {
+            return Ok(());
+        }
+        let at = format!("{file}:{}", doc.start.line);
+        for ip in &pod.ips {
+            let held = self.addresses.entry(*ip).or_insert_with(|| (pod.namespace.clone(), pod.name.clone(), at.clone()));
+            if (held.0.as_str(), held.1.as_str()) != (pod.namespace.as_str(), pod.name.as_str()) {
+                let path = address_field(doc, *ip);
+                return Err(LoadError::at(
+                    file,
+                    doc,
+                    &path,
+                    format!(
+                        "{ip} is already the address of pod {}/{} ({}); two running pods cannot share an address (expected a finished pod, phase Succeeded or Failed, or another address)",
+                        held.0, held.1, held.2
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn finish(mut self) -> (Cluster, Vec<String>) {
         self.cluster.normalize();
         (self.cluster, self.notices)
@@ -174,6 +205,18 @@ impl ClusterBuilder {
         let sources = self.sources.take().unwrap_or_default();
         let (cluster, notices) = self.finish();
         (cluster, notices, sources)
+    }
+}
+
+/// Where a pod's document writes `ip`: its entry in `status.podIPs`, else
+/// `status.podIP`.
+fn address_field(doc: &Doc, ip: IpAddr) -> String {
+    let listed = doc.value.pointer("/status/podIPs").and_then(Value::as_array).and_then(|ips| {
+        ips.iter().position(|e| e.get("ip").and_then(Value::as_str).and_then(|s| s.parse::<IpAddr>().ok()) == Some(ip))
+    });
+    match listed {
+        Some(i) => format!("status.podIPs[{i}].ip"),
+        None => "status.podIP".to_string(),
     }
 }
 

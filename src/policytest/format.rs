@@ -205,6 +205,9 @@ impl PolicyTest {
     }
 }
 
+/// No packet carries port 0 to a service, and Kubernetes ports start at 1.
+const PORT_ZERO: &str = "port 0 is out of range (expected 1 to 65535)";
+
 fn expectation(file: &str, source: &[&str], doc: &Doc, path: &str, v: &Value) -> Result<Expectation, LoadError> {
     let sub = doc.sub(path, v.clone());
     let line = Line(doc.pos(path).line);
@@ -218,6 +221,9 @@ fn expectation(file: &str, source: &[&str], doc: &Doc, path: &str, v: &Value) ->
         }
         let tsub = sub.sub("table", table.clone());
         let raw: RawTable = typed(file, &tsub).map_err(|e| located(LoadError { path: format!("table.{}", e.path).trim_end_matches('.').to_string(), ..e }))?;
+        if raw.port == 0 {
+            return Err(err("table.port", PORT_ZERO.into()));
+        }
         let protocol = protocol(raw.protocol.as_deref()).map_err(|m| err("table.protocol", m))?;
         let family = family(raw.family.as_deref()).map_err(|m| err("table.family", m))?;
         let matrix = Matrix::new(source, at("table.matrix"), &raw.matrix);
@@ -263,7 +269,7 @@ fn expectation(file: &str, source: &[&str], doc: &Doc, path: &str, v: &Value) ->
         other => return Err(err("verdict", format!("unknown verdict {other:?} (expected allow or deny)"))),
     };
     if raw.port == 0 {
-        return Err(err("port", "port 0 is out of range (expected 1 to 65535)".into()));
+        return Err(err("port", PORT_ZERO.into()));
     }
     let family = family(raw.family.as_deref()).map_err(|m| err("family", m))?;
     Ok(Expectation::Flow(FlowExpectation {
@@ -374,6 +380,7 @@ mod tests {
             ("- from: x/a\n  to: x/b\n  port: 80\n  family: IPv6\n  verdict: allow\n", "7:3: expect[0].family: x/a has no IPv6 address"),
             // Matrix tokens are located in a literal block...
             ("- table:\n    port: 80\n    matrix: |\n      -    x/a  x/q\n      x/a  .    .\n", "7:17: expect[0].table.matrix: no pod \"x/q\""),
+            ("- table:\n    port: 0\n    matrix: |\n      -    x/a  x/b\n      x/a  .    .\n", "5:5: expect[0].table.port: port 0 is out of range"),
             ("- table:\n    port: 80\n    matrix: |\n      -    x/a  x/b\n      x/a  .    O\n", "8:17: expect[0].table.matrix: row x/a: unknown cell \"O\""),
             ("- table:\n    port: 80\n    matrix: |\n      -    x/a  x/b\n      x/a  .\n", "8:12: expect[0].table.matrix: row x/a has 1 cells"),
             // ... and at the field when the matrix is written another way.
