@@ -75,11 +75,20 @@ fn docs_describe_every_rule() {
 fn the_scale_fixture_lints_deterministically() {
     let medium = [root().join("fixtures/scale/medium")];
     let start = std::time::Instant::now();
-    let a = lint_files(&medium);
-    let took = start.elapsed();
-    println!("lint of fixtures/scale/medium (load included): {took:?}, {} findings", a.len());
+    let (cluster, _, sources) = netfence::model::load_paths_with_sources(&medium).unwrap();
+    let loaded = start.elapsed();
+    let ir = netfence::ir::resolve(&cluster);
+    let resolved = start.elapsed();
+    let a = lint::lint(&cluster, &ir, &sources, &Config::default());
+    let linted = start.elapsed();
+    println!(
+        "fixtures/scale/medium: load {loaded:?}, resolve {:?}, lint {:?}: {} findings",
+        resolved - loaded,
+        linted - resolved,
+        a.len()
+    );
     assert!(!a.is_empty(), "the generated cluster has known mistakes (named ports nobody declares, namespaces without DNS)");
-    assert_eq!(a, lint_files(&medium));
+    assert_eq!(a, lint::lint(&cluster, &ir, &sources, &Config::default()));
 }
 
 fn netfence(args: &[&str]) -> (i32, String, String) {

@@ -38,6 +38,7 @@ pub fn run(args: Args) -> i32 {
             return 2;
         }
     }
+    let start = std::time::Instant::now();
     let (cluster, sources) = match crate::model::load_paths_with_sources(&args.files) {
         Ok((cluster, notices, sources)) => {
             for n in notices {
@@ -50,8 +51,11 @@ pub fn run(args: Args) -> i32 {
             return 2;
         }
     };
+    let loaded = start.elapsed();
     let ir = crate::ir::resolve(&cluster);
+    let resolved = start.elapsed();
     let findings = lint::lint(&cluster, &ir, &sources, &config);
+    tracing::debug!(?loaded, resolve = ?(resolved - loaded), lint = ?(start.elapsed() - resolved), "lint timings");
     let policies = cluster.policies.len();
     match args.format {
         Format::Text => print!("{}", render::text(&findings, policies)),

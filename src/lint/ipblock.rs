@@ -84,14 +84,7 @@ fn block(cx: &mut Ctx, pid: usize, field: &str, cidr: IpNet, except: &[IpNet], n
         );
         return;
     }
-    let pods: Vec<(PodId, IpAddr)> = cx
-        .cluster
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.is_policy_pod())
-        .flat_map(|(i, p)| p.ips.iter().filter(|ip| matches(ip)).map(move |ip| (i, *ip)))
-        .collect();
+    let pods: Vec<(PodId, IpAddr)> = cx.pod_ips_in(&cidr, except);
     let nodes: Vec<(IpAddr, &str)> = node_ips.iter().copied().filter(|(ip, _)| matches(ip)).collect();
     let overlapping: Vec<IpNet> = pod_cidrs
         .iter()

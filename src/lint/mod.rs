@@ -24,14 +24,20 @@ pub mod render;
 mod selectors;
 mod shape;
 
-use std::collections::{BTreeSet, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use serde::Serialize;
 
 use crate::ir::Ir;
 use crate::model::sources::Location;
 use crate::model::{Cluster, PodId, PolicyId, Sources};
+use crate::selector::Selector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -183,6 +189,18 @@ pub(crate) struct Ctx<'a> {
     out: Vec<Finding>,
     /// Every pod of a namespace (host-network and finished ones too), by id.
     pub pods_by_ns: HashMap<&'a str, Vec<PodId>>,
+    /// Every policy pod by label (key, value), in any namespace, and the
+    /// answers per distinct selector: what keeps "would this selector match
+    /// pods elsewhere?" cheap at 100k pods (thousands of policies share a
+    /// handful of selectors).
+    by_label: HashMap<(&'a str, &'a str), Vec<PodId>>,
+    matched: RefCell<HashMap<Selector, Arc<Matched<'a>>>>,
+    /// Namespaces per distinct namespace selector.
+    ns_matched: RefCell<HashMap<Selector, Arc<Vec<&'a str>>>>,
+    /// Host-network pods that take part: few, so scanned.
+    pub host_pods: Vec<PodId>,
+    /// Policy pods' addresses, sorted: ipBlock questions are range lookups.
+    pod_ips: Vec<(IpAddr, PodId)>,
     /// Cluster-context rules about pods only speak when the input has pods,
     /// and those about namespace labels only when it has Namespaces:
     /// `lint -f policies/` alone must not call every selector empty.
@@ -193,9 +211,21 @@ pub(crate) struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     fn new(cluster: &'a Cluster, ir: &'a Ir, sources: &'a Sources, config: &'a Config) -> Ctx<'a> {
         let mut pods_by_ns: HashMap<&str, Vec<PodId>> = HashMap::new();
+        let mut by_label: HashMap<(&str, &str), Vec<PodId>> = HashMap::new();
+        let mut pod_ips = Vec::new();
+        let mut host_pods = Vec::new();
         for (id, p) in cluster.pods.iter().enumerate() {
             pods_by_ns.entry(&p.namespace).or_default().push(id);
+            if p.is_policy_pod() {
+                for (k, v) in &p.labels {
+                    by_label.entry((k, v)).or_default().push(id);
+                }
+                pod_ips.extend(p.ips.iter().map(|ip| (*ip, id)));
+            } else if p.host_network && p.takes_part() {
+                host_pods.push(id);
+            }
         }
+        pod_ips.sort_unstable();
         Ctx {
             cluster,
             ir,
@@ -203,6 +233,11 @@ impl<'a> Ctx<'a> {
             config,
             out: Vec::new(),
             pods_by_ns,
+            by_label,
+            matched: Default::default(),
+            ns_matched: Default::default(),
+            host_pods,
+            pod_ips,
             has_pods: !cluster.pods.is_empty(),
             has_namespaces: sources.has_kind("Namespace"),
         }
@@ -215,6 +250,68 @@ impl<'a> Ctx<'a> {
     /// Policy pods (taking part, own network namespace) of namespace `ns`.
     pub fn policy_pods_in(&self, ns: &str) -> impl Iterator<Item = PodId> + '_ {
         self.pods_by_ns.get(ns).into_iter().flatten().copied().filter(|&id| self.cluster.pods[id].is_policy_pod())
+    }
+
+    /// The policy pods (any namespace) whose labels `sel` matches, counted
+    /// per namespace. Candidates come from the label index (matchLabels, or
+    /// the values of an `In`), the smallest list first.
+    pub fn policy_pods_matching(&self, sel: &Selector) -> Arc<Matched<'a>> {
+        if let Some(hit) = self.matched.borrow().get(sel) {
+            return hit.clone();
+        }
+        let cluster = self.cluster;
+        let list = |k: &str, v: &str| -> Vec<PodId> { self.by_label.get(&(k, v)).cloned().unwrap_or_default() };
+        let mut options: Vec<Vec<PodId>> = sel.match_labels.iter().map(|(k, v)| list(k, v)).collect();
+        for r in sel.match_expressions.iter().filter(|r| r.operator == crate::selector::Operator::In) {
+            let mut ids: Vec<PodId> = r.values.iter().flat_map(|v| list(&r.key, v)).collect();
+            ids.sort_unstable();
+            options.push(ids);
+        }
+        let candidates = match options.into_iter().min_by_key(Vec::len) {
+            Some(ids) => ids,
+            None => (0..cluster.pods.len()).filter(|&p| cluster.pods[p].is_policy_pod()).collect(),
+        };
+        let pods: Vec<PodId> = candidates.into_iter().filter(|&p| sel.matches(&cluster.pods[p].labels)).collect();
+        let mut by_ns: BTreeMap<&'a str, usize> = BTreeMap::new();
+        for &p in &pods {
+            *by_ns.entry(cluster.pods[p].namespace.as_str()).or_default() += 1;
+        }
+        let m = Arc::new(Matched { pods, by_ns });
+        self.matched.borrow_mut().insert(sel.clone(), m.clone());
+        m
+    }
+
+    /// Names of the namespaces `sel` matches, in name order.
+    pub fn namespaces_matching(&self, sel: &Selector) -> Arc<Vec<&'a str>> {
+        if let Some(hit) = self.ns_matched.borrow().get(sel) {
+            return hit.clone();
+        }
+        let names: Vec<&'a str> =
+            self.cluster.namespaces.values().filter(|n| sel.matches(&n.labels)).map(|n| n.name.as_str()).collect();
+        let names = Arc::new(names);
+        self.ns_matched.borrow_mut().insert(sel.clone(), names.clone());
+        names
+    }
+
+    /// Policy pods' addresses inside `cidr` and outside every `except`, in
+    /// address order, found by range lookups.
+    pub fn pod_ips_in(&self, cidr: &IpNet, except: &[IpNet]) -> Vec<(PodId, IpAddr)> {
+        let span = |net: &IpNet| {
+            let lo = self.pod_ips.partition_point(|(ip, _)| *ip < net.network());
+            let hi = self.pod_ips.partition_point(|(ip, _)| *ip <= net.broadcast());
+            (lo, hi)
+        };
+        let (lo, hi) = span(cidr);
+        let mut out = Vec::new();
+        let mut pos = lo;
+        // Aggregated excepts are disjoint and sorted: keep what lies between.
+        for e in IpNet::aggregate(&except.to_vec()) {
+            let (elo, ehi) = span(&e);
+            out.extend(self.pod_ips[pos..elo.max(pos)].iter().map(|(ip, p)| (*p, *ip)));
+            pos = pos.max(ehi);
+        }
+        out.extend(self.pod_ips[pos..hi.max(pos)].iter().map(|(ip, p)| (*p, *ip)));
+        out
     }
 
     /// Where `field` of policy `pid` was written; without sources, the
@@ -247,7 +344,7 @@ impl<'a> Ctx<'a> {
         }
         let p = &self.cluster.pods[pod];
         let at = self.sources.pods.get(&(p.namespace.clone(), p.name.clone())).cloned().unwrap_or(Location {
-            file: "".into(),
+            file: "-".into(),
             pos: crate::yaml::Pos { line: 1, col: 1 },
         });
         self.push(rule, "Pod", p.key(), at, String::new(), message, fix);
@@ -280,14 +377,26 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// The policy pods a selector matches, in any namespace.
+pub(crate) struct Matched<'a> {
+    pub pods: Vec<PodId>,
+    pub by_ns: BTreeMap<&'a str, usize>,
+}
+
 /// `ns/a, ns/b, ns/c and 4 more`: a few names from a list, for messages that
-/// must stay one line.
-pub(crate) fn some_names(names: impl IntoIterator<Item = String>) -> String {
+/// must stay one line. Only the names shown are built (lists can hold
+/// thousands of pods).
+pub(crate) fn some_names<I>(names: I) -> String
+where
+    I: IntoIterator<Item = String>,
+    I::IntoIter: ExactSizeIterator,
+{
     const SHOWN: usize = 3;
-    let names: Vec<String> = names.into_iter().collect();
-    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
-    if names.len() > SHOWN {
-        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    let mut it = names.into_iter();
+    let total = it.len();
+    let mut s = it.by_ref().take(SHOWN).collect::<Vec<_>>().join(", ");
+    if total > SHOWN {
+        s.push_str(&format!(" and {} more", total - SHOWN));
     }
     s
 }
@@ -417,6 +526,42 @@ mod tests {
     fn counts() {
         assert_eq!((count(1, "pod"), count(2, "pod"), count(2, "node address")), ("1 pod".into(), "2 pods".into(), "2 node addresses".into()));
         assert_eq!(some_names((0..5).map(|i| i.to_string())), "0, 1, 2 and 2 more");
+    }
+
+    #[test]
+    fn pod_addresses_in_blocks_by_range_lookup() {
+        let mut b = crate::model::load::ClusterBuilder::new().keep_sources();
+        b.add_text("t.yaml", &testing::cluster("")).unwrap();
+        let (c, _, s) = b.finish_with_sources();
+        let ir = crate::ir::resolve(&c);
+        let config = Config::default();
+        let cx = Ctx::new(&c, &ir, &s, &config);
+        let ips = |cidr: &str, except: &[&str]| -> Vec<String> {
+            let except: Vec<IpNet> = except.iter().map(|e| e.parse().unwrap()).collect();
+            cx.pod_ips_in(&cidr.parse().unwrap(), &except).into_iter().map(|(_, ip)| ip.to_string()).collect()
+        };
+        assert_eq!(ips("10.0.0.0/16", &[]), ["10.0.0.1", "10.0.0.2", "10.0.1.2", "10.0.2.2"]);
+        assert_eq!(ips("10.0.0.0/16", &["10.0.0.0/30", "10.0.0.0/31", "10.0.2.0/24"]), ["10.0.1.2"]);
+        assert_eq!(ips("0.0.0.0/0", &["10.0.0.2/32"]), ["10.0.0.1", "10.0.1.2", "10.0.2.2"]);
+        assert_eq!(ips("::/0", &[]), Vec::<String>::new());
+        let matching = |yaml: &str| {
+            let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector = serde_json::from_str(yaml).unwrap();
+            let m = cx.policy_pods_matching(&Selector::from_k8s(&sel).unwrap());
+            (m.pods.len(), m.by_ns.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        };
+        assert_eq!(matching(r#"{"matchLabels": {"app": "a"}}"#), (1, "x=1".into()));
+        assert_eq!(matching(r#"{}"#), (4, "kube-system=1,x=2,y=1".into()));
+        assert_eq!(matching(r#"{"matchLabels": {"app": "zz"}}"#), (0, "".into()));
+        assert_eq!(matching(r#"{"matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "web"]}]}"#), (2, "x=1,y=1".into()));
+        assert_eq!(matching(r#"{"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a"]}]}"#), (3, "kube-system=1,x=1,y=1".into()));
+    }
+
+    #[test]
+    fn positions_point_at_the_field_inside_a_list() {
+        // `kubectl get ... -o yaml` wraps everything in a kind: List.
+        let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: p, namespace: x}\n  spec:\n    podSelector: {}\n    ingress:\n    - from:\n      - podSelector:\n          matchLabels: {app: web}\n";
+        assert_eq!(testing::findings(&testing::cluster(list)), [("pod-selector-in-other-namespace".to_string(), "53:9".to_string())]);
+        assert_eq!(testing::cluster("").lines().count(), 42);
     }
 
     #[test]

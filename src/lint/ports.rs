@@ -65,10 +65,7 @@ fn destinations(cx: &Ctx, pid: usize, dir: Direction, ri: usize) -> (Vec<PodId>,
                 selects_pods = true;
                 out.extend(ids.iter().copied());
             }
-            PeerIr::IpBlock { cidr, except } => out.extend(cx.cluster.pods.iter().enumerate().filter_map(|(i, p)| {
-                let inside = p.is_policy_pod() && p.ips.iter().any(|ip| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip)));
-                inside.then_some(i)
-            })),
+            PeerIr::IpBlock { cidr, except } => out.extend(cx.pod_ips_in(cidr, except).into_iter().map(|(p, _)| p)),
         }
     }
     out.sort_unstable();
@@ -83,7 +80,10 @@ fn rule_ports(cx: &mut Ctx, pid: usize, dir: Direction, ri: usize) {
         return;
     }
     let src = cx.sources.policy(&pol.namespace, &pol.name);
-    let (dests, selects_pods) = if cx.has_pods { destinations(cx, pid, dir, ri) } else { (Vec::new(), true) };
+    // Only named ports and ports without protocol need the destinations.
+    let omitted = |qi: usize| src.is_some_and(|s| s.value(&format!("spec.{}[{ri}].ports[{qi}].protocol", dir.field())).is_none());
+    let needs = rule.ports.iter().enumerate().any(|(qi, p)| matches!(p.port, Some(PortRef::Named(_))) || omitted(qi));
+    let (dests, selects_pods) = if cx.has_pods && needs { destinations(cx, pid, dir, ri) } else { (Vec::new(), true) };
     let who = if dir == Direction::Ingress { "selected pod" } else { "destination pod" };
     for (qi, port) in rule.ports.iter().enumerate() {
         let field = format!("spec.{}[{ri}].ports[{qi}]", dir.field());
@@ -133,8 +133,7 @@ fn rule_ports(cx: &mut Ctx, pid: usize, dir: Direction, ri: usize) {
                         "delete this range if it is there for replies; list the ports servers listen on".into(),
                     );
                 }
-                let omitted = src.is_some_and(|s| s.value(&format!("{field}.protocol")).is_none());
-                if !omitted || !cx.has_pods {
+                if !omitted(qi) || !cx.has_pods {
                     continue;
                 }
                 let declared = |proto: Protocol| -> Vec<PodId> {

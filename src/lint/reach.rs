@@ -123,7 +123,8 @@ fn dns(cx: &mut Ctx) {
         let field = if pol.types_explicit { "spec.policyTypes" } else { "spec.egress" };
         let names = some_names(pods.iter().map(|(p, _)| cx.cluster.pods[*p].key()));
         let by = if isolating.len() > 1 {
-            format!(" (with {})", some_names(isolating.iter().filter(|&&q| q != at).map(|&q| cx.cluster.policies[q].key())))
+            let others: Vec<String> = isolating.iter().filter(|&&q| q != at).map(|&q| cx.cluster.policies[q].key()).collect();
+            format!(" (with {})", some_names(others))
         } else {
             String::new()
         };

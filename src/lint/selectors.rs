@@ -157,25 +157,25 @@ fn policy_selector(cx: &mut Ctx, known: &Known, pid: usize) {
         );
         return;
     }
-    let elsewhere: Vec<PodId> =
-        cx.cluster.pods.iter().enumerate().filter(|(_, p)| p.is_policy_pod() && p.namespace != pol.namespace && sel.matches(&p.labels)).map(|(i, _)| i).collect();
-    let (message, fix) = if elsewhere.is_empty() {
+    // Nothing matches in the policy's own namespace: whatever matches is elsewhere.
+    let elsewhere = cx.policy_pods_matching(sel);
+    let (message, fix) = if elsewhere.pods.is_empty() {
         let near = nearby_values(cx, cx.policy_pods_in(&pol.namespace).collect(), sel);
         (
             format!("podSelector {sel} selects no pod in namespace {}{near}: the policy has no effect", pol.namespace),
             "match the labels of the pods this policy is meant for, or delete it".to_string(),
         )
     } else {
-        let namespaces: BTreeSet<&str> = elsewhere.iter().map(|&p| cx.cluster.pods[p].namespace.as_str()).collect();
+        let namespaces = &elsewhere.by_ns;
         (
             format!(
                 "podSelector {sel} selects no pod in namespace {}, but {} in {} ({}): a policy only applies in its own namespace",
                 pol.namespace,
-                count(elsewhere.len(), "pod"),
+                count(elsewhere.pods.len(), "pod"),
                 count(namespaces.len(), "other namespace"),
-                some_names(namespaces.iter().map(|s| s.to_string()))
+                some_names(namespaces.keys().map(|s| s.to_string()))
             ),
-            match namespaces.iter().next() {
+            match namespaces.keys().next() {
                 Some(only) if namespaces.len() == 1 => format!("set metadata.namespace to {only}, or fix the labels"),
                 _ => "create the policy in each namespace meant (metadata.namespace), or fix the labels".to_string(),
             },
@@ -233,17 +233,11 @@ fn peer(cx: &mut Ctx, known: &Known, pid: usize, dir: Direction, ri: usize, pi: 
     let all = Selector::default();
     let sel = pods.as_ref().unwrap_or(&all);
     if namespaces.is_none() {
-        let elsewhere: Vec<PodId> = cx
-            .cluster
-            .pods
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.is_policy_pod() && p.namespace != pol.namespace && sel.matches(&p.labels))
-            .map(|(i, _)| i)
-            .collect();
-        if !elsewhere.is_empty() {
-            let nss: BTreeSet<&str> = elsewhere.iter().map(|&p| cx.cluster.pods[p].namespace.as_str()).collect();
-            let fix = match nss.iter().next() {
+        // The peer selects nothing in its own namespace: whatever matches is elsewhere.
+        let elsewhere = cx.policy_pods_matching(sel);
+        if !elsewhere.pods.is_empty() {
+            let nss = &elsewhere.by_ns;
+            let fix = match nss.keys().next() {
                 Some(only) if nss.len() == 1 => format!(
                     "add `namespaceSelector: {{matchLabels: {{{NAMESPACE_NAME_LABEL}: {only}}}}}` to this same peer (same `-` item)"
                 ),
@@ -256,9 +250,9 @@ fn peer(cx: &mut Ctx, known: &Known, pid: usize, dir: Direction, ri: usize, pi: 
                 format!(
                     "podSelector {sel} matches no pod in namespace {} but {} in {} ({}): a podSelector alone only selects the policy's own namespace",
                     pol.namespace,
-                    count(elsewhere.len(), "pod"),
+                    count(elsewhere.pods.len(), "pod"),
                     count(nss.len(), "other namespace"),
-                    some_names(nss.iter().map(|s| s.to_string()))
+                    some_names(nss.keys().map(|s| s.to_string()))
                 ),
                 fix,
             );
@@ -304,7 +298,7 @@ fn peer(cx: &mut Ctx, known: &Known, pid: usize, dir: Direction, ri: usize, pi: 
     if !cx.has_namespaces {
         return;
     }
-    let matched: Vec<&str> = cx.cluster.namespaces.values().filter(|n| ns_sel.matches(&n.labels)).map(|n| n.name.as_str()).collect();
+    let matched = cx.namespaces_matching(ns_sel);
     if matched.is_empty() {
         cx.policy(
             &PEER_SELECTS_NO_POD,
@@ -454,7 +448,7 @@ fn not_in(cx: &mut Ctx, pid: usize, sel: &Selector, path: &str, target: Target) 
                 if !cx.has_pods {
                     continue;
                 }
-                let pods = scope_policy_pods(cx, scope, pid);
+                let pods = scope_policy_pods(cx, scope);
                 ("pod", pods.into_iter().map(|p| &cx.cluster.pods[p]).filter(|p| !p.labels.contains_key(&r.key) && sel.matches(&p.labels)).map(|p| p.key()).collect())
             }
             Target::Namespaces => {
@@ -482,32 +476,26 @@ fn not_in(cx: &mut Ctx, pid: usize, sel: &Selector, path: &str, target: Target) 
 }
 
 /// Policy pods a pod selector in `scope` is matched against.
-fn scope_policy_pods(cx: &Ctx, scope: Scope, _pid: usize) -> Vec<PodId> {
+fn scope_policy_pods(cx: &Ctx, scope: Scope) -> Vec<PodId> {
     match scope {
         Scope::Own(ns) => cx.policy_pods_in(ns).collect(),
-        Scope::Matching(ns_sel) => cx
-            .cluster
-            .namespaces
-            .values()
-            .filter(|n| ns_sel.matches(&n.labels))
-            .flat_map(|n| cx.policy_pods_in(&n.name).collect::<Vec<_>>())
-            .collect(),
+        Scope::Matching(ns_sel) => cx.namespaces_matching(ns_sel).iter().flat_map(|ns| cx.policy_pods_in(ns).collect::<Vec<_>>()).collect(),
     }
 }
 
 /// Host-network pods (taking part) in scope that `sel` matches.
 fn host_network_matches(cx: &Ctx, target: Target, sel: &Selector) -> Vec<PodId> {
     let Target::Pods(scope) = target else { return Vec::new() };
-    let namespaces: Vec<&str> = match scope {
-        Scope::Own(ns) => vec![ns],
-        Scope::Matching(s) => cx.cluster.namespaces.values().filter(|n| s.matches(&n.labels)).map(|n| n.name.as_str()).collect(),
-    };
-    namespaces
-        .into_iter()
-        .flat_map(|ns| cx.pods_by_ns.get(ns).into_iter().flatten().copied())
+    cx.host_pods
+        .iter()
+        .copied()
         .filter(|&p| {
             let pod = &cx.cluster.pods[p];
-            pod.host_network && pod.takes_part() && sel.matches(&pod.labels)
+            let in_scope = match scope {
+                Scope::Own(ns) => pod.namespace == ns,
+                Scope::Matching(s) => cx.cluster.namespace_labels(&pod.namespace).is_some_and(|l| s.matches(l)),
+            };
+            in_scope && sel.matches(&pod.labels)
         })
         .collect()
 }
