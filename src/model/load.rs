@@ -5,11 +5,13 @@
 //! expected; nothing past this module has to handle malformed objects.
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::sources::{Location, PolicySource, Sources};
 use super::{convert, Cluster, Origin};
 use crate::yaml::{self, Doc, Pos};
 
@@ -53,6 +55,8 @@ pub struct ClusterBuilder {
     cluster: Cluster,
     /// Things worth telling the user that are not errors (ignored kinds).
     pub notices: Vec<String>,
+    /// Kept only on request: field positions for lint.
+    sources: Option<Sources>,
 }
 
 impl ClusterBuilder {
@@ -60,13 +64,19 @@ impl ClusterBuilder {
         Self::default()
     }
 
+    /// Also record where every object came from ([`Sources`]), for
+    /// diagnostics that point at a field.
+    pub fn keep_sources(mut self) -> Self {
+        self.sources = Some(Sources::default());
+        self
+    }
+
     /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name order.
     pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
         for file in manifest_files(path)? {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                LoadError::new(&file.display().to_string(), None, "", format!("cannot read: {e}"))
-            })?;
-            self.add_text(&file.display().to_string(), &text)?;
+            let name = file.display().to_string();
+            let bytes = std::fs::read(&file).map_err(|e| LoadError::new(&name, None, "", format!("cannot read: {e}")))?;
+            self.add_text(&name, decode(&name, &bytes)?)?;
         }
         Ok(())
     }
@@ -91,6 +101,11 @@ impl ClusterBuilder {
             Some(Value::String(k)) => k.as_str(),
             _ => return Err(LoadError::at(file, doc, "kind", "every object needs a `kind` (e.g. kind: NetworkPolicy)")),
         };
+        if let Some(s) = &mut self.sources {
+            if !kind.ends_with("List") {
+                *s.kinds.entry(kind.to_string()).or_default() += 1;
+            }
+        }
         let c = &mut self.cluster;
         match kind {
             "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" => {
@@ -123,12 +138,22 @@ impl ClusterBuilder {
             }
             "Pod" => {
                 let p = typed(file, doc)?;
-                c.pods.push(convert::pod(&p).map_err(|e| field_error(file, doc, e))?);
+                let pod = convert::pod(&p).map_err(|e| field_error(file, doc, e))?;
+                if let Some(s) = &mut self.sources {
+                    let at = Location { file: file.into(), pos: doc.start };
+                    s.pods.entry((pod.namespace.clone(), pod.name.clone())).or_insert(at);
+                }
+                c.pods.push(pod);
             }
             "NetworkPolicy" => {
                 let np = typed(file, doc)?;
                 let origin = Origin::new(file, Some(doc.start));
-                c.policies.push(convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?);
+                let policy = convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?;
+                if let Some(s) = &mut self.sources {
+                    let key = (policy.namespace.clone(), policy.name.clone());
+                    s.policies.entry(key).or_default().push(PolicySource { file: file.into(), doc: doc.clone() });
+                }
+                c.policies.push(policy);
             }
             other => {
                 let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("?");
@@ -141,6 +166,14 @@ impl ClusterBuilder {
     pub fn finish(mut self) -> (Cluster, Vec<String>) {
         self.cluster.normalize();
         (self.cluster, self.notices)
+    }
+
+    /// As [`finish`](Self::finish), with the sources recorded since
+    /// [`keep_sources`](Self::keep_sources) (empty without it).
+    pub fn finish_with_sources(mut self) -> (Cluster, Vec<String>, Sources) {
+        let sources = self.sources.take().unwrap_or_default();
+        let (cluster, notices) = self.finish();
+        (cluster, notices, sources)
     }
 }
 
@@ -161,8 +194,28 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>),
     Ok(b.finish())
 }
 
+/// As [`load_paths`], also recording where every object came from.
+pub fn load_paths_with_sources<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>, Sources), LoadError> {
+    let mut b = ClusterBuilder::new().keep_sources();
+    for p in paths {
+        b.add_path(p.as_ref())?;
+    }
+    Ok(b.finish_with_sources())
+}
+
+/// A file's bytes as text. Bytes that are not UTF-8 are bad input like any
+/// other, so the error says where they are.
+pub fn decode<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, LoadError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+        let line = good.matches('\n').count() + 1;
+        let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        LoadError::new(file, Some(Pos { line, col }), "", "not UTF-8 text (netfence reads UTF-8 YAML and JSON)")
+    })
+}
+
 pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, LoadError> {
-    yaml::parse(text).map_err(|e| LoadError::new(file, Some(e.pos), "", format!("invalid YAML: {}", e.message)))
+    yaml::parse(text).map_err(|e| LoadError::new(file, Some(e.pos), &e.path, e.message))
 }
 
 /// Deserialise a document into a k8s-openapi type, keeping the field path
@@ -193,20 +246,35 @@ pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
+    // Folders already walked, by device and inode: a symlink to a parent
+    // (`ln -s .. loop`) would otherwise be walked until paths grow too
+    // long, and two of them make that exponential.
+    let mut seen = std::collections::HashSet::new();
+    seen.insert((meta.dev(), meta.ino()));
     while let Some(dir) = stack.pop() {
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| LoadError::new(&dir.display().to_string(), None, "", format!("cannot read folder: {e}")))?;
-        for entry in entries.flatten() {
-            if entry.file_name().as_encoded_bytes().starts_with(b".") {
-                continue;
-            }
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
-                out.push(p);
+        // In name order, so which of two names for one folder is walked
+        // does not depend on the file system's order.
+        let mut entries: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        let mut dirs = Vec::new();
+        for p in entries {
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if seen.insert((m.dev(), m.ino())) {
+                        dirs.push(p);
+                    }
+                }
+                _ if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) => out.push(p),
+                _ => {}
             }
         }
+        stack.extend(dirs.into_iter().rev());
     }
     out.sort();
     Ok(out)
@@ -242,6 +310,26 @@ mod tests {
         assert_eq!(c.pods[0].ips, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
         // A hidden file named on its own is still read.
         assert_eq!(manifest_files(&d.join("..data/pods.yaml")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn symlink_loops_are_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n").unwrap();
+        // Two links back up: without the check, 2^depth paths until names get too long.
+        std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(".", d.join("sub/here")).unwrap();
+        std::os::unix::fs::symlink("sub", d.join("again")).unwrap();
+        assert_eq!(manifest_files(d).unwrap(), vec![d.join("again/ns.yaml")]);
+        assert_eq!(load_paths(&[d]).unwrap().0.namespaces.len(), 1);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_located() {
+        let e = decode("f.yaml", b"a: 1\nb: x\xff\n").unwrap_err();
+        assert_eq!(e.to_string(), "f.yaml:2:5: not UTF-8 text (netfence reads UTF-8 YAML and JSON)");
     }
 
     #[test]
