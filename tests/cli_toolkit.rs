@@ -51,7 +51,8 @@ fn graph_prints_table_dot_and_json() {
     let (code, out, _) = netfence(&with_demo(&["graph", "-o", "dot", "--namespace", "shop", "--port", "5432"]));
     assert_eq!(code, 0);
     assert!(out.starts_with("digraph allow {"), "{out}");
-    assert!(out.contains("label=\"5432/TCP\""), "{out}");
+    // One family only: the label says which.
+    assert!(out.contains("label=\"5432/TCP (IPv4)\""), "{out}");
     assert!(!out.contains("9187"), "--port keeps only 5432: {out}");
 
     let (code, out, _) = netfence(&with_demo(&["graph", "-o", "json", "--pod", "shop/db-0"]));
@@ -160,8 +161,9 @@ fn diff_formats() {
     let want_start = "**netfence diff**: opens flows for 0 pod pairs and closes flows for 1 pod pair; 0 pods newly isolated, 0 no longer isolated; 1 policy made redundant.\n";
     assert!(md.starts_with(want_start), "{md}");
     assert!(md.contains("| `shop/cart` | `shop/db` | 5432/TCP | IPv4 | 1 |"), "{md}");
-    // The cart's egress rule to the db now only allows what the db refuses.
-    assert!(md.contains("- `shop/cart-to-db` (fixtures/demo/policies/30-backends.yaml:"), "{md}");
+    // The cart's egress rule to the db now only allows what the db refuses;
+    // located in the tree after the change, which the review is about.
+    assert!(md.contains(&format!("- `shop/cart-to-db` ({after}/30-backends.yaml:")), "{md}");
 
     // -o json (the old spelling) and --format json: the grouped report.
     for flag in ["-o", "--format"] {

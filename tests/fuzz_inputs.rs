@@ -318,8 +318,10 @@ fn downstream(c: &Cluster) -> Result<(), String> {
         let _ = p.to_string();
         let _ = nft::json::transaction_to_json(&nft::diff(None, p));
     }
-    let _ = lint::lint(c, &ir);
-    let _ = graph::AllowGraph::build(c, &ir).to_dot(c);
+    let _ = lint::lint(c, &ir, &netfence::model::sources::Sources::default(), &lint::Config::default());
+    let g = graph::AllowGraph::build(c, &ir);
+    let view = g.view(&graph::render::Filter::default());
+    let _ = (view.render_dot(c), view.render_table(c), view.to_json(c));
 
     // A few flows: pods that take part, a node, and outside addresses.
     let mut ends: Vec<Endpoint> = c.pods.iter().enumerate().filter(|(_, p)| p.takes_part()).map(|(i, _)| Endpoint::Pod(i)).take(4).collect();

@@ -753,7 +753,7 @@ spec:
         // x/a is deleted; its address is on either side of entries, some of
         // which the program would allow (a's ingress was open).
         let before = cluster("");
-        let after = crate::model::load::load_str("c.yaml", &CLUSTER.replace("metadata: {name: a, namespace: x, labels: {pod: a}}\nspec: {nodeName: node-1}\nstatus: {podIP: 10.244.1.11}\n---\n", "")).unwrap();
+        let after = crate::model::load::load_str("c.yaml", &CLUSTER.replace("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {pod: a}}\nspec: {nodeName: node-1}\nstatus: {podIP: 10.244.1.11}\n---\n", "")).unwrap();
         assert_eq!(after.pods.len(), before.pods.len() - 1);
         let review = Review { judge: Scope::default(), gone: gone(&before, &after) };
         assert_eq!(review.gone, [ip("10.244.1.11")].into());
