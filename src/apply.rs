@@ -14,6 +14,7 @@ use std::fmt;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use crate::nft::counters::{counts_from_json, RuleCount};
 use crate::nft::program::{
     check_overlaps, element_fits, render_element, Action, AddrMatch, Chain, Element, Match, Program, ValidationError, Verdict,
 };
@@ -206,6 +207,22 @@ impl NftKernel {
         }
     }
 
+    /// The counters of table `table`'s rules (`nft -j -t list table`: chains
+    /// and rules, no set or map elements, so the cost grows with rules, not
+    /// with pods). `Ok(None)` when the table does not exist.
+    pub fn rule_counts(&self, table: &str) -> Result<Option<Vec<RuleCount>>, ApplyError> {
+        match self.run(&["-j", "-t", "list", "table", "inet", table], "")? {
+            Ok(json) => {
+                let v: serde_json::Value = serde_json::from_str(&json)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                let counts = counts_from_json(&v).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                Ok(Some(counts))
+            }
+            Err(e) if Reason::from_message(&e) == Reason::NotFound => Ok(None),
+            Err(e) => Err(ApplyError::Rejected { op: None, op_text: None, reason: Reason::from_message(&e), message: first_error(&e) }),
+        }
+    }
+
     /// Apply `tx` in nft's text form (`nft -f -`) rather than JSON: one
     /// transaction all the same, and a refusal names its line, hence its
     /// operation, from this one call.
@@ -302,12 +319,25 @@ pub struct FakeKernel {
     /// been called for them only if the caller did not skip them).
     pub applied: usize,
     fail_next: Option<Reason>,
+    /// Rule handles by table and chain, in rule order, allocated as the
+    /// kernel does (a new one for every rule added, never reused while the
+    /// table lives), and the counters behind them.
+    handles: BTreeMap<String, BTreeMap<String, Vec<u64>>>,
+    next_handle: u64,
+    counters: BTreeMap<u64, (u64, u64)>,
 }
 
 impl FakeKernel {
     /// A kernel that already holds `p`.
     pub fn with(p: Program) -> FakeKernel {
         let mut k = FakeKernel::default();
+        let mut handles = BTreeMap::new();
+        for (name, chain) in &p.chains {
+            let h: Vec<u64> = (k.next_handle + 1..=k.next_handle + chain.rules.len() as u64).collect();
+            k.next_handle += chain.rules.len() as u64;
+            handles.insert(name.clone(), h);
+        }
+        k.handles.insert(p.table.clone(), handles);
         k.tables.insert(p.table.clone(), p);
         k
     }
@@ -325,6 +355,58 @@ impl FakeKernel {
     pub fn fail_next(&mut self, reason: Reason) {
         self.fail_next = Some(reason);
     }
+
+    /// Count `packets` (and `bytes`) on the rule at `position` of `chain`,
+    /// as traffic would; false if there is no such rule.
+    pub fn count(&mut self, table: &str, chain: &str, position: usize, packets: u64, bytes: u64) -> bool {
+        let Some(&handle) = self.handles.get(table).and_then(|t| t.get(chain)).and_then(|c| c.get(position)) else {
+            return false;
+        };
+        let c = self.counters.entry(handle).or_default();
+        *c = (c.0 + packets, c.1 + bytes);
+        true
+    }
+
+    /// [`NftKernel::rule_counts`] of the fake.
+    pub fn rule_counts(&self, table: &str) -> Option<Vec<RuleCount>> {
+        let p = self.tables.get(table)?;
+        let handles = self.handles.get(table);
+        let mut out = Vec::new();
+        for (name, chain) in &p.chains {
+            for (position, _) in chain.rules.iter().enumerate().filter(|(_, r)| r.counter) {
+                let handle = handles.and_then(|t| t.get(name)).and_then(|c| c.get(position)).copied().unwrap_or_default();
+                let (packets, bytes) = self.counters.get(&handle).copied().unwrap_or_default();
+                out.push(RuleCount { chain: name.clone(), position, handle, packets, bytes });
+            }
+        }
+        Some(out)
+    }
+
+    /// Follow an applied transaction's rule additions and removals.
+    fn track_handles(&mut self, tx: &Transaction) {
+        for op in &tx.ops {
+            match op {
+                Op::AddTable { table } => {
+                    self.handles.entry(table.clone()).or_default();
+                }
+                Op::DeleteTable { table } => {
+                    self.handles.remove(table);
+                }
+                Op::FlushChain { name } | Op::DeleteChain { name } => {
+                    if let Some(t) = self.handles.get_mut(&tx.table) {
+                        t.remove(name);
+                    }
+                }
+                Op::AddRule { chain, .. } => {
+                    self.next_handle += 1;
+                    self.handles.entry(tx.table.clone()).or_default().entry(chain.clone()).or_default().push(self.next_handle);
+                }
+                _ => {}
+            }
+        }
+        let live: std::collections::BTreeSet<u64> = self.handles.values().flat_map(|t| t.values().flatten().copied()).collect();
+        self.counters.retain(|h, _| live.contains(h));
+    }
 }
 
 impl Kernel for FakeKernel {
@@ -341,6 +423,7 @@ impl Kernel for FakeKernel {
             apply_op(&mut tables, &tx.table, op).map_err(|(reason, m)| ApplyError::at(tx, i, reason, m))?;
         }
         self.tables = tables;
+        self.track_handles(tx);
         self.applied += 1;
         Ok(())
     }

@@ -2,8 +2,9 @@
 //!
 //! The crate reads top to bottom as the data flows (see ARCHITECTURE.md):
 //! `yaml`/`model` (objects, loading) → `selector` → `ir` (policies resolved
-//! to pods) → `graph` (allow graph) → `eval` (the reference verdict, with its
-//! trace) → `explain` (rendering traces) → `nft` (the typed nftables program,
+//! to pods) → `graph` (allow graph, queries, redundancy) → `eval` (the
+//! reference verdict, with its trace) → `explain` (rendering traces) →
+//! `impact` (what a change opens or closes) → `nft` (the typed nftables program,
 //! its interpreter and diff) → `apply` (transactions into the kernel), with
 //! `policytest`, `dataplane`, `agent` and `cli` on top. No stage imports a
 //! later one.
@@ -14,9 +15,9 @@ pub mod selector;
 pub mod ir;
 pub mod graph;
 pub mod lint;
-pub mod impact;
 pub mod eval;
 pub mod explain;
+pub mod impact;
 pub mod nft;
 pub mod apply;
 pub mod apply_session;

@@ -24,6 +24,7 @@ async fn start(dir: &Path) -> (Running, FakeDataplane) {
         source: Source::Folder { dir: dir.to_path_buf(), poll: Duration::from_millis(50) },
         reconcile: Default::default(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        rule_counters: None,
     };
     (agent::start(config, Box::new(dp.clone()), None).await.unwrap(), dp)
 }

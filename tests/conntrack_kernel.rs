@@ -286,6 +286,7 @@ async fn start_agent(lab: &Lab, dir: &Path) -> Running {
         source: Source::Folder { dir: dir.to_path_buf(), poll: Duration::from_millis(50) },
         reconcile: ReconcileConfig { established: Established::Cut, ..Default::default() },
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        rule_counters: None,
     };
     agent::start(config, Box::new(dataplane), Some(Box::new(table) as Box<dyn Table>)).await.expect("start the agent")
 }

@@ -319,7 +319,9 @@ fn downstream(c: &Cluster, sources: &Sources) -> Result<(), String> {
         let _ = nft::json::transaction_to_json(&nft::diff(None, p));
     }
     let _ = lint::lint(c, &ir, sources, &lint::Config::default());
-    let _ = graph::AllowGraph::build(c, &ir).to_dot(c);
+    let g = graph::AllowGraph::build(c, &ir);
+    let view = g.view(&graph::render::Filter::default());
+    let _ = (view.render_dot(c), view.render_table(c), view.to_json(c));
 
     // A few flows: pods that take part, a node, and outside addresses.
     let mut ends: Vec<Endpoint> = c.pods.iter().enumerate().filter(|(_, p)| p.takes_part()).map(|(i, _)| Endpoint::Pod(i)).take(4).collect();

@@ -30,6 +30,11 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route(
             "/metrics",
             get(move || async move {
+                if let Some(counters) = metrics.rule_counters() {
+                    // Reads the kernel at most once per interval; off the
+                    // async threads, since it runs nft.
+                    let _ = tokio::task::spawn_blocking(move || counters.refresh()).await;
+                }
                 let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                 ([(header::CONTENT_TYPE, ct)], metrics.render()).into_response()
             }),

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use super::index::Kind;
+use super::rule_counters::RuleCounters;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct KindLabel {
@@ -79,6 +80,8 @@ pub struct Metrics {
     pub conntrack_cut: Family<ReasonLabel, Counter>,
     pub conntrack_errors: Counter,
     pub conntrack_duration: Histogram,
+    /// Per-rule counters, read from the kernel on scrape.
+    rule_counters: Option<std::sync::Arc<RuleCounters>>,
     ready: AtomicBool,
 }
 
@@ -110,6 +113,7 @@ impl Metrics {
             conntrack_cut: Family::default(),
             conntrack_errors: Counter::default(),
             conntrack_duration: seconds_histogram(),
+            rule_counters: None,
             ready: AtomicBool::new(false),
         };
         m.register()
@@ -172,6 +176,16 @@ impl Metrics {
             self.conntrack_duration.clone(),
         );
         self
+    }
+
+    /// Serve `counters` too (refreshed by the `/metrics` handler).
+    pub fn attach_rule_counters(&mut self, counters: std::sync::Arc<RuleCounters>) {
+        counters.register(&mut self.registry);
+        self.rule_counters = Some(counters);
+    }
+
+    pub fn rule_counters(&self) -> Option<std::sync::Arc<RuleCounters>> {
+        self.rule_counters.clone()
     }
 
     pub fn set_ready(&self, ready: bool) {

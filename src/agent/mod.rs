@@ -37,6 +37,7 @@ pub mod fake_api;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod rule_counters;
 pub mod nftables;
 pub mod reconcile;
 pub mod source;
@@ -157,6 +158,9 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// Where /healthz, /readyz and /metrics are served; port 0 picks one.
     pub metrics_addr: SocketAddr,
+    /// Per-rule counters to serve in /metrics (the dataplane publishes to
+    /// the same value).
+    pub rule_counters: Option<Arc<rule_counters::RuleCounters>>,
 }
 
 /// The index shared by the sources (writers) and the reconcile loop
@@ -254,7 +258,11 @@ pub async fn start(config: Config, dataplane: Box<dyn Dataplane>, conntrack: Opt
     if config.reconcile.established == Established::Cut && conntrack.is_none() {
         anyhow::bail!("--established cut needs the conntrack table");
     }
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    if let Some(counters) = &config.rule_counters {
+        metrics.attach_rule_counters(counters.clone());
+    }
+    let metrics = Arc::new(metrics);
     let store = Store::new(Index::new(metrics.invalid_objects.clone()));
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
 

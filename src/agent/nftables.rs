@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::conntrack::Scope;
 use super::dataplane::{Changes, Dataplane, SyncError, SyncReport};
+use super::rule_counters::RuleCounters;
 use crate::apply::{apply_staged, Kernel};
 use crate::model::Cluster;
 use crate::nft::program::{Action, AddrMatch, Element, Match, Verdict};
@@ -33,11 +34,20 @@ pub struct NftDataplane {
     kernel: Box<dyn Kernel + Send>,
     /// Shared with the last report's [`Changes`], never copied.
     committed: Option<Arc<Program>>,
+    /// Told around every apply what the kernel holds (per-rule metrics).
+    counters: Option<Arc<RuleCounters>>,
 }
 
 impl NftDataplane {
     pub fn new(node: &str, kernel: Box<dyn Kernel + Send>) -> NftDataplane {
-        NftDataplane { node: node.to_string(), kernel, committed: None }
+        NftDataplane { node: node.to_string(), kernel, committed: None, counters: None }
+    }
+
+    /// Publish what each committed rule counts to `counters`
+    /// ([`super::rule_counters`]).
+    pub fn with_rule_counters(mut self, counters: Arc<RuleCounters>) -> NftDataplane {
+        self.counters = Some(counters);
+        self
     }
 
     /// What was last committed (for tests and verification).
@@ -64,24 +74,40 @@ impl NftDataplane {
     }
 }
 
-impl Dataplane for NftDataplane {
-    fn sync(&mut self, cluster: &Cluster, full: bool) -> Result<SyncReport, SyncError> {
-        let ir = crate::ir::resolve(cluster);
-        let mut program = nft::compile(cluster, &ir, &self.node);
-        program.validate().map_err(|e| SyncError::Compile(anyhow::Error::new(e)))?;
-        let (program, ops, element_ops) = match (&self.committed, full) {
+impl NftDataplane {
+    /// Apply `program` as a delta or whole: (the program as committed,
+    /// operations, element operations, whether the table was replaced).
+    fn apply(&mut self, mut program: Program, full: bool) -> Result<(Program, usize, usize, bool), SyncError> {
+        match (&self.committed, full) {
             (Some(old), false) => {
                 program.table = old.table.clone();
                 let tx = nft::diff(Some(old), &program);
                 self.kernel.apply(&tx).map_err(|e| SyncError::Apply(anyhow::Error::new(e)))?;
                 let element_ops = tx.ops.iter().filter(|o| o.is_element_op()).count();
-                (program, tx.len(), element_ops)
+                Ok((program, tx.len(), element_ops, false))
             }
             _ => {
                 let (p, ops) = self.full(program)?;
-                (p, ops, 0)
+                Ok((p, ops, 0, true))
             }
-        };
+        }
+    }
+}
+
+impl Dataplane for NftDataplane {
+    fn sync(&mut self, cluster: &Cluster, full: bool) -> Result<SyncReport, SyncError> {
+        let ir = crate::ir::resolve(cluster);
+        let (program, origins) = nft::compile_with_origins(cluster, &ir, &self.node);
+        program.validate().map_err(|e| SyncError::Compile(anyhow::Error::new(e)))?;
+        let counters = self.counters.clone();
+        if let Some(c) = &counters {
+            c.syncing();
+        }
+        let applied = self.apply(program, full);
+        if let Some(c) = &counters {
+            c.synced(applied.as_ref().ok().map(|(p, _, _, replaced)| (p.table.as_str(), origins, *replaced)));
+        }
+        let (program, ops, element_ops, _) = applied?;
         let program = Arc::new(program);
         let report = SyncReport {
             ops,

@@ -8,11 +8,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::agent::rule_counters::RuleCounters;
 use crate::agent::{self, Dataplane, DryRun, Established, NetlinkTable, ReconcileConfig, Source, Table};
+use crate::apply::NftKernel;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -72,6 +75,17 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], agent::METRICS_PORT)))]
     pub metrics_addr: SocketAddr,
 
+    /// Least time between two reads of the rule counters for /metrics
+    /// (`nft -j -t list table`, on scrape, never on the sync path); scrapes
+    /// in between serve the last values.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rule_counters_interval: Duration,
+
+    /// Most `netfence_rule_packets_total` series (one per policy, direction
+    /// and rule); past it, new ones add to `policy="(other)"`.
+    #[arg(long, value_name = "N", default_value_t = RuleCounters::MAX_SERIES)]
+    pub rule_counters_max_series: usize,
+
     /// Log format: human-readable `text`, or one JSON object per line.
     /// Verbosity follows NETFENCE_LOG (default `info`, e.g. `netfence=debug`).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -116,20 +130,25 @@ impl Args {
                 ..ReconcileConfig::default()
             },
             metrics_addr: self.metrics_addr,
+            rule_counters: None,
         }
     }
 }
 
 /// The dataplane the agent drives. The nftables one (compile, diff, apply
 /// through `apply::Kernel`) is plugged in here.
-fn dataplane(args: &Args) -> anyhow::Result<Box<dyn Dataplane>> {
+fn dataplane(args: &Args, counters: Option<Arc<RuleCounters>>) -> anyhow::Result<Box<dyn Dataplane>> {
     if args.dry_run {
         return Ok(Box::new(DryRun));
     }
     // Deltas through one kept-open `nft -i`: pod churn then costs the
     // kernel's work, not a process start per event (`apply_session`).
     let kernel = crate::apply_session::SessionKernel::new(vec!["nft".into()]);
-    Ok(Box::new(crate::agent::NftDataplane::new(&args.node, Box::new(kernel))))
+    let mut dp = crate::agent::NftDataplane::new(&args.node, Box::new(kernel));
+    if let Some(c) = counters {
+        dp = dp.with_rule_counters(c);
+    }
+    Ok(Box::new(dp))
 }
 
 /// The conntrack table `cut` deletes from: the host's, through netlink,
@@ -164,9 +183,15 @@ pub fn run(args: Args) -> i32 {
     };
     runtime.block_on(async {
         let started = async {
-            let dataplane = dataplane(&args)?;
+            // Read through a plain `nft` of its own: the sync path's session
+            // is never borrowed by a scrape.
+            let counters = (!args.dry_run).then(|| {
+                Arc::new(RuleCounters::new(Box::new(NftKernel::new()), args.rule_counters_interval, args.rule_counters_max_series))
+            });
+            let dataplane = dataplane(&args, counters.clone())?;
             let conntrack = conntrack(&args)?;
-            agent::start(args.config(), dataplane, conntrack).await
+            let config = agent::Config { rule_counters: counters, ..args.config() };
+            agent::start(config, dataplane, conntrack).await
         };
         let running = match started.await {
             Ok(r) => r,

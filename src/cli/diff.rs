@@ -1,7 +1,8 @@
-//! `netfence diff -f cluster.yaml --before old/ --after new/`
+//! `netfence diff -f cluster.yaml --before old/ --after new/ [--format text|json|markdown]`
 
 use std::path::PathBuf;
 
+use crate::impact;
 use crate::model::load_paths;
 
 #[derive(clap::Args)]
@@ -15,14 +16,23 @@ pub struct Args {
     /// Policies (files or folders) after the change; repeatable.
     #[arg(long, required = true)]
     pub after: Vec<PathBuf>,
-    /// Output format.
-    #[arg(short, long, value_enum, default_value = "text")]
-    pub output: super::Output,
+    /// Output: one line per pod pair and port range (text), the grouped review report
+    /// as JSON, or as Markdown for a pull-request comment.
+    #[arg(short = 'o', long = "format", visible_alias = "output", value_enum, default_value = "text")]
+    pub format: Format,
     /// Exit with status 1 when some flow changes verdict (like `git diff --exit-code`).
     #[arg(long)]
     pub exit_code: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Markdown,
+}
+
+/// Exit status: 0 (1 with --exit-code when a flow changes), 2 bad input.
 pub fn run(args: Args) -> i32 {
     let load = |side: &[PathBuf]| {
         let paths: Vec<PathBuf> = args.files.iter().chain(side).cloned().collect();
@@ -35,11 +45,16 @@ pub fn run(args: Args) -> i32 {
             return 2;
         }
     };
+    let t = std::time::Instant::now();
     let (ib, ia) = (crate::ir::resolve(&before), crate::ir::resolve(&after));
-    let changes = crate::impact::impact((&before, &ib), (&after, &ia));
-    match args.output {
-        super::Output::Json => println!("{}", serde_json::to_string_pretty(&changes).unwrap_or_default()),
-        super::Output::Text => print!("{}", crate::impact::render_text(&changes)),
+    let found = impact::impact((&before, &ib), (&after, &ia));
+    tracing::info!(groups = found.groups.len(), "compared in {:?}", t.elapsed());
+    match args.format {
+        Format::Text => super::emit(&impact::render_text(&impact::pod_changes(&found, &after))),
+        Format::Json => {
+            super::emit(&(serde_json::to_string_pretty(&impact::report(&found)).unwrap_or_default() + "\n"));
+        }
+        Format::Markdown => super::emit(&impact::render_markdown(&impact::report(&found))),
     }
-    i32::from(args.exit_code && !changes.is_empty())
+    i32::from(args.exit_code && !found.changes.is_empty())
 }

@@ -31,7 +31,7 @@ pub struct Args {
     pub output: super::Output,
 }
 
-fn parse_protocol(s: &str) -> Result<Protocol, String> {
+pub(super) fn parse_protocol(s: &str) -> Result<Protocol, String> {
     Protocol::parse(&s.to_ascii_uppercase()).ok_or_else(|| format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)"))
 }
 

@@ -5,13 +5,17 @@
 mod agent;
 mod bench;
 mod compile;
+mod completions;
 mod diff;
 mod explain;
 mod gen;
+mod graph;
 mod lint;
+mod reach_from;
 mod test;
+mod who_can_reach;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Kubernetes NetworkPolicy enforcement on nftables.
 #[derive(Parser)]
@@ -39,10 +43,36 @@ enum Command {
     Gen(gen::Args),
     /// Measure compile, apply and explain at scale on generated clusters.
     Bench(bench::Args),
+    /// Print the allow graph: workloads, namespaces, ipBlocks and outside, edges with ports and policies.
+    Graph(graph::Args),
+    /// List every source that may open a connection to a pod (both sides considered).
+    WhoCanReach(who_can_reach::Args),
+    /// List every destination a pod may open a connection to (both sides considered).
+    ReachFrom(reach_from::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+}
+
+/// The name people typed: `kubectl netfence` when kubectl runs us as its
+/// plugin (it execs `kubectl-netfence` with the remaining arguments), so
+/// usage lines and errors show what to type again.
+fn bin_name() -> &'static str {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let file = std::path::Path::new(&argv0).file_name().and_then(|f| f.to_str()).unwrap_or_default();
+    if file.strip_suffix(".exe").unwrap_or(file) == "kubectl-netfence" {
+        "kubectl netfence"
+    } else {
+        "netfence"
+    }
+}
+
+/// The clap command as this invocation presents it.
+fn command() -> clap::Command {
+    Cli::command().bin_name(bin_name())
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -64,6 +94,10 @@ pub fn main() -> i32 {
         Command::Diff(a) => diff::run(a),
         Command::Gen(a) => gen::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Graph(a) => graph::run(a),
+        Command::WhoCanReach(a) => who_can_reach::run(a),
+        Command::ReachFrom(a) => reach_from::run(a),
+        Command::Completions(a) => completions::run(a),
     }
 }
 
@@ -78,6 +112,14 @@ fn init_logging() {
 pub enum Output {
     Text,
     Json,
+}
+
+/// Print a command's output. A reader that goes away early (`| head`) is
+/// not an error worth a panic: the output simply stops.
+pub(crate) fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Load manifests for a subcommand; on bad input print the located error

@@ -107,6 +107,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
+use super::counters::{Origin, Origins};
 use super::program::*;
 use crate::ir::{Ir, PeerIr, RuleIr};
 use crate::model::{Cluster, Direction, Family, Peer, PodId, PolicyId, PortRef, PortSpec, Protocol};
@@ -154,7 +155,13 @@ pub fn node_of(pod: &crate::model::Pod) -> &str {
 /// The program for `node`: its local pods' isolation, the rules of the
 /// policies isolating them, and the address sets those rules need.
 pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
-    let mut c = Compiler { cluster, ir, p: Program::default(), names: Names::default() };
+    compile_with_origins(cluster, ir, node).0
+}
+
+/// [`compile`], with what each counted rule measures (for the agent's
+/// per-rule metrics; the program is the same).
+pub fn compile_with_origins(cluster: &Cluster, ir: &Ir, node: &str) -> (Program, Origins) {
+    let mut c = Compiler { cluster, ir, p: Program::default(), names: Names::default(), origins: Origins::new() };
     let local: Vec<PodId> = cluster
         .pods
         .iter()
@@ -167,7 +174,7 @@ pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
         c.direction(dir, &local, node);
     }
     c.antispoof();
-    c.p
+    (c.p, c.origins)
 }
 
 /// The program of every node, by name: the cluster's nodes and any node a
@@ -183,6 +190,7 @@ struct Compiler<'a> {
     ir: &'a Ir,
     p: Program,
     names: Names,
+    origins: Origins,
 }
 
 const FAMILIES: [Family; 2] = [Family::IPv4, Family::IPv6];
@@ -218,20 +226,30 @@ fn nets_of(ips: impl IntoIterator<Item = IpNet>, family: Family) -> BTreeSet<IpN
 }
 
 impl Compiler<'_> {
+    /// Add a chain and record what its counted rules measure.
+    fn add_chain(&mut self, name: String, base: Option<BaseHook>, rules: Vec<(Rule, Option<Origin>)>) {
+        let (rules, origins): (Vec<Rule>, Vec<Option<Origin>>) = rules.into_iter().unzip();
+        self.origins.insert(name.clone(), origins);
+        self.p.add_chain(Chain { name, base, rules });
+    }
+
     /// The base chains of `dir` (see [`BASES`]) and its dispatch maps.
     fn direction(&mut self, dir: Direction, local: &[PodId], node: Option<&crate::model::Node>) {
         let (pod_field, _) = fields(dir);
         // Most packets belong to a connection already: conntrack first.
         let mut rules = vec![
-            Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept),
-            Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop)
-                .counted(format!("{dir}: invalid, part of no connection")),
-            nd_accept(vec![Match::Ip6HopLimit255]),
+            (Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept), None),
+            (
+                Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop)
+                    .counted(format!("{dir}: invalid, part of no connection")),
+                Some(Origin::Invalid { dir }),
+            ),
+            (nd_accept(vec![Match::Ip6HopLimit255]), None),
         ];
         if dir == Direction::Ingress {
             // The node's own traffic (kubelet probes), before the dispatch
             // would judge it by the destination pod's policies.
-            rules.push(Rule::verdict(vec![Match::FibSaddrLocal { negate: false }], Verdict::Accept));
+            rules.push((Rule::verdict(vec![Match::FibSaddrLocal { negate: false }], Verdict::Accept), None));
         }
         // Dispatch: one map per family, one element per local pod address.
         let mut maps: BTreeMap<Family, Map> = FAMILIES
@@ -249,7 +267,7 @@ impl Compiler<'_> {
             }
         }
         for (f, m) in maps {
-            rules.push(Rule::new(vec![], Action::Vmap { family: f, field: pod_field, map: m.name.clone() }));
+            rules.push((Rule::new(vec![], Action::Vmap { family: f, field: pod_field, map: m.name.clone() }), None));
             self.p.add_map(m);
         }
         for f in FAMILIES {
@@ -261,12 +279,13 @@ impl Compiler<'_> {
                     // CIDR: the node's own packets from it are no pod's.
                     m.push(Match::FibSaddrLocal { negate: true });
                 }
-                rules.push(Rule::verdict(m, Verdict::Drop).counted(format!("{dir}: fail closed, pod address not programmed")));
+                let rule = Rule::verdict(m, Verdict::Drop).counted(format!("{dir}: fail closed, pod address not programmed"));
+                rules.push((rule, Some(Origin::FailClosed { dir })));
             }
         }
         for b in BASES.iter().filter(|b| b.dir == dir) {
             let base = BaseHook { hook: b.hook, priority: b.priority, policy: ChainPolicy::Accept };
-            self.p.add_chain(Chain { name: b.name.to_string(), base: Some(base), rules: rules.clone() });
+            self.add_chain(b.name.to_string(), Some(base), rules.clone());
         }
     }
 
@@ -282,24 +301,28 @@ impl Compiler<'_> {
         let mut rules = Vec::new();
         for &pol in policies {
             if let Some(chain) = self.policy_chain(dir, pol) {
-                rules.push(Rule::verdict(vec![], Verdict::Jump(chain)));
+                rules.push((Rule::verdict(vec![], Verdict::Jump(chain)), None));
             }
         }
-        rules.push(Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed"))));
-        self.p.add_chain(Chain { name: name.clone(), base: None, rules });
+        let deny = Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed")));
+        rules.push((deny, Some(Origin::Isolated { policies: keys, dir })));
+        self.add_chain(name.clone(), None, rules);
         name
     }
 
     /// The anti-spoofing chain (see the module doc, "Anti-spoofing").
     fn antispoof(&mut self) {
         let link: [IpNet; 2] = ["fe80::/10".parse().expect("a prefix"), "ff00::/8".parse().expect("a prefix")];
-        let mut rules: Vec<Rule> =
-            link.into_iter().map(|n| nd_accept(vec![addr_match(Family::IPv6, AddrField::Daddr, false, AddrMatch::Nets([n].into()))])).collect();
-        rules.extend([
+        let mut rules: Vec<(Rule, Option<Origin>)> = link
+            .into_iter()
+            .map(|n| (nd_accept(vec![addr_match(Family::IPv6, AddrField::Daddr, false, AddrMatch::Nets([n].into()))]), None))
+            .collect();
+        rules.push((
             Rule::verdict(vec![Match::NoRouteBack], Verdict::Drop).counted("antispoof: source not routed back through its interface"),
-        ]);
+            Some(Origin::Antispoof),
+        ));
         let base = BaseHook { hook: Hook::Prerouting, priority: ANTISPOOF_PRIORITY, policy: ChainPolicy::Accept };
-        self.p.add_chain(Chain { name: ANTISPOOF.to_string(), base: Some(base), rules });
+        self.add_chain(ANTISPOOF.to_string(), Some(base), rules);
     }
 
     /// The rule chain of policy `pol` in `dir`; `None` when it has no rules
@@ -335,12 +358,13 @@ impl Compiler<'_> {
                     }
                     let c = comment(&key, &text);
                     for matches in self.rule_matches(dir, &policy.namespace, peer.map(|(_, a, b)| (a, b)), port.map(|(_, p)| p)) {
-                        rules.push(Rule::verdict(matches, Verdict::Accept).counted(c.clone()));
+                        let origin = Origin::Allow { policy: key.clone(), dir, rule: ri };
+                        rules.push((Rule::verdict(matches, Verdict::Accept).counted(c.clone()), Some(origin)));
                     }
                 }
             }
         }
-        self.p.add_chain(Chain { name: name.clone(), base: None, rules });
+        self.add_chain(name.clone(), None, rules);
         Some(name)
     }
 
@@ -748,6 +772,32 @@ counter accept comment \"x/web ingress rule 1\"
     /// Stateful, with no shortcut: every judging chain lets conntrack
     /// answer first, and nothing else is accepted for its TCP flags, ICMP
     /// type or fragment offset, on any node, isolated pods or not.
+    /// Every counted rule has an origin and no other rule has one; the
+    /// origin agrees with the rule's verdict and its comment.
+    #[test]
+    fn origins_follow_counted_rules() {
+        let c = cluster(&np("x", "web", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {}}], ports: [{port: 80}]}, {from: [{ipBlock: {cidr: 192.0.2.0/24}}]}]}"));
+        let (p, origins) = compile_with_origins(&c, &crate::ir::resolve(&c), "node-1");
+        assert_eq!(p, compile(&c, &crate::ir::resolve(&c), "node-1"));
+        assert_eq!(origins.keys().collect::<Vec<_>>(), p.chains.keys().collect::<Vec<_>>());
+        let mut kinds = std::collections::HashSet::new();
+        for (name, chain) in &p.chains {
+            assert_eq!(origins[name].len(), chain.rules.len(), "{name}");
+            for (rule, origin) in chain.rules.iter().zip(&origins[name]) {
+                assert_eq!(rule.counter, origin.is_some(), "{name}: {rule:?}");
+                let Some(o) = origin else { continue };
+                let drops = rule.action == Action::Verdict(Verdict::Drop);
+                assert_eq!(o.drops(), drops, "{name}: {rule:?}");
+                if let Origin::Allow { policy, rule: ri, dir } = o {
+                    let want = format!("{policy} {dir} rule {ri}");
+                    assert!(rule.comment.as_deref().is_some_and(|c| c.starts_with(&want)), "{name}: {rule:?} {o:?}");
+                }
+                kinds.insert(std::mem::discriminant(o));
+            }
+        }
+        assert_eq!(kinds.len(), 5, "allow, isolated, invalid, fail closed and antispoof all appear");
+    }
+
     #[test]
     fn conntrack_first_and_no_stateless_shortcut() {
         for program in [node1(""), node1(&np("x", "deny", "{podSelector: {}, policyTypes: [Ingress, Egress]}"))] {

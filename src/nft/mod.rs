@@ -2,7 +2,7 @@
 //! rendered as an `nft -f` script (its `Display`) and as libnftables JSON
 //! ([`json`]), compiled from the cluster ([`compile`]), interpreted packet by
 //! packet ([`interp`]) and diffed ([`diff`]) into the smallest
-//! [`transaction`].
+//! [`transaction`]; [`counters`] says what each counted rule measures.
 //!
 //! Nothing here does I/O: only [`crate::apply`] touches the kernel.
 
@@ -12,8 +12,9 @@ pub mod json;
 pub mod compile;
 pub mod interp;
 pub mod diff;
+pub mod counters;
 
-pub use compile::{compile, compile_all};
+pub use compile::{compile, compile_all, compile_with_origins};
 pub use diff::diff;
 pub use program::{
     Action, AddrField, AddrMatch, BaseHook, Chain, ChainPolicy, CtState, Element, Hook, Icmpv6Type, KeyType, Map, Match,
