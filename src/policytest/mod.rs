@@ -134,54 +134,20 @@ pub fn run_file(path: &Path, backends: &mut [Box<dyn Backend>]) -> TestResult {
     }
 }
 
+/// A test's expectations as checks (one flow in one family), in order.
+/// `Err` is invalid input in an expectation (an unknown pod, a family an
+/// endpoint lacks), already located.
+pub fn checks(test: &PolicyTest) -> Result<Vec<Check>, String> {
+    Ok(expand(test)?.0)
+}
+
 /// Judge a loaded test. `Err` is invalid input in an expectation (an
 /// unknown pod, a family an endpoint lacks), already located.
 pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -> Result<TestResult, String> {
     let c = &test.cluster;
     let file = test.file.display().to_string();
     let at = |line: usize, e: &dyn std::fmt::Display| format!("{file}:{line}: {e}");
-    let endpoint = |s: &str, line| Endpoint::parse(c, s).map_err(|e| at(line, &e));
-
-    // Expand expectations into checks; remember which checks a table owns.
-    let mut checks: Vec<Check> = Vec::new();
-    let mut tables: Vec<(usize, &format::Table, std::ops::Range<usize>)> = Vec::new();
-    for (i, e) in test.expectations.iter().enumerate() {
-        match e {
-            Expectation::Flow(f) => {
-                let flow = Flow {
-                    src: endpoint(&f.from, f.line.0)?,
-                    dst: endpoint(&f.to, f.line.0)?,
-                    protocol: f.protocol,
-                    port: f.port,
-                    family: f.family,
-                };
-                for family in flow.families(c).map_err(|e| at(f.line.0, &e))? {
-                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, expected: Some(f.allow) });
-                }
-            }
-            Expectation::Table(t) => {
-                let start = checks.len();
-                let cols = t.columns.iter().map(|s| endpoint(s, t.line.0)).collect::<Result<Vec<_>, _>>()?;
-                for row in &t.rows {
-                    let src = endpoint(&row.endpoint, row.line.0)?;
-                    for (col, cell) in cols.iter().zip(&row.cells) {
-                        let flow = Flow { src: src.clone(), dst: col.clone(), protocol: t.protocol, port: t.port, family: t.family };
-                        let families = match flow.families(c) {
-                            Ok(f) => f,
-                            // A table over mixed single-stack pods has cells with no
-                            // common family: with `?` they are simply not checked.
-                            Err(_) if cell.is_none() => continue,
-                            Err(e) => return Err(at(row.line.0, &e)),
-                        };
-                        for family in families {
-                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, expected: *cell });
-                        }
-                    }
-                }
-                tables.push((i, t, start..checks.len()));
-            }
-        }
-    }
+    let (checks, tables) = expand(test)?;
 
     // The reference verdicts, with their traces for explanations.
     let reference: Vec<bool> = checks
@@ -268,6 +234,57 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
         failures,
         unjudged,
     })
+}
+
+/// Which checks a table owns: (expectation index, table, range of checks).
+type Tables<'t> = Vec<(usize, &'t format::Table, std::ops::Range<usize>)>;
+
+/// Expand expectations into checks; remember which checks a table owns.
+fn expand(test: &PolicyTest) -> Result<(Vec<Check>, Tables<'_>), String> {
+    let c = &test.cluster;
+    let file = test.file.display().to_string();
+    let at = |line: usize, e: &dyn std::fmt::Display| format!("{file}:{line}: {e}");
+    let endpoint = |s: &str, line| Endpoint::parse(c, s).map_err(|e| at(line, &e));
+    let mut checks: Vec<Check> = Vec::new();
+    let mut tables: Tables<'_> = Vec::new();
+    for (i, e) in test.expectations.iter().enumerate() {
+        match e {
+            Expectation::Flow(f) => {
+                let flow = Flow {
+                    src: endpoint(&f.from, f.line.0)?,
+                    dst: endpoint(&f.to, f.line.0)?,
+                    protocol: f.protocol,
+                    port: f.port,
+                    family: f.family,
+                };
+                for family in flow.families(c).map_err(|e| at(f.line.0, &e))? {
+                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, expected: Some(f.allow) });
+                }
+            }
+            Expectation::Table(t) => {
+                let start = checks.len();
+                let cols = t.columns.iter().map(|s| endpoint(s, t.line.0)).collect::<Result<Vec<_>, _>>()?;
+                for row in &t.rows {
+                    let src = endpoint(&row.endpoint, row.line.0)?;
+                    for (col, cell) in cols.iter().zip(&row.cells) {
+                        let flow = Flow { src: src.clone(), dst: col.clone(), protocol: t.protocol, port: t.port, family: t.family };
+                        let families = match flow.families(c) {
+                            Ok(f) => f,
+                            // A table over mixed single-stack pods has cells with no
+                            // common family: with `?` they are simply not checked.
+                            Err(_) if cell.is_none() => continue,
+                            Err(e) => return Err(at(row.line.0, &e)),
+                        };
+                        for family in families {
+                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, expected: *cell });
+                        }
+                    }
+                }
+                tables.push((i, t, start..checks.len()));
+            }
+        }
+    }
+    Ok((checks, tables))
 }
 
 fn word(allowed: bool) -> &'static str {
