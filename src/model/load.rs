@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{convert, Cluster, Origin};
+use super::{convert, Cluster, Namespace, Node, Origin, Pod, Policy};
 use crate::yaml::{self, Doc, Pos};
 
 /// Bad input, located as precisely as we can.
@@ -47,36 +47,43 @@ impl LoadError {
     }
 }
 
-/// Accumulates objects from any number of sources into one cluster.
-#[derive(Debug, Default)]
-pub struct ClusterBuilder {
-    cluster: Cluster,
+/// What one file (or text) holds, validated, in document order: the unit
+/// the loader parses in parallel and the agent's folder source caches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Objects {
+    pub namespaces: Vec<Namespace>,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub policies: Vec<Policy>,
     /// Things worth telling the user that are not errors (ignored kinds).
     pub notices: Vec<String>,
 }
 
-impl ClusterBuilder {
-    pub fn new() -> Self {
-        Self::default()
+impl Objects {
+    /// Read and parse one file.
+    pub fn read(path: &Path) -> Result<Objects, LoadError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError::new(&file, None, "", format!("cannot read: {e}")))?;
+        Objects::parse(&file, &text)
     }
 
-    /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name order.
-    pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
-        for file in manifest_files(path)? {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                LoadError::new(&file.display().to_string(), None, "", format!("cannot read: {e}"))
-            })?;
-            self.add_text(&file.display().to_string(), &text)?;
+    /// Every object of a YAML text, named `file` in errors. Each document is
+    /// converted as soon as it is parsed; the first invalid one is the
+    /// error, unless the text has a syntax error, which is reported first
+    /// (as when the whole text was parsed before converting).
+    pub fn parse(file: &str, text: &str) -> Result<Objects, LoadError> {
+        let mut out = Objects::default();
+        let mut invalid = None;
+        yaml::parse_each(text, |doc| {
+            if invalid.is_none() {
+                invalid = out.add_doc(file, &doc).err();
+            }
+        })
+        .map_err(|e| LoadError::new(file, Some(e.pos), "", format!("invalid YAML: {}", e.message)))?;
+        match invalid {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(())
-    }
-
-    pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
-        let docs = parse_docs(file, text)?;
-        for doc in &docs {
-            self.add_doc(file, doc)?;
-        }
-        Ok(())
     }
 
     /// One object, or a `kind: List` of them. Null documents (a trailing
@@ -91,7 +98,6 @@ impl ClusterBuilder {
             Some(Value::String(k)) => k.as_str(),
             _ => return Err(LoadError::at(file, doc, "kind", "every object needs a `kind` (e.g. kind: NetworkPolicy)")),
         };
-        let c = &mut self.cluster;
         match kind {
             "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" => {
                 let items = match obj.get("items") {
@@ -113,22 +119,20 @@ impl ClusterBuilder {
             }
             "Namespace" => {
                 let ns = typed(file, doc)?;
-                let ns = convert::namespace(&ns).map_err(|e| field_error(file, doc, e))?;
-                c.namespaces.insert(ns.name.clone(), ns);
+                self.namespaces.push(convert::namespace(&ns).map_err(|e| field_error(file, doc, e))?);
             }
             "Node" => {
                 let n = typed(file, doc)?;
-                let n = convert::node(&n).map_err(|e| field_error(file, doc, e))?;
-                c.nodes.insert(n.name.clone(), n);
+                self.nodes.push(convert::node(&n).map_err(|e| field_error(file, doc, e))?);
             }
             "Pod" => {
                 let p = typed(file, doc)?;
-                c.pods.push(convert::pod(&p).map_err(|e| field_error(file, doc, e))?);
+                self.pods.push(convert::pod(&p).map_err(|e| field_error(file, doc, e))?);
             }
             "NetworkPolicy" => {
                 let np = typed(file, doc)?;
                 let origin = Origin::new(file, Some(doc.start));
-                c.policies.push(convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?);
+                self.policies.push(convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?);
             }
             other => {
                 let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("?");
@@ -137,11 +141,112 @@ impl ClusterBuilder {
         }
         Ok(())
     }
+}
+
+/// Accumulates objects from any number of sources into one cluster.
+#[derive(Debug, Default)]
+pub struct ClusterBuilder {
+    cluster: Cluster,
+    /// Things worth telling the user that are not errors (ignored kinds).
+    pub notices: Vec<String>,
+}
+
+impl ClusterBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name
+    /// order. Files are parsed in parallel (parsing is the cost of loading)
+    /// and added in order, so the result and the error reported (the first
+    /// file's, in name order) do not depend on timing.
+    pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
+        for objects in read_files(&manifest_files(path)?) {
+            self.add(objects?);
+        }
+        Ok(())
+    }
+
+    pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
+        self.add(Objects::parse(file, text)?);
+        Ok(())
+    }
+
+    /// One object, or a `kind: List` of them. Null documents (a trailing
+    /// `---`) are skipped.
+    pub fn add_doc(&mut self, file: &str, doc: &Doc) -> Result<(), LoadError> {
+        let mut objects = Objects::default();
+        objects.add_doc(file, doc)?;
+        self.add(objects);
+        Ok(())
+    }
+
+    /// A file's objects. A Namespace or Node named twice is the last one
+    /// read; a Pod or NetworkPolicy, the first.
+    pub fn add(&mut self, objects: Objects) {
+        let c = &mut self.cluster;
+        for n in objects.namespaces {
+            c.namespaces.insert(n.name.clone(), n);
+        }
+        for n in objects.nodes {
+            c.nodes.insert(n.name.clone(), n);
+        }
+        c.pods.extend(objects.pods);
+        c.policies.extend(objects.policies);
+        self.notices.extend(objects.notices);
+    }
 
     pub fn finish(mut self) -> (Cluster, Vec<String>) {
         self.cluster.normalize();
         (self.cluster, self.notices)
     }
+}
+
+/// Read and parse `files` on as many threads as there are cores, each
+/// result in the order of `files`. After a failure, later files are not
+/// parsed (their results say so): only the first error is ever reported.
+pub fn read_files(files: &[PathBuf]) -> Vec<Result<Objects, LoadError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len());
+    if threads <= 1 {
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let r = Objects::read(f);
+            let failed = r.is_err();
+            out.push(r);
+            if failed {
+                break;
+            }
+        }
+        return out;
+    }
+    let next = AtomicUsize::new(0);
+    let first_error = AtomicUsize::new(usize::MAX);
+    let mut results: Vec<(usize, Result<Objects, LoadError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= files.len() || i > first_error.load(Ordering::Relaxed) {
+                            return done;
+                        }
+                        let r = Objects::read(&files[i]);
+                        if r.is_err() {
+                            first_error.fetch_min(i, Ordering::Relaxed);
+                        }
+                        done.push((i, r));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    // Up to the first error, every file was parsed.
+    let stop = first_error.into_inner();
+    results.into_iter().filter(|(i, _)| *i <= stop).map(|(_, r)| r).collect()
 }
 
 /// A cluster from one YAML text (manifests as a file would hold them),
@@ -166,9 +271,9 @@ pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, LoadError> {
 }
 
 /// Deserialise a document into a k8s-openapi type, keeping the field path
-/// of a type error so it can be located.
+/// of a type error so it can be located. Reads the value in place.
 pub fn typed<T: DeserializeOwned>(file: &str, doc: &Doc) -> Result<T, LoadError> {
-    serde_path_to_error::deserialize(doc.value.clone()).map_err(|e| {
+    serde_path_to_error::deserialize(&doc.value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         LoadError::at(file, doc, &path, e.into_inner().to_string())
@@ -250,7 +355,7 @@ mod tests {
             "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: x, labels: {a: b}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nstatus: {podIP: 10.0.0.1}\n",
         )
         .unwrap();
-        assert_eq!(c.namespaces["x"].labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("x"));
+        assert_eq!(c.namespaces["x"].labels.get("kubernetes.io/metadata.name"), Some("x"));
         assert_eq!(c.pods[0].ips, vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
     }
 
