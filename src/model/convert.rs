@@ -31,7 +31,7 @@ fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, Fiel
 pub fn namespace(ns: &K8sNamespace) -> Result<Namespace, FieldError> {
     let name = ns.metadata.name.clone().filter(|n| !n.is_empty());
     let Some(name) = name else { return err("metadata.name", "a Namespace needs a name") };
-    Ok(Namespace::new(&name, ns.metadata.labels.clone().unwrap_or_default()))
+    Ok(Namespace::new(&name, ns.metadata.labels.as_ref().map(Labels::from_map).unwrap_or_default()))
 }
 
 pub fn node(node: &K8sNode) -> Result<Node, FieldError> {
@@ -91,16 +91,14 @@ pub fn pod(pod: &K8sPod) -> Result<Pod, FieldError> {
             ports.push(ContainerPort { name: p.name.clone(), port, protocol });
         }
     }
-    ports.sort();
-    ports.dedup();
     Ok(Pod {
         namespace,
         name,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.as_ref().map(Labels::from_map).unwrap_or_default(),
         node: spec.and_then(|s| s.node_name.clone()),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         ips,
-        ports,
+        ports: container_ports(ports),
         phase: status.and_then(|s| s.phase.clone()),
     })
 }
