@@ -24,14 +24,15 @@ pub struct Args {
     pub kubeconfig: Option<PathBuf>,
 
     /// Read the cluster from a folder of manifests (*.yaml, *.yml, *.json,
-    /// recursively) instead of the API server, reloading it when a file
-    /// changes. A folder that fails to load keeps the last good cluster and
-    /// the error is logged with file:line.
+    /// recursively) instead of the API server, reading a file again when it
+    /// changes. A file that fails to load keeps its last valid objects and
+    /// the error is logged with file:line; nothing is enforced until every
+    /// file has loaded once.
     #[arg(long, value_name = "DIR")]
     pub source: Option<PathBuf>,
 
-    /// How often --source checks its folder's files for changes (sizes and
-    /// modification times).
+    /// How often --source checks its folder's files for changes (identity,
+    /// size and times, following symlinks).
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
