@@ -296,8 +296,21 @@ impl Reconciler {
         self.backoff.reset();
         if full {
             self.next_resync = Some(now + self.cfg.resync);
+            // A full sync builds the whole program, its transaction and the
+            // IR beside the cluster, several times what the agent keeps;
+            // without this the freed pages would stay resident.
+            tokio::task::spawn_blocking(release_free_memory);
         }
         tracing::info!(full, ops = r.ops, element_ops = r.element_ops, rules = r.rules, sets = r.sets, elements = r.elements, "synced");
+    }
+}
+
+/// Hand freed heap pages back to the system (glibc keeps them mapped).
+fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
