@@ -25,10 +25,6 @@ pub trait Kernel {
     /// Names of the `inet` tables that exist: cheap (no contents), what a
     /// staged start needs to know which of our two tables is live.
     fn table_names(&mut self) -> Result<Vec<String>, ApplyError>;
-    /// `table`'s chains (with their rules), sets and maps, without any set
-    /// or map element: cheap at any size, what a full sync needs to replace
-    /// everything but the flow sets. `None`: no such table.
-    fn declarations(&mut self, table: &str) -> Result<Option<Program>, ApplyError>;
 }
 
 /// Why the kernel refused an operation, as errno classes: what a caller can
@@ -197,14 +193,7 @@ impl NftKernel {
     /// into a program. For verification only: at scale this is slow, so the
     /// sync path never calls it.
     pub fn read_table(&self, table: &str) -> Result<Option<Program>, ApplyError> {
-        self.list_table(table, false)
-    }
-
-    /// `nft -j list table`, with `-t` (terse: no set or map elements) when
-    /// `terse`.
-    fn list_table(&self, table: &str, terse: bool) -> Result<Option<Program>, ApplyError> {
-        let args: &[&str] = if terse { &["-t", "-j", "list", "table", "inet", table] } else { &["-j", "list", "table", "inet", table] };
-        match self.run(args, "")? {
+        match self.run(&["-j", "list", "table", "inet", table], "")? {
             Ok(json) => {
                 let v: serde_json::Value = serde_json::from_str(&json)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -241,10 +230,6 @@ impl NftKernel {
 }
 
 impl Kernel for NftKernel {
-    fn declarations(&mut self, table: &str) -> Result<Option<Program>, ApplyError> {
-        self.list_table(table, true)
-    }
-
     fn table_names(&mut self) -> Result<Vec<String>, ApplyError> {
         match self.run(&["-j", "list", "tables", "inet"], "")? {
             Ok(json) => {
@@ -347,15 +332,6 @@ impl Kernel for FakeKernel {
         Ok(self.tables.keys().cloned().collect())
     }
 
-    fn declarations(&mut self, table: &str) -> Result<Option<Program>, ApplyError> {
-        Ok(self.tables.get(table).map(|p| {
-            let mut p = p.clone();
-            p.sets.values_mut().for_each(|s| s.elements.clear());
-            p.maps.values_mut().for_each(|m| m.elements.clear());
-            p
-        }))
-    }
-
     fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
         if let Some(reason) = self.fail_next.take() {
             return Err(ApplyError::at(tx, 0, reason, "injected failure"));
@@ -390,20 +366,14 @@ fn apply_op(tables: &mut BTreeMap<String, Program>, table: &str, op: &Op) -> OpR
     let Some(p) = tables.get_mut(table) else { return missing("table", table) };
     match op {
         Op::AddTable { .. } | Op::DeleteTable { .. } => unreachable!("handled above"),
-        Op::AddSet { name, key, interval, dynamic } => {
+        Op::AddSet { name, key, interval } => {
             if p.maps.contains_key(name) {
                 return Err((Reason::Exists, format!("{name:?} is a map")));
             }
             match p.sets.get(name) {
-                Some(s) if s.key == *key && s.interval == *interval && s.dynamic == *dynamic => {}
+                Some(s) if s.key == *key && s.interval == *interval => {}
                 Some(_) => return Err((Reason::Exists, format!("set {name:?} exists with another type"))),
-                None => p.add_set(crate::nft::Set {
-                    name: name.clone(),
-                    key: *key,
-                    interval: *interval,
-                    dynamic: *dynamic,
-                    elements: Default::default(),
-                }),
+                None => p.add_set(crate::nft::Set { name: name.clone(), key: *key, interval: *interval, elements: Default::default() }),
             }
         }
         Op::DeleteSet { name } => {
@@ -519,12 +489,10 @@ fn refusal(e: ValidationError) -> (Reason, String) {
 }
 
 fn chain_uses_set(c: &Chain, name: &str) -> bool {
-    let updates = c.rules.iter().any(|r| matches!(&r.action, Action::Remember { set, .. } if set == name));
-    updates
-        || c.rules.iter().flat_map(|r| &r.matches).any(|m| match m {
-            Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } | Match::Flow { set: s, .. } => s == name,
-            _ => false,
-        })
+    c.rules.iter().flat_map(|r| &r.matches).any(|m| match m {
+        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => s == name,
+        _ => false,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -649,7 +617,7 @@ mod tests {
         check_refused(|t| t.push(add_rule("nope", Rule::verdict(vec![], Verdict::Accept))), 0, Reason::NotFound);
         check_refused(
             |t| {
-                t.push(Op::AddSet { name: "s".into(), key: KeyType::Addr(Family::IPv4), interval: false, dynamic: None });
+                t.push(Op::AddSet { name: "s".into(), key: KeyType::Addr(Family::IPv4), interval: false });
                 t.push(add_rule("pol_a", Rule::verdict(vec![], Verdict::Jump("grp_a".into()))));
             },
             1,
@@ -684,7 +652,7 @@ mod tests {
             0,
             Reason::Exists,
         );
-        check_refused(|t| t.push(Op::AddSet { name: "peer4_a".into(), key: KeyType::Addr(Family::IPv6), interval: false, dynamic: None }), 0, Reason::Exists);
+        check_refused(|t| t.push(Op::AddSet { name: "peer4_a".into(), key: KeyType::Addr(Family::IPv6), interval: false }), 0, Reason::Exists);
         check_refused(|t| t.push(Op::DeleteTable { table: "other".into() }), 0, Reason::NotFound);
     }
 

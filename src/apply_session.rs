@@ -183,8 +183,4 @@ impl Kernel for SessionKernel {
     fn table_names(&mut self) -> Result<Vec<String>, ApplyError> {
         self.inner.table_names()
     }
-
-    fn declarations(&mut self, table: &str) -> Result<Option<crate::nft::Program>, ApplyError> {
-        self.inner.declarations(table)
-    }
 }

@@ -2,7 +2,8 @@
 //!
 //! A `Selector` can only be built through [`Selector::from_k8s`], which rejects
 //! what the API server rejects (unknown operators, `In` without values,
-//! `Exists` with values), so matching itself cannot fail.
+//! `Exists` with values, keys that are not qualified names, values that are
+//! not label values), so matching itself cannot fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -46,6 +47,10 @@ impl Labels {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone + '_ {
         self.into_iter()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0.iter().map(|(k, _)| &**k)
     }
 
     pub fn len(&self) -> usize {
@@ -141,7 +146,9 @@ impl Selector {
     pub fn from_k8s(sel: &LabelSelector) -> Result<Selector, SelectorError> {
         let match_labels = sel.match_labels.clone().unwrap_or_default();
         for (k, v) in &match_labels {
-            check_label_value(v).map_err(|m| SelectorError { field: format!("matchLabels.{k}"), message: m })?;
+            check_label_key(k)
+                .and_then(|()| check_label_value(v))
+                .map_err(|m| SelectorError { field: format!("matchLabels.{k}"), message: m })?;
         }
         let mut match_expressions = Vec::new();
         for (i, req) in sel.match_expressions.iter().flatten().enumerate() {
@@ -174,8 +181,9 @@ impl Selector {
                 }
                 _ => {}
             }
-            if req.key.is_empty() {
-                return Err(SelectorError { field: field("key"), message: "the key must not be empty".into() });
+            check_label_key(&req.key).map_err(|m| SelectorError { field: field("key"), message: m })?;
+            for (j, v) in req.values.iter().flatten().enumerate() {
+                check_label_value(v).map_err(|m| SelectorError { field: field(&format!("values[{j}]")), message: m })?;
             }
             match_expressions.push(Requirement { key: req.key.clone(), operator, values });
         }
@@ -210,15 +218,54 @@ impl Requirement {
     }
 }
 
-fn check_label_value(v: &str) -> Result<(), String> {
-    let ok = v.len() <= 63
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters: a
+/// label value, and the name part of a label key.
+fn is_label_name(v: &str) -> bool {
+    v.len() <= 63
         && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
-        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric());
-    if ok {
+        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+/// A DNS-1123 subdomain: dot-separated labels of lower-case alphanumerics
+/// and '-', each starting and ending alphanumeric, at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label_part)
+}
+
+/// A DNS-1123 label: what namespace names are.
+pub fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns_label_part(s)
+}
+
+fn is_dns_label_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn check_label_value(v: &str) -> Result<(), String> {
+    if is_label_name(v) {
         Ok(())
     } else {
         Err(format!("{v:?} is not a valid label value (at most 63 characters: alphanumerics, '-', '_', '.', starting and ending alphanumeric)"))
+    }
+}
+
+/// A label key is a qualified name: `name` or `prefix/name`, the name as a
+/// label value but not empty, the prefix a DNS subdomain.
+pub fn check_label_key(k: &str) -> Result<(), String> {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if !name.is_empty() && is_label_name(name) && prefix.is_none_or(is_dns_subdomain) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{k:?} is not a valid label key (a name of at most 63 alphanumerics, '-', '_', '.', starting and ending alphanumeric, optionally after a DNS subdomain prefix and '/', as in app.kubernetes.io/name)"
+        ))
     }
 }
 
@@ -289,9 +336,30 @@ mod tests {
                 "matchExpressions[0].values",
             ),
             (serde_json::json!({"matchLabels": {"a": "has space"}}), "matchLabels.a"),
+            (serde_json::json!({"matchLabels": {"has space": "a"}}), "matchLabels.has space"),
+            (serde_json::json!({"matchExpressions": [{"key": "", "operator": "Exists"}]}), "matchExpressions[0].key"),
+            (serde_json::json!({"matchExpressions": [{"key": "a/b/c", "operator": "Exists"}]}), "matchExpressions[0].key"),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In", "values": ["ok", "not ok"]}]}),
+                "matchExpressions[0].values[1]",
+            ),
         ];
         for (json, field) in cases {
             assert_eq!(sel(json.clone()).unwrap_err().field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn label_keys() {
+        let long_name = "a".repeat(63);
+        let long_prefix = format!("{}/a", ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join("."));
+        for ok in ["app", "app.kubernetes.io/name", "A_b.c-D", "9", "example.com/x", long_name.as_str(), long_prefix.as_str()] {
+            assert_eq!(check_label_key(ok), Ok(()), "{ok}");
+        }
+        let too_long = "a".repeat(64);
+        let prefix_too_long = format!("{}x/a", &long_prefix[..long_prefix.len() - 2]);
+        for bad in ["", "-a", "a-", "a b", "/a", "a/", "a/b/c", "Example.com/a", "a_b.io/x", "é", too_long.as_str(), prefix_too_long.as_str()] {
+            assert!(check_label_key(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -2,21 +2,44 @@
 //!
 //! serde_yaml-style deserialisation forgets positions once a document is a
 //! value, yet every error we report must name the file, the line and the field
-//! path. So we parse with yaml-rust2's event API and build a plain
-//! `serde_json::Value` (what k8s-openapi deserialises from); the index from
-//! field path (`spec.ingress[0].from[1]`, the same spelling
-//! serde_path_to_error prints) to the line and column where that field starts
-//! is built only when an error asks for a position, by parsing the text
-//! again. Recording a path for every field of every document cost more than
-//! the parse itself, for positions that valid manifests never need.
+//! path. So we parse with yaml-rust2's event API, build a plain
+//! `serde_json::Value` (what k8s-openapi deserialises from) and a tree of
+//! positions shaped like the value, looked up by field path
+//! (`spec.ingress[0].from[1]`, the same spelling serde_path_to_error prints).
+//!
+//! The tree is built only when something asks for a position (an error, or
+//! lint's [`crate::model::sources`]): the stream's text is then parsed again,
+//! recording it, once for all its documents. Valid manifests never need
+//! positions, and building them for every field cost about as much as the
+//! parse. Only the start of each document and of each item of its top-level
+//! sequences (`items[3]` of a `kind: List`) is kept on the first pass.
+//!
+//! Input is hostile until proven otherwise, so the parser bounds what a
+//! small file can cost: nesting depth ([`MAX_DEPTH`]; deeper documents
+//! would overflow the stack of whatever walks the value), alias expansion
+//! (a "billion laughs" document is refused, not expanded), and positions
+//! are kept per node, never as a path string per node (which costs depth ×
+//! nodes). Duplicate keys are refused, as Kubernetes' strict decoding does,
+//! rather than silently keeping one of them.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Number, Value};
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Deeper nesting is refused. Real manifests nest about ten levels (a CRD
+/// schema a few dozen); the limit keeps every recursive walk of the value
+/// (serde, clone, drop) far from the end of a 2 MiB thread stack.
+pub const MAX_DEPTH: usize = 256;
+
+/// Aliases may add this many nodes to a stream, plus [`ALIAS_RATIO`] per
+/// node written out: anchors for shared label maps are fine, exponential
+/// expansion is not.
+pub const ALIAS_BASE: usize = 10_000;
+pub const ALIAS_RATIO: usize = 10;
 
 /// A 1-based line and column in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,89 +54,146 @@ impl fmt::Display for Pos {
     }
 }
 
+impl Default for Pos {
+    fn default() -> Self {
+        Pos { line: 1, col: 1 }
+    }
+}
+
+/// Where each node of a stream starts: one entry per node, children by
+/// index. A mapping entry's node starts at its key.
+#[derive(Debug, Default)]
+struct Spans {
+    nodes: Vec<SpanNode>,
+}
+
+#[derive(Debug)]
+struct SpanNode {
+    pos: Pos,
+    kids: Kids,
+}
+
+#[derive(Debug)]
+enum Kids {
+    Leaf,
+    Map(Vec<(String, usize)>),
+    Seq(Vec<usize>),
+}
+
+/// A stream's text and, once asked for, the positions of all its nodes.
+#[derive(Debug)]
+struct Source {
+    text: Arc<str>,
+    recorded: OnceLock<Recorded>,
+}
+
+/// Positions of a whole stream: every node, and each document's root.
+#[derive(Debug, Default)]
+struct Recorded {
+    spans: Spans,
+    roots: Vec<Option<usize>>,
+}
+
+impl Source {
+    fn recorded(&self) -> &Recorded {
+        self.recorded.get_or_init(|| {
+            // The text parsed once already; a second pass that records stops
+            // where the first did, after every document handed out.
+            let mut b = Builder::new(true);
+            let _ = drive(&self.text, &mut b, |_| {});
+            Recorded { spans: std::mem::take(&mut b.spans), roots: std::mem::take(&mut b.roots) }
+        })
+    }
+}
+
 /// One YAML document: its value and where each of its fields starts.
 #[derive(Debug, Clone)]
 pub struct Doc {
     pub value: Value,
     pub start: Pos,
-    spans: Spans,
-    /// Start of each item of the root's sequences (`items[3]`), kept while
-    /// parsing: a `kind: List`'s items need their lines, not every position.
-    items: Option<Arc<HashMap<String, Pos>>>,
-}
-
-/// Where a document's fields start, found when first asked.
-#[derive(Debug, Clone)]
-struct Spans {
     source: Arc<Source>,
     /// Which document of the stream.
     index: usize,
-    /// The path of this (sub-)document inside that document: "" for a
-    /// whole document, `items[3]` for a list item.
+    /// Where this (sub-)document sits in its document: "" for a whole
+    /// document, `items[3]` for a list item.
     prefix: String,
-}
-
-/// A YAML stream's text, and every document's field positions once
-/// computed.
-#[derive(Debug)]
-struct Source {
-    text: Arc<str>,
-    spans: OnceLock<Vec<HashMap<String, Pos>>>,
-}
-
-impl Spans {
-    fn get(&self, path: &str) -> Option<Pos> {
-        let all = self.source.spans.get_or_init(|| record_spans(&self.source.text));
-        all.get(self.index)?.get(&join(&self.prefix, path)).copied()
-    }
+    /// Start of each item of the document's top-level sequences, by path.
+    items: Option<Arc<HashMap<String, Pos>>>,
 }
 
 impl Doc {
     /// Where `path` starts, or the nearest enclosing field that we know of.
     /// Falls back to the document start so an error always has a line.
     pub fn pos(&self, path: &str) -> Pos {
-        let mut p = path;
-        loop {
-            if let Some(pos) = self.spans.get(p) {
-                return pos;
-            }
-            match p.rfind(['.', '[']) {
-                Some(i) => p = &p[..i],
-                None => return self.start,
-            }
+        self.find(path).1
+    }
+
+    /// The node `path` names, if known all the way down, and the position
+    /// of the deepest node on the way.
+    fn find(&self, path: &str) -> (Option<usize>, Pos) {
+        let rec = self.source.recorded();
+        let Some(mut node) = rec.roots.get(self.index).copied().flatten() else { return (None, self.start) };
+        let spans = &rec.spans;
+        let mut at = spans.nodes[node].pos;
+        let full = join(&self.prefix, path);
+        let mut rest = full.as_str();
+        let mut top = true;
+        while !rest.is_empty() {
+            let next = match &spans.nodes[node].kids {
+                Kids::Seq(items) => rest.strip_prefix('[').and_then(|r| r.split_once(']')).and_then(|(i, tail)| {
+                    let child = i.parse::<usize>().ok().and_then(|i| items.get(i))?;
+                    Some((*child, tail))
+                }),
+                Kids::Map(entries) => {
+                    // Keys may hold `.` and `[` (`app.kubernetes.io/name`):
+                    // take the longest key the path continues from.
+                    let r = if top { rest } else { rest.strip_prefix('.').unwrap_or("\0") };
+                    entries
+                        .iter()
+                        .filter(|(k, _)| r.strip_prefix(k.as_str()).is_some_and(|t| t.is_empty() || t.starts_with(['.', '['])))
+                        .max_by_key(|(k, _)| k.len())
+                        .map(|(k, child)| (*child, &r[k.len()..]))
+                }
+                Kids::Leaf => None,
+            };
+            let Some((child, tail)) = next else { return (None, at) };
+            node = child;
+            at = spans.nodes[node].pos;
+            rest = tail;
+            top = false;
         }
+        (Some(node), at)
     }
 
     /// A sub-document: `value` is the node at `path` and positions are
     /// re-rooted there. Used for `kind: List` items and inline test objects,
     /// so their errors still point at the right line of the outer file.
-    /// Items of the root's sequences (`items[3]`) know their start without
-    /// computing every position.
+    /// Costs nothing per field: the positions are shared, and an item of a
+    /// top-level sequence knows its start without them.
     pub fn sub(&self, path: &str, value: Value) -> Doc {
-        let spans = Spans { source: self.spans.source.clone(), index: self.spans.index, prefix: join(&self.spans.prefix, path) };
-        let start = self.items.as_ref().and_then(|i| i.get(&spans.prefix).copied()).unwrap_or_else(|| self.pos(path));
-        Doc { value, start, spans, items: None }
+        let prefix = join(&self.prefix, path);
+        let start = self.items.as_ref().and_then(|i| i.get(&prefix).copied()).unwrap_or_else(|| self.pos(path));
+        Doc { value, start, source: self.source.clone(), index: self.index, prefix, items: None }
     }
 }
 
 /// `prefix` then `path`, as one field path.
 fn join(prefix: &str, path: &str) -> String {
-    if prefix.is_empty() {
-        path.to_string()
-    } else if path.is_empty() {
-        prefix.to_string()
-    } else if path.starts_with('[') {
-        format!("{prefix}{path}")
-    } else {
-        format!("{prefix}.{path}")
+    let mut p = prefix.to_string();
+    if !path.is_empty() {
+        push_seg(&mut p, path);
     }
+    p
 }
 
-/// A YAML syntax error, with its position.
+/// A YAML syntax error, or a document netfence refuses to build (duplicate
+/// keys, too deep, too many aliases), with its position and, when it is
+/// about a field, the field's path.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{pos}: {message}")]
 pub struct SyntaxError {
     pub pos: Pos,
+    pub path: String,
     pub message: String,
 }
 
@@ -124,248 +204,369 @@ pub fn parse(text: &str) -> Result<Vec<Doc>, SyntaxError> {
     Ok(docs)
 }
 
-/// Parse a multi-document YAML stream, handing each document to `f` as
-/// soon as it is complete, so a large file's values are never all in
-/// memory. A syntax error anywhere is an error, after `f` saw the documents
-/// before it.
+/// Parse a multi-document YAML stream, handing each document to `f` as soon
+/// as it is complete, so a large file's values need not all be in memory at
+/// once. An error anywhere is the error, after `f` saw the documents before
+/// it.
 pub fn parse_each(text: &str, mut f: impl FnMut(Doc)) -> Result<(), SyntaxError> {
-    let source = Arc::new(Source { text: text.into(), spans: OnceLock::new() });
+    let source = Arc::new(Source { text: text.into(), recorded: OnceLock::new() });
+    let mut b = Builder::new(false);
     let mut index = 0;
-    let mut builder = Builder::new(false, |d: Built| {
-        let spans = Spans { source: source.clone(), index, prefix: String::new() };
+    let r = drive(text, &mut b, |d| {
+        let items = (!d.items.is_empty()).then(|| Arc::new(d.items));
+        f(Doc { value: d.value, start: d.start, source: source.clone(), index, prefix: String::new(), items });
         index += 1;
-        f(Doc { value: d.value, start: d.start, spans, items: (!d.items.is_empty()).then(|| Arc::new(d.items)) })
     });
-    run(text, &mut builder)
-}
-
-fn run<F: FnMut(Built)>(text: &str, builder: &mut Builder<F>) -> Result<(), SyntaxError> {
-    let mut parser = Parser::new_from_str(text);
-    parser.load(builder, true).map_err(|e| SyntaxError {
-        pos: Pos { line: e.marker().line(), col: e.marker().col() + 1 },
-        message: e.info().to_string(),
-    })?;
-    match builder.error.take() {
-        Some(message) => Err(SyntaxError { pos: builder.error_pos, message }),
-        None => Ok(()),
+    match r {
+        // A refused document (duplicate key, merge of a non-mapping) names
+        // the field and the first key's position: those come from the
+        // recording pass, which refuses the same thing at the same event.
+        Err(first) if b.refused => {
+            let mut rb = Builder::new(true);
+            match drive(text, &mut rb, |_| {}) {
+                Err(e) => Err(e),
+                Ok(()) => Err(first),
+            }
+        }
+        r => r,
     }
 }
 
-/// Every document's field positions: the text parsed again, recording them.
-/// Only errors get here, and the text parsed once already, so it parses.
-fn record_spans(text: &str) -> Vec<HashMap<String, Pos>> {
-    let mut all = Vec::new();
-    let _ = run(text, &mut Builder::new(true, |d: Built| all.push(d.spans)));
-    all
+/// Run `b` over `text`, handing finished documents to `f`.
+fn drive(text: &str, b: &mut Builder, mut f: impl FnMut(Built)) -> Result<(), SyntaxError> {
+    let mut parser = Parser::new_from_str(text);
+    // Events one at a time: yaml-rust2's `load` recurses once per nesting
+    // level, which a deep enough document turns into a stack overflow.
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
+            pos: clamp(text, Pos { line: e.marker().line(), col: e.marker().col() + 1 }),
+            path: String::new(),
+            message: format!("invalid YAML: {}", e.info()),
+        })?;
+        let end = ev == Event::StreamEnd;
+        b.on_event(ev, mark);
+        if let Some((pos, path, message)) = b.error.take() {
+            return Err(SyntaxError { pos: clamp(text, pos), path, message });
+        }
+        if let Some(d) = b.done.take() {
+            f(d);
+        }
+        if end {
+            return Ok(());
+        }
+    }
 }
 
-enum Frame {
-    Seq { path: String, items: Vec<Value>, anchor: usize, start: Pos },
-    Map { path: String, map: Map<String, Value>, key: Option<String>, anchor: usize, start: Pos },
+/// A position inside `text`: the scanner reports the end of input one line
+/// past the last.
+fn clamp(text: &str, pos: Pos) -> Pos {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let line = pos.line.clamp(1, lines.len());
+    let len = lines[line - 1].trim_end_matches('\r').chars().count();
+    let col = if line < pos.line { len + 1 } else { pos.col.clamp(1, len + 1) };
+    Pos { line, col }
 }
 
-/// A document as the builder leaves it.
+/// A node being built: its span, start, value so far, anchor, nodes it
+/// holds (for the alias budget) and how its parent names it (for error
+/// paths).
+struct Frame {
+    span: usize,
+    start: Pos,
+    anchor: usize,
+    count: usize,
+    seg: String,
+    kind: FrameKind,
+}
+
+enum FrameKind {
+    Seq(Vec<Value>),
+    Map {
+        map: Map<String, Value>,
+        /// The key whose value comes next: its text and position, or `<<`.
+        key: Option<(String, Pos)>,
+        merge_next: bool,
+        merges: Vec<Value>,
+    },
+}
+
+/// A document as the builder hands it out.
 struct Built {
     value: Value,
     start: Pos,
-    /// Every field's position (when recording).
-    spans: HashMap<String, Pos>,
-    /// Start of each item of the root's sequences (when not recording).
+    /// Start of each item of the top-level sequences (not when recording).
     items: HashMap<String, Pos>,
 }
 
-struct Builder<F> {
-    /// Record every field's path and position (slow; for errors).
+/// Builds documents from events. Recording, it also builds `spans` (every
+/// node's position) and names fields in errors; otherwise it keeps only
+/// what loading needs and leaves positions to a recording pass.
+struct Builder {
     record: bool,
-    /// Where finished documents go.
-    sink: F,
-    stack: Vec<Frame>,
-    spans: HashMap<String, Pos>,
+    /// `error` is about a field, which only a recording pass names.
+    refused: bool,
+    done: Option<Built>,
+    roots: Vec<Option<usize>>,
     items: HashMap<String, Pos>,
+    stack: Vec<Frame>,
+    spans: Spans,
     doc_start: Option<Pos>,
-    root: Option<Value>,
-    anchors: HashMap<usize, Value>,
-    error: Option<String>,
-    error_pos: Pos,
-}
-
-impl Default for Pos {
-    fn default() -> Self {
-        Pos { line: 1, col: 1 }
-    }
+    root: Option<(Value, usize, Pos)>,
+    /// Anchor id -> (value, nodes in it), for the current document.
+    anchors: HashMap<usize, (Value, usize)>,
+    written: usize,
+    expanded: usize,
+    error: Option<(Pos, String, String)>,
 }
 
 fn pos_of(m: Marker) -> Pos {
     Pos { line: m.line(), col: m.col() + 1 }
 }
 
-impl<F: FnMut(Built)> Builder<F> {
-    fn new(record: bool, sink: F) -> Builder<F> {
+impl Builder {
+    fn new(record: bool) -> Builder {
         Builder {
             record,
-            sink,
-            stack: Vec::new(),
-            spans: HashMap::new(),
+            refused: false,
+            done: None,
+            roots: Vec::new(),
             items: HashMap::new(),
+            stack: Vec::new(),
+            spans: Spans::default(),
             doc_start: None,
             root: None,
             anchors: HashMap::new(),
+            written: 0,
+            expanded: 0,
             error: None,
-            error_pos: Pos::default(),
         }
     }
 
-    /// Is the next event a mapping key?
-    fn at_key(&self) -> bool {
-        matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
+    fn fail(&mut self, pos: Pos, message: String) {
+        if self.error.is_none() {
+            let path = if self.record { self.path() } else { String::new() };
+            self.error = Some((pos, path, message));
+            self.refused = !self.record;
+        }
     }
 
-    /// The path of the node about to be produced (not a mapping key); empty
-    /// when not recording.
-    fn next_path(&self) -> String {
-        if !self.record {
-            return String::new();
+    /// The field path of the node about to be produced (recording only:
+    /// without it frames do not keep their names).
+    fn path(&self) -> String {
+        let mut p = String::new();
+        for f in &self.stack[1.min(self.stack.len())..] {
+            push_seg(&mut p, &f.seg);
         }
-        match self.stack.last() {
-            None => String::new(),
-            Some(Frame::Seq { path, items, .. }) => format!("{path}[{}]", items.len()),
-            Some(Frame::Map { path, key, .. }) => {
-                let k = key.as_deref().unwrap_or_default();
-                if path.is_empty() {
-                    k.to_string()
-                } else {
-                    format!("{path}.{k}")
-                }
+        if let Some(f) = self.stack.last() {
+            match &f.kind {
+                FrameKind::Seq(items) => p.push_str(&format!("[{}]", items.len())),
+                FrameKind::Map { key: Some((k, _)), .. } => push_seg(&mut p, k),
+                FrameKind::Map { key: None, .. } => {}
             }
         }
+        p
     }
 
-    fn fail(&mut self, pos: Pos, msg: String) {
-        if self.error.is_none() {
-            self.error = Some(msg);
-            self.error_pos = pos;
+    /// A new span for the node about to be produced, attached to its parent
+    /// (recording only), its name in the parent (recording only) and where
+    /// it starts: a mapping value starts at its key.
+    fn open(&mut self, pos: Pos) -> (usize, String, Pos) {
+        let id = self.spans.nodes.len();
+        let (at, seg) = match self.stack.last() {
+            Some(Frame { kind: FrameKind::Map { key: Some((k, kpos)), .. }, .. }) => {
+                (*kpos, if self.record { k.clone() } else { String::new() })
+            }
+            Some(Frame { kind: FrameKind::Seq(items), .. }) => {
+                (pos, if self.record { format!("[{}]", items.len()) } else { String::new() })
+            }
+            _ => (pos, String::new()),
+        };
+        if !self.record {
+            return (usize::MAX, seg, at);
         }
+        self.spans.nodes.push(SpanNode { pos: at, kids: Kids::Leaf });
+        if let Some(f) = self.stack.last() {
+            let parent = f.span;
+            match &mut self.spans.nodes[parent].kids {
+                Kids::Map(entries) => entries.push((seg.clone(), id)),
+                Kids::Seq(items) => items.push(id),
+                Kids::Leaf => {}
+            }
+        }
+        (id, seg, at)
     }
 
-    /// Attach a finished node that started at `start` to its parent (or
-    /// make it the document root).
-    fn push_value(&mut self, v: Value, anchor: usize, start: Pos) {
+    /// Attach a finished node that starts at `start` to its parent (or make
+    /// it the document root).
+    fn push_value(&mut self, v: Value, anchor: usize, count: usize, span: usize, start: Pos) {
         if anchor != 0 {
-            self.anchors.insert(anchor, v.clone());
+            self.anchors.insert(anchor, (v.clone(), count));
         }
-        // An item of a sequence of the root mapping (`items[3]`): its start
-        // is kept even when not recording, for `kind: List`.
-        if let (false, [Frame::Map { key: Some(k), .. }, Frame::Seq { items, .. }]) = (self.record, self.stack.as_slice()) {
+        // An item of a top-level sequence (`items[3]`): its start is kept
+        // without recording, for `kind: List`.
+        if let (false, [Frame { kind: FrameKind::Map { key: Some((k, _)), .. }, .. }, Frame { kind: FrameKind::Seq(items), .. }]) =
+            (self.record, self.stack.as_slice())
+        {
             self.items.insert(format!("{k}[{}]", items.len()), start);
         }
         match self.stack.last_mut() {
-            None => self.root = Some(v),
-            Some(Frame::Seq { items, .. }) => items.push(v),
-            Some(Frame::Map { map, key, .. }) => {
-                if let Some(k) = key.take() {
-                    map.insert(k, v);
+            None => self.root = Some((v, span, start)),
+            Some(f) => {
+                f.count += count;
+                match &mut f.kind {
+                    FrameKind::Seq(items) => items.push(v),
+                    FrameKind::Map { map, key, merge_next, merges } => {
+                        if std::mem::take(merge_next) {
+                            merges.push(v);
+                        } else if let Some((k, _)) = key.take() {
+                            map.insert(k, v);
+                        }
+                        *key = None;
+                    }
                 }
             }
         }
     }
-}
 
-impl<F: FnMut(Built)> MarkedEventReceiver for Builder<F> {
+    /// A scalar (or alias) in key position: the key of the next entry.
+    fn key(&mut self, text: String, pos: Pos, merge: bool) {
+        let Some(Frame { span, start, kind: FrameKind::Map { map, key, merge_next, .. }, .. }) = self.stack.last_mut() else { return };
+        // The parser marks a block mapping's start after its first key; the
+        // first key's position is where it really starts.
+        *start = (*start).min(pos);
+        let span = *span;
+        if let Some(n) = self.spans.nodes.get_mut(span) {
+            n.pos = n.pos.min(pos);
+        }
+        if merge {
+            *merge_next = true;
+            *key = Some((text, pos));
+            return;
+        }
+        if map.contains_key(&text) {
+            let first = match self.spans.nodes.get(span).map(|n| &n.kids) {
+                Some(Kids::Map(entries)) => entries.iter().find(|(k, _)| *k == text).map(|(_, id)| self.spans.nodes[*id].pos),
+                _ => None,
+            };
+            let at = first.map(|p| format!(" (first at line {}, column {})", p.line, p.col)).unwrap_or_default();
+            *key = Some((text.clone(), pos));
+            return self.fail(pos, format!("duplicate key {text:?}{at}; a key may appear once in a mapping"));
+        }
+        *key = Some((text, pos));
+    }
+
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = pos_of(mark);
+        let in_key = matches!(self.stack.last(), Some(Frame { kind: FrameKind::Map { key: None, .. }, .. }));
         match ev {
             Event::DocumentStart => {
                 self.doc_start = Some(pos);
-                self.spans.clear();
-                self.items.clear();
                 self.root = None;
+                self.anchors.clear();
             }
             Event::DocumentEnd => {
-                let value = self.root.take().unwrap_or(Value::Null);
                 let start = self.doc_start.take().unwrap_or(pos);
-                let spans = std::mem::take(&mut self.spans);
-                let items = std::mem::take(&mut self.items);
-                if self.error.is_none() {
-                    (self.sink)(Built { value, start, spans, items });
+                let (value, root, start) = match self.root.take() {
+                    Some((v, span, at)) => (v, (span != usize::MAX).then_some(span), start.min(at)),
+                    None => (Value::Null, None, start),
+                };
+                if self.record {
+                    self.roots.push(root);
                 }
+                let items = std::mem::take(&mut self.items);
+                self.done = Some(Built { value, start, items });
             }
             Event::Scalar(text, style, anchor, tag) => {
-                // A scalar in key position is a mapping key, not a value.
-                if self.at_key() {
-                    let root = self.stack.len() == 1;
-                    let record = self.record;
-                    let Some(Frame::Map { key, path, start, .. }) = self.stack.last_mut() else { return };
-                    // The parser marks a block mapping's start after its first
-                    // key; the first key's position is where it really starts.
-                    *start = (*start).min(pos);
-                    if root {
-                        let doc = self.doc_start.get_or_insert(pos);
-                        *doc = (*doc).min(pos);
-                    }
-                    if record {
-                        let full = if path.is_empty() { text.clone() } else { format!("{path}.{text}") };
-                        let at = self.spans.entry(path.clone()).or_insert(pos);
-                        *at = (*at).min(pos);
-                        self.spans.insert(full, pos);
-                    }
-                    *key = Some(text);
-                    return;
+                self.written += 1;
+                if in_key {
+                    let merge = text == "<<" && style == TScalarStyle::Plain && tag.is_none();
+                    return self.key(text, pos, merge);
                 }
-                if self.record {
-                    self.spans.entry(self.next_path()).or_insert(pos);
-                }
+                let (span, _, at) = self.open(pos);
                 let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
-                let v = if style == TScalarStyle::Plain && !is_str_tag {
-                    plain_scalar(&text)
+                let v = if style == TScalarStyle::Plain && !is_str_tag { plain_scalar(&text) } else { Value::String(text) };
+                self.push_value(v, anchor, 1, span, at);
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                self.written += 1;
+                let is_seq = matches!(ev, Event::SequenceStart(..));
+                if in_key {
+                    let what = if is_seq { "sequence" } else { "mapping" };
+                    return self.fail(pos, format!("a {what} cannot be a mapping key"));
+                }
+                if self.stack.len() >= MAX_DEPTH {
+                    return self.fail(pos, format!("nested deeper than {MAX_DEPTH} levels (netfence's limit)"));
+                }
+                let (span, seg, start) = self.open(pos);
+                if let Some(n) = self.spans.nodes.get_mut(span) {
+                    n.kids = if is_seq { Kids::Seq(Vec::new()) } else { Kids::Map(Vec::new()) };
+                }
+                let kind = if is_seq {
+                    FrameKind::Seq(Vec::new())
                 } else {
-                    Value::String(text)
+                    FrameKind::Map { map: Map::new(), key: None, merge_next: false, merges: Vec::new() }
                 };
-                self.push_value(v, anchor, pos);
+                self.stack.push(Frame { span, start, anchor, count: 1, seg, kind });
             }
-            Event::SequenceStart(anchor, _) => {
-                if self.at_key() {
-                    return self.fail(pos, "a sequence cannot be a mapping key".into());
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some(Frame { start, kind: FrameKind::Map { merges, .. }, .. }) = self.stack.last() {
+                    let sources = merges.iter().flat_map(|m| m.as_array().map_or(std::slice::from_ref(m), Vec::as_slice));
+                    if sources.clone().any(|m| !m.is_object()) {
+                        let at = *start;
+                        return self.fail(at, "`<<` merges mappings: its value must be a mapping or a list of them".into());
+                    }
                 }
-                let path = self.next_path();
-                if self.record {
-                    self.spans.entry(path.clone()).or_insert(pos);
-                }
-                self.stack.push(Frame::Seq { path, items: Vec::new(), anchor, start: pos });
-            }
-            Event::MappingStart(anchor, _) => {
-                if self.at_key() {
-                    return self.fail(pos, "a mapping cannot be a mapping key".into());
-                }
-                let path = self.next_path();
-                if self.record {
-                    self.spans.entry(path.clone()).or_insert(pos);
-                }
-                self.stack.push(Frame::Map { path, map: Map::new(), key: None, anchor, start: pos });
-            }
-            Event::SequenceEnd => {
-                if let Some(Frame::Seq { items, anchor, start, .. }) = self.stack.pop() {
-                    self.push_value(Value::Array(items), anchor, start);
-                }
-            }
-            Event::MappingEnd => {
-                if let Some(Frame::Map { map, anchor, start, .. }) = self.stack.pop() {
-                    self.push_value(Value::Object(map), anchor, start);
-                }
+                let Some(f) = self.stack.pop() else { return };
+                let v = match f.kind {
+                    FrameKind::Seq(items) => Value::Array(items),
+                    FrameKind::Map { mut map, merges, .. } => {
+                        // YAML 1.1 merge keys (`<<: *defaults`), which
+                        // Kubernetes' YAML decoder honours: keys written in
+                        // the mapping win, then earlier sources.
+                        for m in &merges {
+                            for src in m.as_array().map_or(std::slice::from_ref(m), Vec::as_slice) {
+                                for (k, v) in src.as_object().into_iter().flatten() {
+                                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                                }
+                            }
+                        }
+                        Value::Object(map)
+                    }
+                };
+                self.push_value(v, f.anchor, f.count, f.span, f.start);
             }
             Event::Alias(id) => {
-                let v = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
-                if let Some(Frame::Map { key: k @ None, .. }) = self.stack.last_mut() {
-                    *k = Some(match v {
+                let Some((v, count)) = self.anchors.get(&id).cloned() else {
+                    return self.fail(pos, "alias to an anchor of another document (anchors are per document)".into());
+                };
+                self.expanded += count;
+                let budget = ALIAS_BASE + ALIAS_RATIO * self.written;
+                if self.expanded > budget {
+                    return self.fail(
+                        pos,
+                        format!("aliases expand this stream to over {budget} nodes (a \"billion laughs\" document?): write the repeated part out"),
+                    );
+                }
+                if in_key {
+                    let text = match v {
                         Value::String(s) => s,
                         other => other.to_string(),
-                    });
-                    return;
+                    };
+                    return self.key(text, pos, false);
                 }
-                self.push_value(v, 0, pos);
+                let (span, _, at) = self.open(pos);
+                self.push_value(v, 0, count, span, at);
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
     }
+}
+
+fn push_seg(p: &mut String, seg: &str) {
+    if !p.is_empty() && !seg.starts_with('[') {
+        p.push('.');
+    }
+    p.push_str(seg);
 }
 
 /// Resolve a plain scalar with the YAML 1.2 core schema, as Kubernetes'
@@ -449,5 +650,102 @@ mod tests {
     fn anchors_and_aliases() {
         let docs = parse("a: &x {k: v}\nb: *x\n").unwrap();
         assert_eq!(docs[0].value["b"], serde_json::json!({"k": "v"}));
+    }
+
+    fn check_err(text: &str, at: (usize, usize), path: &str, msg: &str) {
+        let e = parse(text).unwrap_err();
+        assert_eq!(((e.pos.line, e.pos.col), e.path.as_str()), (at, path), "{e}");
+        assert!(e.message.contains(msg), "{e}");
+    }
+
+    /// "Billion laughs": nine levels of ten aliases would be 10^9 nodes.
+    #[test]
+    fn alias_expansion_is_bounded() {
+        let mut bomb = String::from("l0: &l0 [a, a, a, a, a, a, a, a, a, a]\n");
+        for i in 1..=9 {
+            bomb.push_str(&format!("l{i}: &l{i} [{}]\n", vec![format!("*l{}", i - 1); 10].join(", ")));
+        }
+        // Refused at the alias that crosses the budget: the ninth of l3 (10,000
+        // + 10 per node written; l0 to l2 and eight aliases of l2 fit).
+        check_err(&bomb, (4, 50), "l3[8]", "billion laughs");
+        // Sharing a label map among many objects is what aliases are for.
+        let mut shared = String::from("labels: &l {app: web, tier: front}\npods:\n");
+        for i in 0..3000 {
+            shared.push_str(&format!("- {{name: p{i}, labels: *l}}\n"));
+        }
+        let docs = parse(&shared).unwrap();
+        assert_eq!(docs[0].value["pods"][2999]["labels"]["tier"], "front");
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_never_overflows_the_stack() {
+        let deep = |n: usize| format!("a:\n{}x\n", "- ".repeat(n));
+        // `a` plus MAX_DEPTH - 1 sequences: as deep as allowed.
+        assert!(parse(&deep(MAX_DEPTH - 1)).is_ok());
+        check_err(&deep(MAX_DEPTH), (2, 2 * MAX_DEPTH - 1), &format!("a{}", "[0]".repeat(MAX_DEPTH - 1)), "deeper than 256");
+        // Far deeper, in block and flow style: refused, not a stack overflow.
+        assert!(parse(&deep(200_000)).is_err());
+        assert!(parse(&format!("a: {}{}\n", "[".repeat(200_000), "]".repeat(200_000))).is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        check_err("kind: Namespace\nmetadata:\n  name: x\n  name: y\n", (4, 3), "metadata.name", "duplicate key \"name\" (first at line 3, column 3)");
+        check_err("metadata: {name: x, name: y}\n", (1, 21), "metadata.name", "duplicate key");
+        check_err("items:\n- a: 1\n  a: 2\n", (3, 3), "items[0].a", "duplicate key");
+        // The same key in different mappings or documents is fine.
+        assert!(parse("a: {k: 1}\nb: {k: 2}\n---\na: 3\n").is_ok());
+    }
+
+    #[test]
+    fn merge_keys() {
+        let docs = parse("base: &b {app: web, tier: a}\nlabels:\n  <<: *b\n  tier: b\nboth:\n  <<: [*b, {x: y}]\n").unwrap();
+        assert_eq!(docs[0].value["labels"], serde_json::json!({"app": "web", "tier": "b"}));
+        assert_eq!(docs[0].value["both"], serde_json::json!({"app": "web", "tier": "a", "x": "y"}));
+        // A quoted "<<" is an ordinary key.
+        assert_eq!(parse("\"<<\": 1\n").unwrap()[0].value, serde_json::json!({"<<": 1}));
+        check_err("a:\n  <<: [1]\n", (1, 1), "a", "`<<` merges mappings");
+    }
+
+    #[test]
+    fn aliases_do_not_cross_documents() {
+        check_err("a: &x 1\n---\nb: *x\n", (3, 4), "b", "another document");
+    }
+
+    #[test]
+    fn errors_at_the_end_of_input_stay_inside_the_text() {
+        for text in [":\n!", "a: [1,", "a: \"x", "a: [1,\n", "a: {b: 1\n\n"] {
+            let e = parse(text).unwrap_err();
+            let lines: Vec<&str> = text.split('\n').collect();
+            assert!(e.pos.line <= lines.len() && e.pos.col <= lines[e.pos.line - 1].chars().count() + 1, "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn keys_with_dots_and_brackets() {
+        let text = "matchLabels:\n  app.kubernetes.io/name: web\n  a[0]: x\n  a: {b: 1}\n";
+        check_pos(text, "matchLabels.app.kubernetes.io/name", 2, 3);
+        check_pos(text, "matchLabels.a[0]", 3, 3);
+        check_pos(text, "matchLabels.a.b", 4, 7);
+        check_pos(text, "matchLabels.nope.deeper", 1, 1);
+    }
+
+    /// Sub-documents share their positions: a `kind: List` of n items costs
+    /// O(n), where copying each item's positions out cost O(n²) (a 4000-pod
+    /// `kubectl get -o yaml` took 107 s to load).
+    #[test]
+    fn sub_documents_share_positions() {
+        let mut text = String::from("items:\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("- {{name: p{i}, labels: {{app: a}}}}\n"));
+        }
+        let docs = parse(&text).unwrap();
+        let items = docs[0].value["items"].as_array().unwrap();
+        for (i, item) in items.iter().enumerate() {
+            let sub = docs[0].sub(&format!("items[{i}]"), item.clone());
+            assert!(Arc::ptr_eq(&sub.source, &docs[0].source));
+            assert_eq!(sub.pos("labels.app"), Pos { line: i + 2, col: 22 + i.to_string().len() });
+        }
+        assert_eq!(docs[0].sub("items[20000]", Value::Null).pos("x"), Pos { line: 1, col: 1 });
     }
 }

@@ -25,7 +25,7 @@ async fn start(dir: &Path) -> (Running, FakeDataplane) {
         reconcile: Default::default(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     };
-    (agent::start(config, Box::new(dp.clone())).await.unwrap(), dp)
+    (agent::start(config, Box::new(dp.clone()), None).await.unwrap(), dp)
 }
 
 fn write(dir: &Path, name: &str, text: &str) {

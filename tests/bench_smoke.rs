@@ -27,7 +27,7 @@ fn smoke_run_measures_every_stage() {
             assert!(r.deltas.iter().all(|d| d.apply.is_some()), "{text}");
             let p = r.packet.as_ref().expect("the smoke run measures the packet path");
             let names: Vec<&str> = p.results.iter().map(|x| x.name).collect();
-            assert_eq!(names, ["no ruleset", "conntrack only", "netfence", "linear"], "{text}");
+            assert_eq!(names, ["no ruleset", "kube-proxy NAT", "netfence + kube-proxy NAT", "linear + kube-proxy NAT"], "{text}");
             assert!(p.results.iter().all(|x| x.throughput.0 > 0.0 && x.connections_per_s.0 > 0.0), "{text}");
             let a = r.agent.as_ref().expect("the smoke run runs the agent");
             assert_eq!((a.latencies.len(), a.syncs), (4, 4), "one delta sync per event:\n{text}");

@@ -96,6 +96,7 @@ fn the_daemonset_runs_the_agent_as_the_code_expects() {
     let args = c.args.clone().unwrap();
     assert_eq!(args[0], "agent");
     assert!(args.windows(2).any(|w| w == ["--node", "$(NODE_NAME)"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--established", "cut"]), "{args:?}");
     let env = c.env.iter().flatten().find(|e| e.name == "NODE_NAME").expect("NODE_NAME");
     let field = env.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
     assert_eq!(field, Some("spec.nodeName"));

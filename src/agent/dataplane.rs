@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::model::Cluster;
+use crate::nft::Program;
 
 /// What one successful sync did and what the ruleset now holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +26,21 @@ pub struct SyncReport {
     pub rules: usize,
     pub sets: usize,
     pub elements: usize,
+    /// The program now in force and the one it replaced, for cutting the
+    /// connections it denies ([`super::conntrack`]); `None` from a
+    /// dataplane that enforces nothing.
+    pub changes: Option<Changes>,
+}
+
+/// What an applied sync changed on the node, as programs (shared, not
+/// copied: the dataplane keeps the new one as its committed state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub node: String,
+    /// What the kernel held before; `None` when this process does not know
+    /// (its first sync adopts whatever an earlier run left).
+    pub old: Option<Arc<Program>>,
+    pub new: Arc<Program>,
 }
 
 /// Why a sync did not happen. Either way nothing of it was applied.
@@ -249,6 +265,7 @@ fn fake_report(old: Option<&Cluster>, new: &Cluster, full: bool) -> SyncReport {
         rules: new.policies.len(),
         sets: new.namespaces.len(),
         elements,
+        changes: None,
     }
 }
 

@@ -27,6 +27,13 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+/// Why a conntrack entry was cut: `denied` by the program in force, or its
+/// pod is `gone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 impl ModeLabel {
     pub fn of(full: bool) -> ModeLabel {
         ModeLabel { mode: if full { "full" } else { "delta" } }
@@ -68,6 +75,10 @@ pub struct Metrics {
     pub invalid_objects: InvalidObjects,
     pub watch_errors: Family<KindLabel, Counter>,
     pub source_errors: Counter,
+    pub conntrack_examined: Counter,
+    pub conntrack_cut: Family<ReasonLabel, Counter>,
+    pub conntrack_errors: Counter,
+    pub conntrack_duration: Histogram,
     ready: AtomicBool,
 }
 
@@ -95,6 +106,10 @@ impl Metrics {
             invalid_objects: InvalidObjects::default(),
             watch_errors: Family::default(),
             source_errors: Counter::default(),
+            conntrack_examined: Counter::default(),
+            conntrack_cut: Family::default(),
+            conntrack_errors: Counter::default(),
+            conntrack_duration: seconds_histogram(),
             ready: AtomicBool::new(false),
         };
         m.register()
@@ -135,6 +150,27 @@ impl Metrics {
         r.register("invalid_objects", "Objects skipped because they failed validation, by kind", self.invalid_objects.0.clone());
         r.register("watch_errors", "Errors from the API watchers, by kind (each is retried with backoff)", self.watch_errors.clone());
         r.register("source_load_errors", "Files of the --source folder that failed to load, each version once (its last valid objects are kept), and failures to list the folder", self.source_errors.clone());
+        r.register(
+            "conntrack_examined_entries",
+            "Conntrack entries judged against the program in force, or found with the address of a pod gone",
+            self.conntrack_examined.clone(),
+        );
+        r.register(
+            "conntrack_cut_entries",
+            "Conntrack entries deleted, by reason: denied by the program in force, or their pod gone",
+            self.conntrack_cut.clone(),
+        );
+        r.register(
+            "conntrack_errors",
+            "Failed conntrack dumps or deletions (the ruleset was applied; what they missed is looked at again with the next sync)",
+            self.conntrack_errors.clone(),
+        );
+        r.register_with_unit(
+            "conntrack_cut_duration",
+            "Time to dump, judge and delete after one sync",
+            Unit::Seconds,
+            self.conntrack_duration.clone(),
+        );
         self
     }
 
@@ -176,6 +212,10 @@ mod tests {
         m.rules.set(17);
         m.last_success.set(1_700_000_000.5);
         m.invalid_objects.inc(Kind::NetworkPolicy);
+        m.conntrack_examined.inc_by(10);
+        m.conntrack_cut.get_or_create(&ReasonLabel { reason: "denied" }).inc_by(3);
+        m.conntrack_errors.inc();
+        m.conntrack_duration.observe(0.003);
         m.set_ready(true);
         let text = m.render();
         let cases = [
@@ -190,6 +230,10 @@ mod tests {
             ("netfence_last_successful_sync_timestamp_seconds", "1700000000.5"),
             ("netfence_invalid_objects_total{kind=\"NetworkPolicy\"}", "1"),
             ("netfence_ready", "1"),
+            ("netfence_conntrack_examined_entries_total", "10"),
+            ("netfence_conntrack_cut_entries_total{reason=\"denied\"}", "3"),
+            ("netfence_conntrack_errors_total", "1"),
+            ("netfence_conntrack_cut_duration_seconds_count", "1"),
         ];
         for (name, value) in cases {
             let l = line(&text, &format!("{name} ")).unwrap_or_else(|| panic!("{name} missing in\n{text}"));

@@ -21,14 +21,17 @@
 //! - nothing in this module lists the nftables table back: the dataplane
 //!   keeps what it committed in memory.
 //!
-//! When a policy change takes effect: the ruleset uses no conntrack, so a
-//! change applies to every new TCP connection (only a SYN without ACK is
-//! judged) and to every later UDP/SCTP packet; TCP connections already open
-//! carry on until they close. UDP/SCTP replies are accepted through a
-//! per-node flow set with a 2-minute idle timeout, so for a flow the new
-//! rules no longer allow the forward direction stops at once and the replies
-//! once its entry idles out.
+//! When a policy change takes effect: the ruleset is stateful (each judging
+//! chain accepts established connections first), so a change applies to
+//! every new connection at once. Connections already open are cut when the
+//! new program denies them (`--established cut`, the default): after each
+//! applied sync the conntrack entries whose verdict may have changed are
+//! judged one by one against the program now in force and the denied ones
+//! deleted, and every entry of a pod that went away goes with it
+//! ([`conntrack`]). With `--established keep` they carry on until they
+//! close. A failure to cut is counted and logged, never fails the sync.
 
+pub mod conntrack;
 pub mod dataplane;
 pub mod fake_api;
 pub mod http;
@@ -50,7 +53,8 @@ use crate::model::Cluster;
 
 pub use index::{Index, Key, Kind, Watched};
 pub use metrics::Metrics;
-pub use dataplane::{Dataplane, DryRun, FakeDataplane, SyncError, SyncReport};
+pub use conntrack::{FakeTable, NetlinkTable, Table};
+pub use dataplane::{Changes, Dataplane, DryRun, FakeDataplane, SyncError, SyncReport};
 pub use nftables::NftDataplane;
 pub use reconcile::ReconcileConfig;
 
@@ -131,6 +135,18 @@ impl std::fmt::Debug for Source {
             Source::Folder { dir, poll } => f.debug_struct("Folder").field("dir", dir).field("poll", poll).finish(),
         }
     }
+}
+
+/// What to do with connections established before a policy change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Established {
+    /// Leave them alone: they carry on under the rules that admitted them.
+    /// The library's default, which needs no conntrack table; the CLI's is
+    /// `Cut`.
+    #[default]
+    Keep,
+    /// Delete the conntrack entries the new program denies.
+    Cut,
 }
 
 #[derive(Debug, Clone)]
@@ -248,7 +264,11 @@ impl Running {
 }
 
 /// Start the agent: the metrics server, the sources and the reconcile loop.
-pub async fn start(config: Config, dataplane: Box<dyn Dataplane>) -> anyhow::Result<Running> {
+/// `conntrack` is required when `config.reconcile.established` is `Cut`.
+pub async fn start(config: Config, dataplane: Box<dyn Dataplane>, conntrack: Option<Box<dyn Table>>) -> anyhow::Result<Running> {
+    if config.reconcile.established == Established::Cut && conntrack.is_none() {
+        anyhow::bail!("--established cut needs the conntrack table");
+    }
     let metrics = Arc::new(Metrics::new());
     let store = Store::new(Index::new(metrics.invalid_objects.clone()));
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -267,7 +287,7 @@ pub async fn start(config: Config, dataplane: Box<dyn Dataplane>) -> anyhow::Res
     tasks.extend(sources);
     tracing::info!(node = %config.node, %metrics_addr, "agent started");
 
-    let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, store.clone(), metrics.clone());
+    let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, conntrack, store.clone(), metrics.clone());
     let mut rx = shutdown_rx;
     let reconcile = tokio::spawn(reconciler.run(async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -2,19 +2,25 @@
 //! last committed, apply the difference as one transaction.
 //!
 //! The committed program is kept in memory and never read back on the sync
-//! path (`../shared/nft-facts.md`: listing a large table takes seconds; a
-//! full sync lists only declarations, `nft -t`, which is cheap). A full sync
-//! replaces everything in our table but the flow sets (UDP/SCTP replies on
-//! their way) and removes the other of our two table names in the same
-//! transaction, so whatever an earlier run left (either name, any contents)
-//! is adopted with no moment without rules. Only a cold start too
+//! path (`../shared/nft-facts.md`: listing a large table takes seconds). A
+//! full sync replaces our table and removes the other of our two table names
+//! in the same transaction, so whatever an earlier run left (either name, any
+//! contents) is adopted with no moment without rules. Connection state lives
+//! in the kernel's conntrack table, not in ours, so replacing the table (or
+//! swapping in a staged one) keeps every established connection. Only a cold start too
 //! large for one transaction is built in bounded steps under the other name
 //! ([`crate::apply::apply_staged`]); until its last step it is not hooked,
 //! so traffic never sees it half-built.
 
-use super::dataplane::{Dataplane, SyncError, SyncReport};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::conntrack::Scope;
+use super::dataplane::{Changes, Dataplane, SyncError, SyncReport};
 use crate::apply::{apply_staged, Kernel};
 use crate::model::Cluster;
+use crate::nft::program::{Action, AddrMatch, Element, Match, Verdict};
 use crate::nft::{self, Op, Program, Transaction, ALT_TABLE, TABLE};
 
 /// Above this many elements a full sync is built in bounded transactions.
@@ -25,7 +31,8 @@ pub const STAGE_BATCH: usize = 50_000;
 pub struct NftDataplane {
     node: String,
     kernel: Box<dyn Kernel + Send>,
-    committed: Option<Program>,
+    /// Shared with the last report's [`Changes`], never copied.
+    committed: Option<Arc<Program>>,
 }
 
 impl NftDataplane {
@@ -35,7 +42,7 @@ impl NftDataplane {
 
     /// What was last committed (for tests and verification).
     pub fn committed(&self) -> Option<&Program> {
-        self.committed.as_ref()
+        self.committed.as_deref()
     }
 
     fn full(&mut self, mut program: Program) -> Result<(Program, usize), SyncError> {
@@ -49,17 +56,7 @@ impl NftDataplane {
             return Ok((program, ops));
         }
         program.table = TABLE.to_string();
-        // Replace everything but the flow sets, whose elements are replies
-        // on their way (a periodic resync must not drop them); if the live
-        // table cannot be read, replace it whole.
-        let mut tx = match self.kernel.declarations(TABLE) {
-            Ok(Some(live)) => nft::diff::replace_keeping_flows(&live, &program),
-            Ok(None) => nft::diff::replace(&program),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the live table's declarations; replacing it whole (UDP/SCTP reply state is lost)");
-                nft::diff::replace(&program)
-            }
-        };
+        let mut tx = nft::diff::replace(&program);
         tx.push(Op::AddTable { table: ALT_TABLE.to_string() });
         tx.push(Op::DeleteTable { table: ALT_TABLE.to_string() });
         self.kernel.apply(&tx).map_err(apply_err)?;
@@ -85,12 +82,14 @@ impl Dataplane for NftDataplane {
                 (p, ops, 0)
             }
         };
+        let program = Arc::new(program);
         let report = SyncReport {
             ops,
             element_ops,
             rules: program.rule_count(),
             sets: program.sets.len() + program.maps.len(),
             elements: element_count(&program),
+            changes: Some(Changes { node: self.node.clone(), old: self.committed.take(), new: program.clone() }),
         };
         self.committed = Some(program);
         Ok(report)
@@ -99,6 +98,146 @@ impl Dataplane for NftDataplane {
 
 pub fn element_count(p: &Program) -> usize {
     p.sets.values().map(|s| s.elements.len()).sum::<usize>() + p.maps.values().map(|m| m.elements.len()).sum::<usize>()
+}
+
+/// The addresses whose verdicts may differ between two programs: what a
+/// cut must judge ([`super::conntrack`]).
+///
+/// A packet's verdict depends on the rules it crosses and the elements
+/// they read. Base chains, and the chains they jump to directly, are
+/// crossed by every packet: a rule changed there may change any verdict
+/// (`All`), an element changed in a set they read changes the verdicts of
+/// that element's address. Past a verdict-map lookup by address (the
+/// dispatch of local pods to their group chains) everything is the key's:
+/// a key is affected when its verdict changed, or the chain it jumps to,
+/// or anything that chain reads or jumps to. An over-approximation on
+/// purpose: judging a connection that stays allowed costs a lookup, missing
+/// one that is now denied would leave it open.
+pub fn affected(old: &Program, new: &Program) -> Scope {
+    let mut a = Affected { old, new, sets: changed_sets(old, new), dirty: HashMap::new() };
+    let mut out = BTreeSet::new();
+    // Every packet's part: base chains and what they jump to directly.
+    let mut stack: Vec<&str> =
+        old.chains.values().chain(new.chains.values()).filter(|c| c.base.is_some()).map(|c| c.name.as_str()).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    while let Some(name) = stack.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let (o, n) = (old.chains.get(name), new.chains.get(name));
+        if o.map(|c| (&c.base, &c.rules)) != n.map(|c| (&c.base, &c.rules)) {
+            return Scope::All;
+        }
+        for rule in n.iter().flat_map(|c| &c.rules) {
+            for set in reads(&rule.matches) {
+                match a.sets.get(set) {
+                    Some(Some(addrs)) => out.extend(addrs),
+                    Some(None) => return Scope::All,
+                    None => {}
+                }
+            }
+            if let Action::Verdict(Verdict::Jump(t)) = &rule.action {
+                stack.push(t);
+            }
+        }
+    }
+    // The keyed part: every verdict map element.
+    let names: BTreeSet<&String> = old.maps.keys().chain(new.maps.keys()).collect();
+    for name in names {
+        let (o, n) = (old.maps.get(name), new.maps.get(name));
+        if o.map(|m| m.key) != n.map(|m| m.key) && o.is_some() && n.is_some() {
+            return Scope::All;
+        }
+        let empty = BTreeMap::new();
+        let (o, n) = (o.map_or(&empty, |m| &m.elements), n.map_or(&empty, |m| &m.elements));
+        for key in o.keys().chain(n.keys().filter(|k| !o.contains_key(*k))) {
+            let differs = match (o.get(key), n.get(key)) {
+                (Some(x), Some(y)) if x == y => matches!(y, Verdict::Jump(c) if a.dirty(c)),
+                _ => true,
+            };
+            if differs {
+                match address(key) {
+                    Some(ip) => {
+                        out.insert(ip);
+                    }
+                    None => return Scope::All,
+                }
+            }
+        }
+    }
+    Scope::Addrs(out)
+}
+
+/// The address an element is about, if it is about one.
+fn address(e: &Element) -> Option<IpAddr> {
+    match e {
+        Element::Addr(ip) | Element::AddrProtoPort(ip, _, _) => Some(*ip),
+        _ => None,
+    }
+}
+
+/// The sets a rule's matches read.
+fn reads(matches: &[Match]) -> impl Iterator<Item = &str> {
+    matches.iter().filter_map(|m| match m {
+        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+/// Sets that differ: each with the addresses of the elements that differ,
+/// or `None` when the difference is not a matter of addresses (a
+/// declaration, a prefix).
+fn changed_sets<'p>(old: &'p Program, new: &'p Program) -> HashMap<&'p str, Option<BTreeSet<IpAddr>>> {
+    let mut out = HashMap::new();
+    let names: BTreeSet<&String> = old.sets.keys().chain(new.sets.keys()).collect();
+    for name in names {
+        let (o, n) = (old.sets.get(name), new.sets.get(name));
+        if o == n {
+            continue;
+        }
+        let addrs = match (o, n) {
+            (Some(o), Some(n)) if o.same_declaration(n) => {
+                o.elements.symmetric_difference(&n.elements).map(address).collect::<Option<BTreeSet<IpAddr>>>()
+            }
+            _ => None,
+        };
+        out.insert(name.as_str(), addrs);
+    }
+    out
+}
+
+struct Affected<'p> {
+    old: &'p Program,
+    new: &'p Program,
+    sets: HashMap<&'p str, Option<BTreeSet<IpAddr>>>,
+    dirty: HashMap<String, bool>,
+}
+
+impl Affected<'_> {
+    /// Did chain `name`, or anything it reads or jumps to, change?
+    fn dirty(&mut self, name: &str) -> bool {
+        if let Some(&d) = self.dirty.get(name) {
+            return d;
+        }
+        self.dirty.insert(name.to_string(), false); // no loops: validate() refuses them
+        let (old, new) = (self.old, self.new);
+        let d = match (old.chains.get(name), new.chains.get(name)) {
+            (Some(a), Some(b)) if a.rules == b.rules => b.rules.iter().any(|r| {
+                reads(&r.matches).any(|s| self.sets.contains_key(s))
+                    || match &r.action {
+                        Action::Verdict(Verdict::Jump(t)) => self.dirty(t),
+                        Action::Vmap { map, .. } => {
+                            old.maps.get(map) != new.maps.get(map)
+                                || new.maps.get(map).into_iter().flat_map(|m| m.elements.values()).any(|v| matches!(v, Verdict::Jump(t) if self.dirty(t)))
+                        }
+                        _ => false,
+                    }
+            }),
+            _ => true,
+        };
+        self.dirty.insert(name.to_string(), d);
+        d
+    }
 }
 
 #[cfg(test)]
@@ -147,9 +286,6 @@ spec:
         fn table_names(&mut self) -> Result<Vec<String>, crate::apply::ApplyError> {
             self.0.lock().unwrap().table_names()
         }
-        fn declarations(&mut self, table: &str) -> Result<Option<Program>, crate::apply::ApplyError> {
-            self.0.lock().unwrap().declarations(table)
-        }
     }
 
     #[test]
@@ -193,5 +329,78 @@ spec:
         // The next attempt succeeds from the same committed state.
         dp.sync(&c2, false).unwrap();
         assert_eq!(k.0.lock().unwrap().table(TABLE), dp.committed());
+    }
+
+    fn program(extra: &str) -> Program {
+        let c = cluster(extra);
+        nft::compile(&c, &crate::ir::resolve(&c), "n1")
+    }
+
+    fn pod(name: &str, node: &str, ip: &str, app: &str) -> String {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {app}}}}}\nspec: {{nodeName: {node}}}\nstatus: {{podIP: {ip}}}\n")
+    }
+
+    #[test]
+    fn affected_addresses_of_a_change() {
+        let check = |from: &str, to: &str, expected: &[&str]| {
+            let got = affected(&program(from), &program(to));
+            let want = Scope::Addrs(expected.iter().map(|s| s.parse().unwrap()).collect());
+            assert_eq!(got, want, "{from:?} -> {to:?}");
+        };
+        check("", "", &[]);
+        // A remote pod joins x/a's allowed peers: a's verdicts read that set.
+        check("", &pod("b2", "n2", "10.0.2.9", "b"), &["10.0.1.1"]);
+        // A remote pod no local verdict reads: nothing.
+        check("", &pod("z", "n2", "10.0.2.10", "z"), &[]);
+        // A local pod appears: its own dispatch changed.
+        check("", &pod("c", "n1", "10.0.1.3", "z"), &["10.0.1.3"]);
+        check(&pod("c", "n1", "10.0.1.3", "z"), "", &["10.0.1.3"]);
+        // x/b isolated too: its dispatch verdict changed.
+        let deny_b = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\nspec: {podSelector: {matchLabels: {app: b}}}\n";
+        check("", deny_b, &["10.0.1.2"]);
+    }
+
+    #[test]
+    fn a_change_every_packet_crosses_affects_everything() {
+        let old = program("");
+        let mut new = old.clone();
+        let base = new.chains.values_mut().find(|c| c.base.is_some()).unwrap();
+        base.rules.insert(0, nft::Rule::verdict(vec![], nft::Verdict::Drop));
+        assert_eq!(affected(&old, &new), Scope::All);
+    }
+
+    #[test]
+    fn sets_read_by_every_packet_affect_their_elements() {
+        use crate::model::Family;
+        use crate::nft::program::{AddrField, BaseHook, ChainPolicy, Hook, KeyType, Rule, Set};
+        // `ip saddr @blocked drop` on a base chain: an element's change is its address's.
+        let with = |elements: &[&str], interval: bool| {
+            let mut p = Program::new(TABLE);
+            let elements = elements
+                .iter()
+                .map(|e| if interval { Element::Net(e.parse().unwrap()) } else { Element::Addr(e.parse().unwrap()) })
+                .collect();
+            p.add_set(Set::of("blocked".to_string(), KeyType::Addr(Family::IPv4), interval, elements));
+            let m = Match::Addr { family: Family::IPv4, field: AddrField::Saddr, negate: false, rhs: AddrMatch::Set("blocked".into()) };
+            p.add_chain(nft::Chain {
+                name: "c".into(),
+                base: Some(BaseHook { hook: Hook::Postrouting, priority: 0, policy: ChainPolicy::Accept }),
+                rules: vec![Rule::verdict(vec![m], Verdict::Drop)],
+            });
+            p
+        };
+        let addrs = |v: &[&str]| Scope::Addrs(v.iter().map(|s| s.parse().unwrap()).collect());
+        assert_eq!(affected(&with(&["10.0.0.1", "10.0.0.2"], false), &with(&["10.0.0.2", "10.0.0.3"], false)), addrs(&["10.0.0.1", "10.0.0.3"]));
+        assert_eq!(affected(&with(&["10.0.0.0/24"], true), &with(&["10.0.1.0/24"], true)), Scope::All);
+    }
+
+    #[test]
+    fn a_sync_reports_the_programs_before_and_after() {
+        let mut dp = NftDataplane::new("n1", Box::new(FakeKernel::default()));
+        let first = dp.sync(&cluster(""), true).unwrap().changes.unwrap();
+        assert_eq!((first.node.as_str(), first.old.is_none()), ("n1", true));
+        let second = dp.sync(&cluster(&pod("c", "n1", "10.0.1.3", "z")), false).unwrap().changes.unwrap();
+        assert_eq!(second.old, Some(first.new.clone()));
+        assert_eq!(dp.committed(), Some(&*second.new));
     }
 }

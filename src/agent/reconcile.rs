@@ -15,7 +15,11 @@
 //! dataplane's transactions are atomic), report unready, and retry with a
 //! full apply after an exponential, capped backoff. A full apply also
 //! happens on start (adopting and atomically replacing whatever an earlier
-//! run left) and every `resync` to repair drift.
+//! run left) and every `resync` to repair drift. With `--established cut`,
+//! each successful sync is followed by a cut of the connections the program
+//! now in force denies ([`super::conntrack`]), before the next sync; a
+//! failed cut is counted and logged and does not make the agent unready
+//! (the ruleset is applied).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -24,9 +28,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::dataplane::{Dataplane, SyncError, SyncReport};
-use super::metrics::{Metrics, ModeLabel};
-use super::Store;
+use super::conntrack::{Cutter, Table};
+use super::dataplane::{Changes, Dataplane, SyncError, SyncReport};
+use super::metrics::{Metrics, ModeLabel, ReasonLabel};
+use super::{Established, Store};
 use crate::model::Cluster;
 
 #[derive(Debug, Clone)]
@@ -42,6 +47,7 @@ pub struct ReconcileConfig {
     /// First retry delay after a failed sync; doubles up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    pub established: Established,
 }
 
 impl Default for ReconcileConfig {
@@ -52,6 +58,7 @@ impl Default for ReconcileConfig {
             resync: Duration::from_secs(300),
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
+            established: Established::Keep,
         }
     }
 }
@@ -144,6 +151,10 @@ impl Backoff {
 pub(crate) struct Reconciler {
     cfg: ReconcileConfig,
     dataplane: Option<Box<dyn Dataplane>>,
+    /// `Some` with `--established cut`; taken while a cut runs.
+    cutter: Option<Cutter>,
+    /// The cluster the kernel enforces (the last one synced successfully).
+    committed: Option<Arc<Cluster>>,
     store: Store,
     metrics: Arc<Metrics>,
     coalescer: Coalescer,
@@ -158,8 +169,17 @@ pub(crate) struct Reconciler {
 }
 
 impl Reconciler {
-    pub(crate) fn new(cfg: ReconcileConfig, dataplane: Box<dyn Dataplane>, store: Store, metrics: Arc<Metrics>) -> Reconciler {
+    pub(crate) fn new(
+        cfg: ReconcileConfig,
+        dataplane: Box<dyn Dataplane>,
+        conntrack: Option<Box<dyn Table>>,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Reconciler {
+        let cutter = conntrack.filter(|_| cfg.established == Established::Cut).map(Cutter::new);
         Reconciler {
+            cutter,
+            committed: None,
             coalescer: Coalescer::new(cfg.debounce, cfg.max_delay),
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
             cfg,
@@ -240,7 +260,13 @@ impl Reconciler {
         }
         let now = Instant::now();
         match result {
-            Ok(report) => self.succeeded(&report, full, now),
+            Ok(report) => {
+                self.succeeded(&report, full, now);
+                let old = self.committed.replace(cluster.clone());
+                if let Some(changes) = report.changes {
+                    self.cut(old, cluster, changes).await?;
+                }
+            }
             Err(e) => {
                 self.need_full = true;
                 let delay = self.backoff.next_delay();
@@ -302,6 +328,58 @@ impl Reconciler {
             tokio::task::spawn_blocking(release_free_memory);
         }
         tracing::info!(full, ops = r.ops, element_ops = r.element_ops, rules = r.rules, sets = r.sets, elements = r.elements, "synced");
+    }
+}
+
+impl Reconciler {
+    /// Cut what the program a sync put in force denies. Runs on the
+    /// blocking pool; the next sync waits for it, so a cut never judges
+    /// against a program that is no longer in force.
+    async fn cut(&mut self, old: Option<Arc<Cluster>>, new: Arc<Cluster>, changes: Changes) -> anyhow::Result<()> {
+        let Some(mut cutter) = self.cutter.take() else { return Ok(()) };
+        let started = std::time::Instant::now();
+        let (cutter, result) = tokio::task::spawn_blocking(move || {
+            let r = cutter.after_sync(old.as_deref(), &new, &changes);
+            (cutter, r)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cutting connections panicked: {e}"))?;
+        self.cutter = Some(cutter);
+        let elapsed = started.elapsed();
+        let m = &self.metrics;
+        match result {
+            Ok(r) => {
+                m.conntrack_duration.observe(elapsed.as_secs_f64());
+                m.conntrack_examined.inc_by(r.examined);
+                m.conntrack_cut.get_or_create(&ReasonLabel { reason: "denied" }).inc_by(r.cut_denied.deleted);
+                m.conntrack_cut.get_or_create(&ReasonLabel { reason: "gone" }).inc_by(r.cut_gone.deleted);
+                let d = &r.deleted();
+                if d.failed > 0 {
+                    m.conntrack_errors.inc_by(d.failed);
+                    tracing::warn!(failed = d.failed, error = d.first_error.as_deref().unwrap_or(""), "some connections the policy denies could not be cut; retried with the next sync");
+                }
+                if r.to_cut() > 0 {
+                    tracing::info!(
+                        examined = r.examined,
+                        denied = r.denied,
+                        gone = r.gone,
+                        deleted = d.deleted,
+                        already_closed = d.missing,
+                        failed = d.failed,
+                        entries = r.scanned,
+                        ms = elapsed.as_millis() as u64,
+                        "cut connections the policy in force denies"
+                    );
+                } else {
+                    tracing::debug!(examined = r.examined, entries = r.scanned, ms = elapsed.as_millis() as u64, "no connection to cut");
+                }
+            }
+            Err(e) => {
+                m.conntrack_errors.inc();
+                tracing::warn!(error = %e, "cannot cut the connections the policy denies; they continue until the next sync retries");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -376,7 +454,7 @@ mod tests {
             let metrics = Arc::new(Metrics::new());
             let store = Store::new(Index::new(metrics.invalid_objects.clone()));
             let dp = FakeDataplane::default();
-            let r = Reconciler::new(cfg, Box::new(dp.clone()), store.clone(), metrics.clone());
+            let r = Reconciler::new(cfg, Box::new(dp.clone()), None, store.clone(), metrics.clone());
             let (stop, rx) = tokio::sync::oneshot::channel();
             let task = tokio::spawn(r.run(async move {
                 let _ = rx.await;
@@ -407,6 +485,7 @@ mod tests {
             resync: Duration::from_secs(300),
             retry_base: 100 * MS,
             retry_max: 1000 * MS,
+            established: Established::Keep,
         }
     }
 
@@ -620,5 +699,154 @@ mod tests {
         advance(100_000).await;
         assert_eq!(h.dp.history(), ["full", "delta", "full", "full"]);
         h.stop().await;
+    }
+
+    // -----------------------------------------------------------------------
+    // Cutting connections: the real dataplane on an in-memory kernel, and an
+    // in-memory conntrack table.
+
+    mod cut {
+        use super::*;
+        use crate::agent::conntrack::{Entry, FakeTable, Tuple, IPPROTO_TCP};
+        use crate::agent::NftDataplane;
+        use crate::agent::index::{Key, Kind};
+        use crate::apply::FakeKernel;
+
+        fn node() -> Node {
+            serde_json::from_value(json!({"metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.0.1.0/24"]},
+                "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}))
+            .unwrap()
+        }
+
+        fn pod_on_n1(name: &str, ip: &str) -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "x", "labels": {"app": name}},
+                "spec": {"nodeName": "n1"}, "status": {"podIP": ip}}))
+            .unwrap()
+        }
+
+        /// Nothing may reach x/b.
+        fn deny_b() -> NetworkPolicy {
+            serde_json::from_value(json!({"metadata": {"name": "deny-b", "namespace": "x"},
+                "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"]}}))
+            .unwrap()
+        }
+
+        fn tcp(from: &str, to: &str, port: u16) -> Entry {
+            Entry::new(Tuple::ports(IPPROTO_TCP, from.parse().unwrap(), 40000, to.parse().unwrap(), port))
+        }
+
+        struct Cut {
+            store: Store,
+            table: FakeTable,
+            metrics: Arc<Metrics>,
+            stop: tokio::sync::oneshot::Sender<()>,
+            task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        }
+
+        impl Cut {
+            fn start(established: Established, entries: &[Entry]) -> Cut {
+                let metrics = Arc::new(Metrics::new());
+                let store = Store::new(Index::new(metrics.invalid_objects.clone()));
+                let table = FakeTable::with(entries);
+                let dp = NftDataplane::new("n1", Box::new(FakeKernel::default()));
+                let cfg = ReconcileConfig { established, ..cfg() };
+                let r = Reconciler::new(cfg, Box::new(dp), Some(Box::new(table.clone())), store.clone(), metrics.clone());
+                let (stop, rx) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(r.run(async move {
+                    let _ = rx.await;
+                }));
+                store.update(|ix| {
+                    ix.reset::<Namespace>([])
+                        | ix.reset(&[node()])
+                        | ix.reset::<NetworkPolicy>([])
+                        | ix.reset(&[pod_on_n1("a", "10.0.1.1"), pod_on_n1("b", "10.0.1.2")])
+                });
+                Cut { store, table, metrics, stop, task }
+            }
+
+            /// Let a sync, and the cut after it, happen.
+            async fn settle(&self) {
+                for _ in 0..20 {
+                    advance(10).await;
+                    tokio::task::yield_now().await;
+                }
+            }
+
+            fn left(&self) -> Vec<Entry> {
+                self.table.entries()
+            }
+
+            fn metric(&self, name: &str) -> String {
+                let text = self.metrics.render();
+                text.lines().find(|l| l.starts_with(&format!("{name} "))).map(|l| l[name.len() + 1..].to_string()).unwrap_or_default()
+            }
+
+            async fn stop(self) {
+                self.stop.send(()).unwrap();
+                self.task.await.unwrap().unwrap();
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_policy_change_cuts_what_it_denies_and_a_gone_pod_everything() {
+            let (a_to_b, b_to_a, stray) = (tcp("10.0.1.1", "10.0.1.2", 80), tcp("10.0.1.2", "10.0.1.1", 80), tcp("10.0.1.99", "10.0.1.1", 80));
+            let h = Cut::start(Established::Cut, &[a_to_b, b_to_a, stray]);
+            h.settle().await;
+            // The first sync judges every entry: .99 is no pod (fail closed).
+            assert_eq!(h.left(), [a_to_b, b_to_a]);
+            // Nothing may reach b now: a -> b goes, b -> a stays.
+            h.store.update(|ix| ix.apply(&deny_b()));
+            h.settle().await;
+            assert_eq!(h.left(), [b_to_a]);
+            assert_eq!(h.metric("netfence_conntrack_cut_entries_total{reason=\"denied\"}"), "2");
+            // A pod on another node, which changes no verdict here, dumps nothing.
+            let dumps = h.table.dumps();
+            let remote: Pod = serde_json::from_value(json!({"metadata": {"name": "r", "namespace": "x"},
+                "spec": {"nodeName": "n2"}, "status": {"podIP": "10.0.2.5"}}))
+            .unwrap();
+            h.store.update(|ix| ix.apply(&remote));
+            h.settle().await;
+            assert_eq!(h.table.dumps(), dumps);
+            // a goes away: so does everything of its address, allowed or not.
+            h.store.update(|ix| ix.delete(Kind::Pod, &Key { namespace: Some("x".into()), name: "a".into() }));
+            h.settle().await;
+            assert_eq!(h.left(), []);
+            assert_eq!(h.metric("netfence_conntrack_cut_entries_total{reason=\"gone\"}"), "1");
+            assert_eq!(h.metric("netfence_conntrack_errors_total"), "0");
+            h.stop().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn keep_cuts_nothing() {
+            let entries = [tcp("10.0.1.1", "10.0.1.2", 80), tcp("10.0.1.99", "10.0.1.1", 80)];
+            let h = Cut::start(Established::Keep, &entries);
+            h.settle().await;
+            h.store.update(|ix| ix.apply(&deny_b()));
+            h.settle().await;
+            h.store.update(|ix| ix.delete(Kind::Pod, &Key { namespace: Some("x".into()), name: "a".into() }));
+            h.settle().await;
+            assert!(h.metrics.is_ready());
+            assert_eq!((h.left(), h.table.dumps()), (entries.to_vec(), 0));
+            h.stop().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_failed_cut_keeps_the_sync_and_is_retried_with_the_next() {
+            let a_to_b = tcp("10.0.1.1", "10.0.1.2", 80);
+            let h = Cut::start(Established::Cut, &[a_to_b]);
+            h.settle().await;
+            h.table.fail_next(1);
+            h.store.update(|ix| ix.apply(&deny_b()));
+            h.settle().await;
+            // Applied and ready, the failure counted; the entry still there.
+            assert!(h.metrics.is_ready());
+            assert_eq!(h.metric("netfence_conntrack_errors_total"), "1");
+            assert_eq!(h.left(), [a_to_b]);
+            // The next sync, whatever it changes, finishes the job.
+            h.store.update(|ix| ix.apply(&pod_on_n1("c", "10.0.1.3")));
+            h.settle().await;
+            assert_eq!(h.left(), []);
+            h.stop().await;
+        }
     }
 }

@@ -2,14 +2,17 @@
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM, Ctrl-C), 1 when the agent
 //! died at run time, 2 for bad flags or an environment it cannot start in
-//! (no kubeconfig, metrics port taken). A removed flag such as `--established`
-//! is refused like any unknown one, so a stale DaemonSet fails loudly.
+//! (no kubeconfig, metrics port taken, no conntrack table to cut with). A
+//! removed flag such as `--conntrack` is refused like any unknown one, so a
+//! stale DaemonSet fails loudly.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::agent::{self, Dataplane, DryRun, ReconcileConfig, Source};
+use anyhow::Context;
+
+use crate::agent::{self, Dataplane, DryRun, Established, NetlinkTable, ReconcileConfig, Source, Table};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -58,6 +61,16 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_retry_delay: Duration,
 
+    /// Connections open when a policy change denies them: `cut` (after each
+    /// change, the conntrack entries the new rules deny are deleted, judged
+    /// one by one after NAT, so allowed connections and their Service NAT
+    /// are untouched; the entries of a pod that went away go with it) or
+    /// `keep` (they carry on until they close; only new connections follow
+    /// the change). `cut` talks to the kernel's conntrack over netlink
+    /// (NET_ADMIN) and fails at start without it.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = EstablishedArg::Cut)]
+    pub established: EstablishedArg,
+
     /// Address serving /healthz, /readyz and /metrics (Prometheus).
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], agent::METRICS_PORT)))]
     pub metrics_addr: SocketAddr,
@@ -67,10 +80,16 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Watch and log what would be enforced, but never touch nftables: for
-    /// trying the agent on a cluster.
+    /// Watch and log what would be enforced, but never touch nftables or
+    /// conntrack: for trying the agent on a cluster.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EstablishedArg {
+    Keep,
+    Cut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -93,6 +112,10 @@ impl Args {
                 max_delay: self.max_delay,
                 resync: self.resync_interval,
                 retry_max: self.max_retry_delay,
+                established: match (self.established, self.dry_run) {
+                    (EstablishedArg::Cut, false) => Established::Cut,
+                    _ => Established::Keep,
+                },
                 ..ReconcileConfig::default()
             },
             metrics_addr: self.metrics_addr,
@@ -110,6 +133,16 @@ fn dataplane(args: &Args) -> anyhow::Result<Box<dyn Dataplane>> {
     // kernel's work, not a process start per event (`apply_session`).
     let kernel = crate::apply_session::SessionKernel::new(vec!["nft".into()]);
     Ok(Box::new(crate::agent::NftDataplane::new(&args.node, Box::new(kernel))))
+}
+
+/// The conntrack table `cut` deletes from: the host's, through netlink,
+/// checked at start so a node where it cannot work fails loudly.
+fn conntrack(args: &Args) -> anyhow::Result<Option<Box<dyn Table>>> {
+    if args.config().reconcile.established == Established::Keep {
+        return Ok(None);
+    }
+    let table = NetlinkTable::open().context("--established cut (the default) deletes conntrack entries over netlink")?;
+    Ok(Some(Box::new(table)))
 }
 
 fn init_logging(format: LogFormat) {
@@ -135,7 +168,8 @@ pub fn run(args: Args) -> i32 {
     runtime.block_on(async {
         let started = async {
             let dataplane = dataplane(&args)?;
-            agent::start(args.config(), dataplane).await
+            let conntrack = conntrack(&args)?;
+            agent::start(args.config(), dataplane, conntrack).await
         };
         let running = match started.await {
             Ok(r) => r,
@@ -197,19 +231,27 @@ mod tests {
         assert_eq!(c.reconcile.debounce, Duration::ZERO);
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:9964");
         assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!(c.reconcile.established, Established::Cut);
     }
 
     #[test]
     fn flags() {
-        let a = parse(&["--node", "n1", "--source", "/tmp/x", "--poll-interval", "1s", "--resync-interval", "1m30s"]).unwrap();
+        let a = parse(&["--node", "n1", "--source", "/tmp/x", "--poll-interval", "1s", "--resync-interval", "1m30s", "--established", "keep"])
+            .unwrap();
         let c = a.config();
         assert!(matches!(&c.source, Source::Folder { dir, poll } if dir.to_str() == Some("/tmp/x") && *poll == Duration::from_secs(1)));
         assert_eq!(c.reconcile.resync, Duration::from_secs(90));
+        assert_eq!(c.reconcile.established, Established::Keep);
+        assert!(conntrack(&a).unwrap().is_none(), "keep needs no table");
+        // A dry run touches no conntrack either.
+        let a = parse(&["--node", "n1", "--dry-run"]).unwrap();
+        assert_eq!(a.config().reconcile.established, Established::Keep);
     }
 
     #[test]
     fn bad_flags_are_usage_errors() {
         assert!(parse(&["--node", "n1", "--log-format", "xml"]).is_err());
+        assert!(parse(&["--node", "n1", "--established", "drop"]).is_err());
         assert!(parse(&["--node", "n1", "--resync-interval", "soon"]).is_err());
         assert!(parse(&["--node", "n1", "--source", "d", "--kubeconfig", "k"]).is_err());
     }
@@ -220,8 +262,6 @@ mod tests {
         // behaviour it did not ask for.
         let unknown = clap::error::ErrorKind::UnknownArgument.to_string();
         let check = |argv: &[&str]| assert_eq!(parse(argv).err(), Some(unknown.clone()), "{argv:?}");
-        check(&["--node", "n1", "--established", "cut"]);
-        check(&["--node", "n1", "--established", "keep"]);
         check(&["--node", "n1", "--conntrack", "/usr/sbin/conntrack"]);
     }
 }

@@ -25,8 +25,9 @@ pub struct Args {
     #[arg(long)]
     pub no_kernel: bool,
     /// Also measure the packet path (throughput and new connections/s
-    /// between two pods through the node: no ruleset, conntrack only,
-    /// netfence, a linear rule list), pushing traffic for this many seconds
+    /// between two pods through the node: no ruleset, kube-proxy's NAT
+    /// table (the baseline), netfence and a linear rule list beside it),
+    /// pushing traffic for this many seconds
     /// per measure.
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
     pub packet: Option<f64>,

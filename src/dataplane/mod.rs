@@ -12,8 +12,10 @@
 //! Invariant: nothing here touches the host namespace's links, addresses,
 //! routes or ruleset; the install step runs inside node namespaces only.
 
+pub mod attack;
 pub mod backend;
 pub mod probe;
+pub mod raw;
 pub mod sctp;
 pub mod topology;
 
@@ -118,9 +120,8 @@ impl Dataplane {
     }
 
     /// Call `install` for every node's namespace, in node name order. Only
-    /// once, before any probe: a flow set (or, for a stateful ruleset,
-    /// conntrack) would let replies of flows probed under an earlier ruleset
-    /// pass under a later one.
+    /// once, before any probe: conntrack would let flows probed under an
+    /// earlier ruleset pass as established under a later one.
     fn install<F>(&self, mut install: F) -> anyhow::Result<()>
     where
         F: FnMut(&str, &Netns) -> anyhow::Result<()>,
@@ -159,6 +160,13 @@ impl Dataplane {
     /// The namespace of a node, for installing or inspecting its ruleset.
     pub fn node_netns(&self, node: &str) -> Option<&Netns> {
         self.topology.plan.node_ns(node).map(|ns| self.topology.netns(ns))
+    }
+
+    /// The namespace an endpoint lives in and its address in `family`: for
+    /// tests that send their own packets ([`attack`], [`raw`]).
+    pub fn locate(&self, endpoint: &Endpoint, family: Family) -> Result<(&Netns, IpAddr), String> {
+        let Place { ns, ip } = self.topology.plan.locate(endpoint, family)?;
+        Ok((self.topology.netns(ns), ip))
     }
 
     /// Every namespace this dataplane made.

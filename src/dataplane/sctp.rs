@@ -5,15 +5,21 @@
 //! answers with an INIT ACK. Both are valid as conntrack sees them (the INIT
 //! carries verification tag 0 and is alone in its packet; the INIT ACK is
 //! tagged with the INIT's initiate tag), so a stateful ruleset treats the
-//! INIT ACK as a reply of the association, exactly as it would a real one;
-//! netfence's program, which keys replies by addresses and ports in its
-//! flow set, lets it back the same way.
+//! INIT ACK as a reply of the association, exactly as it would a real one.
 
 use crc::{Crc, CRC_32_ISCSI};
 
+pub const DATA: u8 = 0;
 pub const INIT: u8 = 1;
 pub const INIT_ACK: u8 = 2;
+pub const HEARTBEAT: u8 = 4;
 pub const ABORT: u8 = 6;
+pub const SHUTDOWN: u8 = 7;
+pub const SHUTDOWN_ACK: u8 = 8;
+pub const ERROR: u8 = 9;
+pub const COOKIE_ECHO: u8 = 10;
+pub const COOKIE_ACK: u8 = 11;
+pub const SHUTDOWN_COMPLETE: u8 = 14;
 
 /// SCTP's checksum is CRC-32C (RFC 4960 appendix B).
 const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
@@ -38,7 +44,26 @@ pub struct Packet {
 /// An INIT from `src_port` to `dst_port` whose initiate tag (and initial
 /// TSN) is `tag`, which must not be 0.
 pub fn init(src_port: u16, dst_port: u16, tag: u32) -> Vec<u8> {
-    packet(src_port, dst_port, 0, INIT, &init_body(tag, &[]))
+    packet(src_port, dst_port, 0, INIT, 0, &init_body(tag, &[]))
+}
+
+/// An INIT or INIT ACK chunk's value (initiate tag `tag`, one stream each
+/// way) followed by `params`, already encoded.
+pub fn init_body(tag: u32, params: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 + params.len());
+    body.extend_from_slice(&tag.to_be_bytes());
+    body.extend_from_slice(&A_RWND.to_be_bytes());
+    body.extend_from_slice(&1u16.to_be_bytes()); // outbound streams
+    body.extend_from_slice(&1u16.to_be_bytes()); // inbound streams
+    body.extend_from_slice(&tag.to_be_bytes()); // initial TSN
+    body.extend_from_slice(params);
+    body
+}
+
+/// A packet of one chunk of any type, with any flags and value (padded to
+/// 4 bytes), and a valid checksum: what an attacker forges.
+pub fn chunk(src_port: u16, dst_port: u16, vtag: u32, chunk: u8, flags: u8, value: &[u8]) -> Vec<u8> {
+    packet(src_port, dst_port, vtag, chunk, flags, value)
 }
 
 /// The INIT ACK that answers `init`, announcing our own `tag`. It carries
@@ -50,7 +75,7 @@ pub fn init_ack(init: &Packet, tag: u32) -> Option<Vec<u8>> {
     cookie.extend_from_slice(&12u16.to_be_bytes());
     cookie.extend_from_slice(&peer_tag.to_be_bytes());
     cookie.extend_from_slice(&tag.to_be_bytes());
-    Some(packet(init.dst_port, init.src_port, peer_tag, INIT_ACK, &init_body(tag, &cookie)))
+    Some(packet(init.dst_port, init.src_port, peer_tag, INIT_ACK, 0, &init_body(tag, &cookie)))
 }
 
 /// Parse an SCTP packet (no IP header), rejecting it unless its checksum
@@ -78,29 +103,19 @@ pub fn strip_ipv4_header(bytes: &[u8]) -> Option<&[u8]> {
     bytes.get(header..).filter(|_| header >= 20)
 }
 
-fn init_body(tag: u32, params: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(16 + params.len());
-    body.extend_from_slice(&tag.to_be_bytes());
-    body.extend_from_slice(&A_RWND.to_be_bytes());
-    body.extend_from_slice(&1u16.to_be_bytes()); // outbound streams
-    body.extend_from_slice(&1u16.to_be_bytes()); // inbound streams
-    body.extend_from_slice(&tag.to_be_bytes()); // initial TSN
-    body.extend_from_slice(params);
-    body
-}
-
-fn packet(src_port: u16, dst_port: u16, vtag: u32, chunk: u8, body: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(COMMON_HEADER + 4 + body.len());
+fn packet(src_port: u16, dst_port: u16, vtag: u32, chunk: u8, flags: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(COMMON_HEADER + 8 + body.len());
     p.extend_from_slice(&src_port.to_be_bytes());
     p.extend_from_slice(&dst_port.to_be_bytes());
     p.extend_from_slice(&vtag.to_be_bytes());
     p.extend_from_slice(&[0; 4]);
     p.push(chunk);
-    p.push(0); // flags
-    let len = u16::try_from(4 + body.len()).expect("chunks here are a few dozen bytes");
+    p.push(flags);
+    let len = u16::try_from(4 + body.len()).expect("chunks here are at most a few hundred bytes");
     p.extend_from_slice(&len.to_be_bytes());
     p.extend_from_slice(body);
-    // Chunks here are multiples of 4 bytes, so no padding is needed.
+    // The chunk length excludes the padding to 4 bytes (RFC 9260 3.2).
+    p.resize(p.len().next_multiple_of(4), 0);
     let sum = checksum(&p);
     p[8..12].copy_from_slice(&sum.to_le_bytes());
     p
@@ -142,6 +157,14 @@ mod tests {
         let a = parse(&init_ack(&i, 9).unwrap()).unwrap();
         assert_eq!(a, Packet { src_port: 80, dst_port: 40000, vtag: 7, chunk: INIT_ACK, initiate_tag: Some(9) });
         assert_eq!(init_ack(&a, 3), None, "only an INIT is answered");
+    }
+
+    #[test]
+    fn any_chunk_is_padded_and_checksummed() {
+        let p = chunk(1, 2, 0xdeadbeef, DATA, 3, &[9; 5]);
+        assert_eq!(p.len(), 12 + 4 + 8);
+        assert_eq!(&p[12..16], &[DATA, 3, 0, 9]);
+        assert_eq!(parse(&p).map(|p| (p.vtag, p.chunk)), Some((0xdeadbeef, DATA)));
     }
 
     #[test]

@@ -31,13 +31,16 @@ fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, Fiel
 pub fn namespace(ns: &K8sNamespace) -> Result<Namespace, FieldError> {
     let name = ns.metadata.name.clone().filter(|n| !n.is_empty());
     let Some(name) = name else { return err("metadata.name", "a Namespace needs a name") };
-    Ok(Namespace::new(&name, ns.metadata.labels.as_ref().map(Labels::from_map).unwrap_or_default()))
+    check_name(&name, "metadata.name", Name::Label)?;
+    Ok(Namespace::new(&name, labels(&ns.metadata)?))
 }
 
 pub fn node(node: &K8sNode) -> Result<Node, FieldError> {
     let Some(name) = node.metadata.name.clone().filter(|n| !n.is_empty()) else {
         return err("metadata.name", "a Node needs a name");
     };
+    check_name(&name, "metadata.name", Name::Subdomain)?;
+    labels(&node.metadata)?;
     let mut internal_ips = Vec::new();
     let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
     for (i, a) in addresses.into_iter().flatten().enumerate() {
@@ -61,23 +64,42 @@ pub fn pod(pod: &K8sPod) -> Result<Pod, FieldError> {
     let Some(name) = pod.metadata.name.clone().filter(|n| !n.is_empty()) else {
         return err("metadata.name", "a Pod needs a name");
     };
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_string());
+    check_name(&name, "metadata.name", Name::Subdomain)?;
+    // An empty namespace is the default one, as kubectl reads it.
+    let namespace = pod.metadata.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".to_string());
+    check_name(&namespace, "metadata.namespace", Name::Label)?;
+    let labels = labels(&pod.metadata)?;
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
+    // At most one address per family, as the API server allows: the model,
+    // the compiler and the evaluator all take a pod's address in a family.
     let mut ips: Vec<IpAddr> = Vec::new();
+    let mut add = |ip: IpAddr, path: String, front: bool| {
+        if ips.contains(&ip) {
+            return Ok(());
+        }
+        if let Some(other) = ips.iter().find(|o| Family::of(o) == Family::of(&ip)) {
+            return err(path, format!("{ip} is a second {} address besides {other} (a pod has at most one address per family)", Family::of(&ip)));
+        }
+        if front {
+            ips.insert(0, ip);
+        } else {
+            ips.push(ip);
+        }
+        Ok(())
+    };
     if let Some(list) = status.and_then(|s| s.pod_ips.as_ref()) {
         for (i, p) in list.iter().enumerate() {
-            let ip = parse_ip(&p.ip, &format!("status.podIPs[{i}].ip"))?;
-            if !ips.contains(&ip) {
-                ips.push(ip);
-            }
+            let path = format!("status.podIPs[{i}].ip");
+            add(parse_ip(&p.ip, &path)?, path, false)?;
         }
     }
     if let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).filter(|s| !s.is_empty()) {
-        let ip = parse_ip(ip, "status.podIP")?;
-        if !ips.contains(&ip) {
-            ips.insert(0, ip);
-        }
+        add(parse_ip(ip, "status.podIP")?, "status.podIP".into(), true)?;
+    }
+    let node = spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+    if let Some(n) = &node {
+        check_name(n, "spec.nodeName", Name::Subdomain)?;
     }
     let mut ports = Vec::new();
     for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
@@ -94,8 +116,8 @@ pub fn pod(pod: &K8sPod) -> Result<Pod, FieldError> {
     Ok(Pod {
         namespace,
         name,
-        labels: pod.metadata.labels.as_ref().map(Labels::from_map).unwrap_or_default(),
-        node: spec.and_then(|s| s.node_name.clone()),
+        labels,
+        node,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         ips,
         ports: container_ports(ports),
@@ -110,6 +132,8 @@ pub fn policy(np: &NetworkPolicy, origin: Origin) -> Result<Policy, FieldError> 
     let Some(namespace) = np.metadata.namespace.clone().filter(|n| !n.is_empty()) else {
         return err("metadata.namespace", format!("NetworkPolicy {name:?} has no namespace (policies are namespaced: set metadata.namespace)"));
     };
+    check_name(&name, "metadata.name", Name::Subdomain)?;
+    check_name(&namespace, "metadata.namespace", Name::Label)?;
     let Some(spec) = np.spec.as_ref() else { return err("spec", "a NetworkPolicy needs a spec") };
     let pod_selector = match &spec.pod_selector {
         Some(s) => selector(s, "spec.podSelector")?,
@@ -245,6 +269,40 @@ pub fn selector(
     Selector::from_k8s(s).map_err(|e| FieldError { path: format!("{path}.{}", e.field), message: e.message })
 }
 
+/// What the API server requires of a name: namespaces are DNS labels,
+/// pods, nodes and policies DNS subdomains. Names end up in nft rule
+/// comments and in `ns/pod` endpoints, so this also keeps out `"` and `/`.
+#[derive(Debug, Clone, Copy)]
+enum Name {
+    Label,
+    Subdomain,
+}
+
+fn check_name(s: &str, path: &str, kind: Name) -> Result<(), FieldError> {
+    match kind {
+        Name::Label if !crate::selector::is_dns_label(s) => err(
+            path,
+            format!("{s:?} is not a valid name (a DNS label: at most 63 lower-case letters, digits and '-', starting and ending alphanumeric)"),
+        ),
+        Name::Subdomain if !crate::selector::is_dns_subdomain(s) => err(
+            path,
+            format!("{s:?} is not a valid name (a DNS subdomain: at most 253 lower-case letters, digits, '-' and '.', each part starting and ending alphanumeric)"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `metadata.labels`, checked as the API server checks them.
+fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<Labels, FieldError> {
+    let Some(labels) = &meta.labels else { return Ok(Labels::default()) };
+    for (k, v) in labels {
+        crate::selector::check_label_key(k)
+            .and_then(|()| crate::selector::check_label_value(v))
+            .map_err(|m| FieldError { path: format!("metadata.labels.{k}"), message: m })?;
+    }
+    Ok(Labels::from_map(labels))
+}
+
 fn parse_protocol(s: Option<&str>, path: &str) -> Result<Protocol, FieldError> {
     match s {
         None => Ok(Protocol::Tcp),
@@ -352,6 +410,44 @@ mod tests {
             assert_eq!(e.path, path, "{spec}");
             assert!(e.message.contains(msg), "{spec}: {}", e.message);
         }
+    }
+
+    fn pod_json(v: serde_json::Value) -> Result<Pod, FieldError> {
+        pod(&serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn invalid_pods_and_namespaces_name_the_field() {
+        let cases = [
+            (serde_json::json!({"metadata": {"name": "A"}}), "metadata.name", "DNS subdomain"),
+            (serde_json::json!({"metadata": {"name": "a\"b"}}), "metadata.name", "not a valid name"),
+            (serde_json::json!({"metadata": {"name": "a", "namespace": "x.y"}}), "metadata.namespace", "DNS label"),
+            (serde_json::json!({"metadata": {"name": "a", "labels": {"-a": "b"}}}), "metadata.labels.-a", "label key"),
+            (serde_json::json!({"metadata": {"name": "a", "labels": {"a": "b c"}}}), "metadata.labels.a", "label value"),
+            (serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [], "nodeName": "Node_1"}}), "spec.nodeName", "not a valid name"),
+            (
+                serde_json::json!({"metadata": {"name": "a"}, "status": {"podIPs": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]}}),
+                "status.podIPs[1].ip",
+                "at most one address per family",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "a"}, "status": {"podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.1"}]}}),
+                "status.podIP",
+                "second IPv4 address besides 10.0.0.1",
+            ),
+        ];
+        for (json, path, msg) in cases {
+            let e = pod_json(json.clone()).unwrap_err();
+            assert_eq!(e.path, path, "{json}");
+            assert!(e.message.contains(msg), "{json}: {}", e.message);
+        }
+        let e = namespace(&serde_json::from_value(serde_json::json!({"metadata": {"name": "a.b"}})).unwrap()).unwrap_err();
+        assert_eq!(e.path, "metadata.name");
+        // Dual stack, and the podIP repeated in podIPs, are fine; an empty namespace is "default".
+        let p = pod_json(serde_json::json!({"metadata": {"name": "a.b-1", "namespace": ""},
+            "status": {"podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}}))
+        .unwrap();
+        assert_eq!((p.namespace.as_str(), p.ips.len()), ("default", 2));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! expected; nothing past this module has to handle malformed objects.
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::sources::{Location, PolicySource, Sources};
 use super::{convert, Cluster, Namespace, Node, Origin, Pod, Policy};
 use crate::yaml::{self, Doc, Pos};
 
@@ -49,7 +51,7 @@ impl LoadError {
 
 /// What one file (or text) holds, validated, in document order: the unit
 /// the loader parses in parallel and the agent's folder source caches.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Objects {
     pub namespaces: Vec<Namespace>,
     pub nodes: Vec<Node>,
@@ -57,29 +59,53 @@ pub struct Objects {
     pub policies: Vec<Policy>,
     /// Things worth telling the user that are not errors (ignored kinds).
     pub notices: Vec<String>,
+    /// Kept only on request: field positions for lint.
+    pub sources: Option<Sources>,
 }
+
+/// Equal objects and notices: what the agent's folder source compares to
+/// tell a changed file. Sources (lint only) are where they came from.
+impl PartialEq for Objects {
+    fn eq(&self, o: &Objects) -> bool {
+        (&self.namespaces, &self.nodes, &self.pods, &self.policies, &self.notices)
+            == (&o.namespaces, &o.nodes, &o.pods, &o.policies, &o.notices)
+    }
+}
+
+impl Eq for Objects {}
 
 impl Objects {
     /// Read and parse one file.
     pub fn read(path: &Path) -> Result<Objects, LoadError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| LoadError::new(&file, None, "", format!("cannot read: {e}")))?;
-        Objects::parse(&file, &text)
+        Objects::read_with(path, false)
     }
 
-    /// Every object of a YAML text, named `file` in errors. Each document is
-    /// converted as soon as it is parsed; the first invalid one is the
-    /// error, unless the text has a syntax error, which is reported first
-    /// (as when the whole text was parsed before converting).
+    /// Read and parse one file, recording [`Sources`] if `keep_sources`.
+    pub fn read_with(path: &Path, keep_sources: bool) -> Result<Objects, LoadError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| LoadError::new(&file, None, "", format!("cannot read: {e}")))?;
+        Objects::parse_with(&file, decode(&file, &bytes)?, keep_sources)
+    }
+
+    /// Every object of a YAML text, named `file` in errors.
     pub fn parse(file: &str, text: &str) -> Result<Objects, LoadError> {
-        let mut out = Objects::default();
+        Objects::parse_with(file, text, false)
+    }
+
+    /// As [`parse`](Self::parse), recording [`Sources`] if `keep_sources`.
+    /// Each document is converted as soon as it is parsed; the first
+    /// invalid one is the error, unless the text has a syntax error, which
+    /// is reported first (as when the whole text was parsed before
+    /// converting).
+    pub fn parse_with(file: &str, text: &str, keep_sources: bool) -> Result<Objects, LoadError> {
+        let mut out = Objects { sources: keep_sources.then(Sources::default), ..Objects::default() };
         let mut invalid = None;
         yaml::parse_each(text, |doc| {
             if invalid.is_none() {
                 invalid = out.add_doc(file, &doc).err();
             }
         })
-        .map_err(|e| LoadError::new(file, Some(e.pos), "", format!("invalid YAML: {}", e.message)))?;
+        .map_err(|e| LoadError::new(file, Some(e.pos), &e.path, e.message))?;
         match invalid {
             Some(e) => Err(e),
             None => Ok(out),
@@ -98,6 +124,11 @@ impl Objects {
             Some(Value::String(k)) => k.as_str(),
             _ => return Err(LoadError::at(file, doc, "kind", "every object needs a `kind` (e.g. kind: NetworkPolicy)")),
         };
+        if let Some(s) = &mut self.sources {
+            if !kind.ends_with("List") {
+                *s.kinds.entry(kind.to_string()).or_default() += 1;
+            }
+        }
         match kind {
             "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" => {
                 let items = match obj.get("items") {
@@ -127,12 +158,22 @@ impl Objects {
             }
             "Pod" => {
                 let p = typed(file, doc)?;
-                self.pods.push(convert::pod(&p).map_err(|e| field_error(file, doc, e))?);
+                let pod = convert::pod(&p).map_err(|e| field_error(file, doc, e))?;
+                if let Some(s) = &mut self.sources {
+                    let at = Location { file: file.into(), pos: doc.start };
+                    s.pods.entry((pod.namespace.clone(), pod.name.clone())).or_insert(at);
+                }
+                self.pods.push(pod);
             }
             "NetworkPolicy" => {
                 let np = typed(file, doc)?;
                 let origin = Origin::new(file, Some(doc.start));
-                self.policies.push(convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?);
+                let policy = convert::policy(&np, origin).map_err(|e| field_error(file, doc, e))?;
+                if let Some(s) = &mut self.sources {
+                    let key = (policy.namespace.clone(), policy.name.clone());
+                    s.policies.entry(key).or_default().push(PolicySource { file: file.into(), doc: doc.clone() });
+                }
+                self.policies.push(policy);
             }
             other => {
                 let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("?");
@@ -149,6 +190,8 @@ pub struct ClusterBuilder {
     cluster: Cluster,
     /// Things worth telling the user that are not errors (ignored kinds).
     pub notices: Vec<String>,
+    /// Kept only on request: field positions for lint.
+    sources: Option<Sources>,
 }
 
 impl ClusterBuilder {
@@ -156,26 +199,33 @@ impl ClusterBuilder {
         Self::default()
     }
 
+    /// Also record where every object came from ([`Sources`]), for
+    /// diagnostics that point at a field.
+    pub fn keep_sources(mut self) -> Self {
+        self.sources = Some(Sources::default());
+        self
+    }
+
     /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name
     /// order. Files are parsed in parallel (parsing is the cost of loading)
     /// and added in order, so the result and the error reported (the first
     /// file's, in name order) do not depend on timing.
     pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
-        for objects in read_files(&manifest_files(path)?) {
+        for objects in read_files_with(&manifest_files(path)?, self.sources.is_some()) {
             self.add(objects?);
         }
         Ok(())
     }
 
     pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
-        self.add(Objects::parse(file, text)?);
+        self.add(Objects::parse_with(file, text, self.sources.is_some())?);
         Ok(())
     }
 
     /// One object, or a `kind: List` of them. Null documents (a trailing
     /// `---`) are skipped.
     pub fn add_doc(&mut self, file: &str, doc: &Doc) -> Result<(), LoadError> {
-        let mut objects = Objects::default();
+        let mut objects = Objects { sources: self.sources.is_some().then(Sources::default), ..Objects::default() };
         objects.add_doc(file, doc)?;
         self.add(objects);
         Ok(())
@@ -194,11 +244,22 @@ impl ClusterBuilder {
         c.pods.extend(objects.pods);
         c.policies.extend(objects.policies);
         self.notices.extend(objects.notices);
+        if let (Some(mine), Some(theirs)) = (&mut self.sources, objects.sources) {
+            mine.extend(theirs);
+        }
     }
 
     pub fn finish(mut self) -> (Cluster, Vec<String>) {
         self.cluster.normalize();
         (self.cluster, self.notices)
+    }
+
+    /// As [`finish`](Self::finish), with the sources recorded since
+    /// [`keep_sources`](Self::keep_sources) (empty without it).
+    pub fn finish_with_sources(mut self) -> (Cluster, Vec<String>, Sources) {
+        let sources = self.sources.take().unwrap_or_default();
+        let (cluster, notices) = self.finish();
+        (cluster, notices, sources)
     }
 }
 
@@ -206,12 +267,17 @@ impl ClusterBuilder {
 /// result in the order of `files`. After a failure, later files are not
 /// parsed (their results say so): only the first error is ever reported.
 pub fn read_files(files: &[PathBuf]) -> Vec<Result<Objects, LoadError>> {
+    read_files_with(files, false)
+}
+
+/// As [`read_files`], recording [`Sources`] if `keep_sources`.
+pub fn read_files_with(files: &[PathBuf], keep_sources: bool) -> Vec<Result<Objects, LoadError>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len());
     if threads <= 1 {
         let mut out = Vec::with_capacity(files.len());
         for f in files {
-            let r = Objects::read(f);
+            let r = Objects::read_with(f, keep_sources);
             let failed = r.is_err();
             out.push(r);
             if failed {
@@ -232,7 +298,7 @@ pub fn read_files(files: &[PathBuf]) -> Vec<Result<Objects, LoadError>> {
                         if i >= files.len() || i > first_error.load(Ordering::Relaxed) {
                             return done;
                         }
-                        let r = Objects::read(&files[i]);
+                        let r = Objects::read_with(&files[i], keep_sources);
                         if r.is_err() {
                             first_error.fetch_min(i, Ordering::Relaxed);
                         }
@@ -266,8 +332,28 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>),
     Ok(b.finish())
 }
 
+/// As [`load_paths`], also recording where every object came from.
+pub fn load_paths_with_sources<P: AsRef<Path>>(paths: &[P]) -> Result<(Cluster, Vec<String>, Sources), LoadError> {
+    let mut b = ClusterBuilder::new().keep_sources();
+    for p in paths {
+        b.add_path(p.as_ref())?;
+    }
+    Ok(b.finish_with_sources())
+}
+
+/// A file's bytes as text. Bytes that are not UTF-8 are bad input like any
+/// other, so the error says where they are.
+pub fn decode<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, LoadError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+        let line = good.matches('\n').count() + 1;
+        let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        LoadError::new(file, Some(Pos { line, col }), "", "not UTF-8 text (netfence reads UTF-8 YAML and JSON)")
+    })
+}
+
 pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, LoadError> {
-    yaml::parse(text).map_err(|e| LoadError::new(file, Some(e.pos), "", format!("invalid YAML: {}", e.message)))
+    yaml::parse(text).map_err(|e| LoadError::new(file, Some(e.pos), &e.path, e.message))
 }
 
 /// Deserialise a document into a k8s-openapi type, keeping the field path
@@ -298,20 +384,35 @@ pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
+    // Folders already walked, by device and inode: a symlink to a parent
+    // (`ln -s .. loop`) would otherwise be walked until paths grow too
+    // long, and two of them make that exponential.
+    let mut seen = std::collections::HashSet::new();
+    seen.insert((meta.dev(), meta.ino()));
     while let Some(dir) = stack.pop() {
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| LoadError::new(&dir.display().to_string(), None, "", format!("cannot read folder: {e}")))?;
-        for entry in entries.flatten() {
-            if entry.file_name().as_encoded_bytes().starts_with(b".") {
-                continue;
-            }
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
-                out.push(p);
+        // In name order, so which of two names for one folder is walked
+        // does not depend on the file system's order.
+        let mut entries: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        let mut dirs = Vec::new();
+        for p in entries {
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if seen.insert((m.dev(), m.ino())) {
+                        dirs.push(p);
+                    }
+                }
+                _ if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) => out.push(p),
+                _ => {}
             }
         }
+        stack.extend(dirs.into_iter().rev());
     }
     out.sort();
     Ok(out)
@@ -347,6 +448,26 @@ mod tests {
         assert_eq!(c.pods[0].ips, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
         // A hidden file named on its own is still read.
         assert_eq!(manifest_files(&d.join("..data/pods.yaml")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn symlink_loops_are_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n").unwrap();
+        // Two links back up: without the check, 2^depth paths until names get too long.
+        std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(".", d.join("sub/here")).unwrap();
+        std::os::unix::fs::symlink("sub", d.join("again")).unwrap();
+        assert_eq!(manifest_files(d).unwrap(), vec![d.join("again/ns.yaml")]);
+        assert_eq!(load_paths(&[d]).unwrap().0.namespaces.len(), 1);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_located() {
+        let e = decode("f.yaml", b"a: 1\nb: x\xff\n").unwrap_err();
+        assert_eq!(e.to_string(), "f.yaml:2:5: not UTF-8 text (netfence reads UTF-8 YAML and JSON)");
     }
 
     #[test]

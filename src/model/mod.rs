@@ -14,6 +14,7 @@
 
 pub mod convert;
 pub mod load;
+pub mod sources;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,7 +27,8 @@ use serde::Serialize;
 use crate::selector::{Labels, Selector};
 use crate::yaml::Pos;
 
-pub use load::{load_paths, LoadError};
+pub use load::{load_paths, load_paths_with_sources, LoadError};
+pub use sources::Sources;
 
 /// Where an object was read from, for messages that point back at it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -67,6 +69,15 @@ impl Protocol {
             "UDP" => Some(Protocol::Udp),
             "SCTP" => Some(Protocol::Sctp),
             _ => None,
+        }
+    }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
         }
     }
 

@@ -38,8 +38,8 @@
 //!   `return`s. Distinct priorities give the order (egress first, as the
 //!   packet leaves its source before it reaches its destination), which
 //!   the kernel leaves undefined among equal ones.
-//! - Each base chain first accepts every TCP segment that does not open a
-//!   connection (see "No conntrack" below) and IPv6 neighbour discovery,
+//! - Each judging base chain first lets conntrack answer what it can
+//!   (see "Stateful" below) and lets IPv6 neighbour discovery through,
 //!   then dispatches on the local pod's address through a verdict map
 //!   (`@ingress4`, `@egress6`, ..., the egress maps shared by both egress
 //!   chains): `accept` for a pod not isolated in that direction, `jump` to
@@ -53,53 +53,55 @@
 //!   InternalIP); the egress chains exempt it from failing closed (that
 //!   same bridge address is in the pod CIDR but is no pod). A pod's address
 //!   lives in the pod's own namespace, so no pod, local or remote, is ever
-//!   local to the node.
+//!   local to the node. Trusting an address is safe only because of the
+//!   `antispoof` chain below: no packet that claims one of the node's
+//!   addresses gets in from outside.
 //! - A group chain per distinct list of isolating policies: it jumps to each
-//!   policy's rule chain in order, then accepts what belongs to a flow that
-//!   was allowed ([`replies`]), then drops. Chains grow with policies, never
-//!   with pods.
+//!   policy's rule chain in order, then drops. Chains grow with policies,
+//!   never with pods.
 //! - A rule chain per policy and direction: one rule per (rule, peer, port),
 //!   counted, with a comment naming its source, accepting. Selector peers
 //!   are hash sets of pod addresses named from the selector's definition and
 //!   shared by every rule using it; ipBlocks are small interval sets; named
 //!   ports are `daddr . l4proto . dport` sets of every pod declaring the
-//!   name. Pod churn changes set and map elements only.
+//!   name. A rule without ports matches every protocol (ICMP, GRE, ...), as
+//!   Kubernetes says; a rule with ports only those protocols and ports.
+//!   Pod churn changes set and map elements only.
 //!
-//! No conntrack. Nothing in the program is a `ct` expression, so netfence
-//! never turns connection tracking on: on this kind of machine conntrack
-//! alone costs 10 to 13% of the new-connection rate (docs/benchmarks.md),
-//! more than the whole budget netfence has. What conntrack gave, and what
-//! replaces it:
+//! Stateful. Every judging base chain begins `ct state established,related
+//! accept; ct state invalid drop`: the replies of a connection a policy
+//! allowed, and ICMP errors about it, pass on conntrack's word; what
+//! conntrack cannot place in any connection (a TCP segment with flags no
+//! connection can start with, an ICMP error or echo reply about nothing,
+//! an SCTP chunk out of turn) is dropped; everything else is new and is
+//! judged by the policies, whatever its protocol, flags or ICMP type.
+//! Conntrack reassembles fragments before any of this, so only whole
+//! packets are judged. No other shortcut exists: nothing is accepted for
+//! its TCP flags, ICMP type or fragment offset. Conntrack costs netfence
+//! nothing extra on a Kubernetes node: kube-proxy (iptables, nftables and
+//! IPVS modes) and CNI masquerading already track every connection of the
+//! node's network namespace (docs/benchmarks.md measures against that
+//! baseline). Connections a policy change no longer allows are cut by the
+//! agent (`--established cut`); this program alone would let them run on.
 //!
-//! - TCP: a connection exists only once its opening segment (SYN without
-//!   ACK) got through, and that segment is judged by the policies in both
-//!   directions, as before. Every other segment is accepted at once: it
-//!   cannot open a connection (the receiving kernel answers a stray one
-//!   with a reset), and replies, SYN ACKs included, need no state. So
-//!   exactly the allowed TCP connections can be opened, and one that is
-//!   open carries on when a policy change would no longer allow it. The
-//!   price: a peer a policy denies can still reach an isolated pod's kernel
-//!   with segments that open nothing (scans, resets, SYN cookie guesses,
-//!   which only count while the pod's listen queue overflows).
-//! - UDP and SCTP: every packet is judged in its own direction. A reply is
-//!   accepted when its flow is in the node's flow set (`@flows4`,
-//!   `@flows6`): the `record` chain, on postrouting after both directions'
-//!   chains (so only packets this node let through), adds the flow of the
-//!   reply each UDP or SCTP packet would get, and a reply refreshes it; an
-//!   entry lives [`FLOW_SET`]'s 120 s without traffic. Only a node with an
-//!   isolated pod has them. The agent's full syncs (start, periodic
-//!   resync, after a failed delta) replace everything but them
-//!   ([`super::diff::replace_keeping_flows`]), except when the program is
-//!   over 200k elements: such a full sync is staged under the other table
-//!   name and starts them empty (as does a table it cannot read), and
-//!   replies in flight then are lost once.
-//! - ICMP: errors (unreachable, too big, time exceeded, parameter problem)
-//!   and echo replies are accepted for isolated pods; conntrack would have
-//!   related them to a flow, netfence does not look inside them.
-//! - Fragments: conntrack reassembled them; without it, only the first
-//!   carries ports. It is judged; later fragments are accepted (the pod's
-//!   kernel cannot reassemble them without the first, and Linux drops
-//!   overlapping fragments).
+//! Anti-spoofing. A base chain on prerouting at raw - 10 (before conntrack
+//! and any DNAT, so a forged packet never creates or matches state) drops
+//! every packet whose source address is not routed back through the
+//! interface it came in on: `fib saddr . iif oif missing` (strict
+//! reverse-path filtering; IPv6 neighbour discovery, which never leaves
+//! its link, is exempt). On a routed CNI (a /32 and /128 route per pod
+//! through its own interface: Calico, Cilium's routed modes, the test
+//! harness) that stops a pod claiming another pod's address, its node's
+//! (a local address is never a way back) or an outside one, and the
+//! network claiming a local pod's. What it cannot stop: a host on the
+//! node network claiming a remote node's pod address (nothing at L3 tells
+//! it from that node; only the network can, e.g. an encrypted or
+//! authenticated pod network), and, on a CNI that puts a node's pods on
+//! one Linux bridge, one pod claiming another's address on the same
+//! bridge (the route back is the bridge for both; that takes a per-port
+//! check at L2). Strict reverse-path filtering also drops traffic of
+//! asymmetric routes (arriving on one interface, routed back through
+//! another), which a node that routes pod traffic must not have.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -130,34 +132,17 @@ pub const INGRESS: Base = Base { name: "ingress", dir: Direction::Ingress, hook:
 /// Every base chain that judges a direction.
 pub const BASES: [Base; 3] = [INGRESS, EGRESS, EGRESS_LOCAL];
 
-/// The base chain that records UDP and SCTP flows for their replies: on
-/// postrouting after both directions' chains, so it sees only packets this
-/// node let through.
-pub const RECORD: &str = "record";
-pub const RECORD_PRIORITY: i32 = priority::SRCNAT - 4;
+/// The anti-spoofing chain: on prerouting before conntrack (-200) and
+/// every DNAT, so a forged packet neither creates nor matches state.
+pub const ANTISPOOF: &str = "antispoof";
+pub const ANTISPOOF_PRIORITY: i32 = priority::RAW - 10;
 
-/// The chain every group chain ends with before it drops: see [`replies`].
-/// (Policy chains begin `ing_`/`egr_`, groups `grp_`: no clash.)
-pub const REPLIES: &str = "replies";
-
-// The order on postrouting: egress, ingress, then recording, all before
-// SNAT; egress to the node after IPVS's input hooks (ip_vs_out 98, ip_vs_in 99).
-const _: () = assert!(EGRESS.priority < INGRESS.priority && INGRESS.priority < RECORD_PRIORITY && RECORD_PRIORITY < priority::SRCNAT);
+// The order on postrouting: egress, then ingress, both before SNAT; egress
+// to the node after IPVS's input hooks (ip_vs_out 98, ip_vs_in 99); the
+// anti-spoofing check before conntrack (-200).
+const _: () = assert!(EGRESS.priority < INGRESS.priority && INGRESS.priority < priority::SRCNAT);
 const _: () = assert!(EGRESS_LOCAL.priority > priority::SRCNAT - 1);
-
-/// The flow sets' names, per family.
-pub fn flow_set(f: Family) -> &'static str {
-    match f {
-        Family::IPv4 => "flows4",
-        Family::IPv6 => "flows6",
-    }
-}
-
-/// How long a UDP or SCTP flow's replies stay welcome after its last
-/// packet either way (conntrack's UDP stream timeout), and how many flows a
-/// node remembers per family (a full set records no new flow: their
-/// replies are dropped, as conntrack drops new flows when its table is full).
-pub const FLOW_SET: Dynamic = Dynamic { timeout_s: 120, size: 262_144 };
+const _: () = assert!(ANTISPOOF_PRIORITY < -200);
 
 /// The node a pod runs on; `""` for a pod without `spec.nodeName` (a
 /// hand-written snapshot may leave it out): such pods share one pseudo-node,
@@ -181,10 +166,7 @@ pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
     for dir in Direction::BOTH {
         c.direction(dir, &local, node);
     }
-    // Every group chain ends in `replies`, which reads the flow sets.
-    if c.p.chains.contains_key(REPLIES) {
-        c.flow_record();
-    }
+    c.antispoof();
     c.p
 }
 
@@ -239,9 +221,12 @@ impl Compiler<'_> {
     /// The base chains of `dir` (see [`BASES`]) and its dispatch maps.
     fn direction(&mut self, dir: Direction, local: &[PodId], node: Option<&crate::model::Node>) {
         let (pod_field, _) = fields(dir);
+        // Most packets belong to a connection already: conntrack first.
         let mut rules = vec![
-            Rule::verdict(vec![Match::TcpNotOpening], Verdict::Accept),
-            Rule::verdict(vec![Match::Icmpv6Type(Icmpv6Type::ND.into())], Verdict::Accept),
+            Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept),
+            Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop)
+                .counted(format!("{dir}: invalid, part of no connection")),
+            nd_accept(vec![Match::Ip6HopLimit255]),
         ];
         if dir == Direction::Ingress {
             // The node's own traffic (kubelet probes), before the dispatch
@@ -300,34 +285,21 @@ impl Compiler<'_> {
                 rules.push(Rule::verdict(vec![], Verdict::Jump(chain)));
             }
         }
-        rules.push(Rule::verdict(vec![], Verdict::Jump(self.replies())));
         rules.push(Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed"))));
         self.p.add_chain(Chain { name: name.clone(), base: None, rules });
         name
     }
 
-    /// The chain of [`replies`], shared by every group chain.
-    fn replies(&mut self) -> String {
-        self.p.chains.entry(REPLIES.to_string()).or_insert_with(|| Chain { name: REPLIES.to_string(), base: None, rules: replies() });
-        REPLIES.to_string()
-    }
-
-    /// The flow sets and the chain that fills them: a UDP or SCTP packet
-    /// that got through records the flow of its reply; a reply refreshes it.
-    fn flow_record(&mut self) {
-        // Most packets are TCP, whose replies need no record: out first.
-        let mut rules = vec![Rule::verdict(vec![Match::Proto { proto: Protocol::Tcp, dport: None }], Verdict::Accept)];
-        for f in FAMILIES {
-            let set = flow_set(f).to_string();
-            self.p.add_set(Set { dynamic: Some(FLOW_SET), ..Set::of(set.clone(), KeyType::Flow(f), false, BTreeSet::new()) });
-            rules.push(Rule::new(
-                vec![udp_sctp(), Match::Flow { family: f, set: set.clone() }],
-                Action::Remember { family: f, set: set.clone(), reversed: false, then: Some(Verdict::Accept) },
-            ));
-            rules.push(Rule::new(vec![udp_sctp()], Action::Remember { family: f, set, reversed: true, then: None }));
-        }
-        let base = BaseHook { hook: Hook::Postrouting, priority: RECORD_PRIORITY, policy: ChainPolicy::Accept };
-        self.p.add_chain(Chain { name: RECORD.to_string(), base: Some(base), rules });
+    /// The anti-spoofing chain (see the module doc, "Anti-spoofing").
+    fn antispoof(&mut self) {
+        let link: [IpNet; 2] = ["fe80::/10".parse().expect("a prefix"), "ff00::/8".parse().expect("a prefix")];
+        let mut rules: Vec<Rule> =
+            link.into_iter().map(|n| nd_accept(vec![addr_match(Family::IPv6, AddrField::Daddr, false, AddrMatch::Nets([n].into()))])).collect();
+        rules.extend([
+            Rule::verdict(vec![Match::NoRouteBack], Verdict::Drop).counted("antispoof: source not routed back through its interface"),
+        ]);
+        let base = BaseHook { hook: Hook::Prerouting, priority: ANTISPOOF_PRIORITY, policy: ChainPolicy::Accept };
+        self.p.add_chain(Chain { name: ANTISPOOF.to_string(), base: Some(base), rules });
     }
 
     /// The rule chain of policy `pol` in `dir`; `None` when it has no rules
@@ -482,26 +454,15 @@ impl Compiler<'_> {
     }
 }
 
-/// The protocols whose replies the flow sets let back.
-fn udp_sctp() -> Match {
-    Match::L4Protos([Protocol::Udp, Protocol::Sctp].into())
-}
-
-/// What an isolated pod sends and receives that no policy allowed but that
-/// belongs to a flow that was: replies of UDP and SCTP flows (the flow
-/// sets), ICMP errors and echo replies, and later fragments (only the first
-/// carries ports; it is judged, and the pod's kernel cannot reassemble the
-/// rest without it). Last in a group chain: a packet a policy allows never
-/// gets here.
-fn replies() -> Vec<Rule> {
-    let mut rules: Vec<Rule> = FAMILIES
-        .into_iter()
-        .map(|f| Rule::verdict(vec![udp_sctp(), Match::Flow { family: f, set: flow_set(f).to_string() }], Verdict::Accept))
-        .collect();
-    rules.push(Rule::verdict(vec![Match::IcmpType(IcmpType::REPLIES.into())], Verdict::Accept));
-    rules.push(Rule::verdict(vec![Match::Icmpv6Type(Icmpv6Type::REPLIES.into())], Verdict::Accept));
-    rules.extend(FAMILIES.map(|f| Rule::verdict(vec![Match::LaterFragment(f)], Verdict::Accept)));
-    rules
+/// IPv6 neighbour discovery on its own link is never policed (a pod that
+/// cannot resolve its neighbours has no network at all); `also` keeps it to
+/// the link: hop limit 255 where a forwarded copy would be judged, link-local
+/// and multicast destinations before the reverse-path check. Untracked by
+/// conntrack, it would otherwise cross isolation to any address.
+fn nd_accept(also: Vec<Match>) -> Rule {
+    let mut m = vec![Match::Icmpv6Type(Icmpv6Type::ND.into())];
+    m.extend(also);
+    Rule::verdict(m, Verdict::Accept)
 }
 
 /// A rule comment `key` + `rest`, the key shortened to fit nft's limit.
@@ -585,15 +546,6 @@ pub(crate) mod tests {
         p
     }
 
-    /// What every group chain jumps to before its drop.
-    const REPLIES_TEXT: &str = "meta l4proto { udp, sctp } ip saddr . meta l4proto . th sport . ip daddr . th dport @flows4 accept
-meta l4proto { udp, sctp } ip6 saddr . meta l4proto . th sport . ip6 daddr . th dport @flows6 accept
-icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept
-icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-reply } accept
-ip frag-off & 0x1fff != 0 accept
-frag frag-off != 0 accept
-";
-
     fn chain_text(p: &Program, name: &str) -> String {
         p.chains[name].rules.iter().map(|r| format!("{r}\n")).collect()
     }
@@ -601,24 +553,27 @@ frag frag-off != 0 accept
     #[test]
     fn no_policies_accepts_every_local_pod() {
         let p = node1("");
-        let head = "tcp flags & (syn | ack) != syn accept
-icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
-";
+        let head = |dir: &str| format!("ct state established,related accept
+ct state invalid counter drop comment \"{dir}: invalid, part of no connection\"
+icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} ip6 hoplimit 255 accept
+");
         assert_eq!(
             chain_text(&p, "ingress"),
             format!(
-                "{head}fib saddr type local accept
+                "{}fib saddr type local accept
 ip daddr vmap @ingress4
 ip6 daddr vmap @ingress6
 ip daddr 10.244.1.0/24 counter drop comment \"ingress: fail closed, pod address not programmed\"
-"
+",
+                head("ingress")
             )
         );
         let egress = format!(
-            "{head}ip saddr vmap @egress4
+            "{}ip saddr vmap @egress4
 ip6 saddr vmap @egress6
 ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fail closed, pod address not programmed\"
-"
+",
+            head("egress")
         );
         assert_eq!(chain_text(&p, "egress"), egress);
         assert_eq!(chain_text(&p, "egress_local"), egress, "both egress hooks judge alike");
@@ -626,7 +581,14 @@ ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fa
         assert_eq!(p.maps["ingress4"].elements.len(), 6);
         assert!(p.maps["ingress4"].elements.values().all(|v| *v == Verdict::Accept));
         assert_eq!(p.maps.len(), 4, "the egress maps are shared by both egress hooks");
-        assert_eq!(p.chains.len(), 3);
+        assert_eq!(p.chains.len(), 4, "three judging chains and antispoof");
+        assert_eq!(
+            chain_text(&p, ANTISPOOF),
+            "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 daddr fe80::/10 accept
+icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 daddr ff00::/8 accept
+fib saddr . iif oif missing counter drop comment \"antispoof: source not routed back through its interface\"
+"
+        );
     }
 
     /// Where each direction is judged, and in which order on a shared hook.
@@ -641,6 +603,7 @@ ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fa
         assert_eq!(
             bases,
             [
+                "antispoof type filter hook prerouting priority raw - 10; policy accept;",
                 "egress_local type filter hook input priority 110; policy accept;",
                 "egress type filter hook postrouting priority srcnat - 10; policy accept;",
                 "ingress type filter hook postrouting priority srcnat - 5; policy accept;",
@@ -665,7 +628,6 @@ ip saddr 10.244.1.0/24 fib saddr type != local counter drop comment \"egress: fa
         assert_eq!(
             chain_text(&p, &grp),
             "jump ing_x_web
-jump replies
 counter drop comment \"x/web ingress: isolated, no rule allowed\"
 "
         );
@@ -714,12 +676,11 @@ counter accept comment \"x/web ingress rule 1\"
         assert_eq!(v("egress4", "10.244.1.11"), Verdict::Accept);
         let Verdict::Jump(ya) = v("egress4", "10.244.1.21") else { panic!() };
         assert_eq!(v("egress4", "10.244.1.22"), Verdict::Jump(ya.clone()), "same group, same chain");
-        assert_eq!(chain_text(&p, &ya), "jump replies\ncounter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n");
-        assert_eq!(chain_text(&p, REPLIES), REPLIES_TEXT);
+        assert_eq!(chain_text(&p, &ya), "counter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n");
         let Verdict::Jump(xa) = xa else { panic!() };
         assert_eq!(
             chain_text(&p, &xa),
-            "jump ing_x_allow-a\njump replies\ncounter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n"
+            "jump ing_x_allow-a\ncounter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n"
         );
     }
 
@@ -784,22 +745,28 @@ counter accept comment \"x/web ingress rule 1\"
         }
     }
 
-    /// netfence never turns conntrack on, and only a node with an isolated
-    /// pod records flows.
+    /// Stateful, with no shortcut: every judging chain lets conntrack
+    /// answer first, and nothing else is accepted for its TCP flags, ICMP
+    /// type or fragment offset, on any node, isolated pods or not.
     #[test]
-    fn no_conntrack_and_flow_sets_only_where_needed() {
-        let open = node1("");
-        assert!(open.sets.is_empty() && !open.chains.contains_key(RECORD), "{open}");
-        let p = node1(&np("x", "deny", "{podSelector: {}}"));
-        for f in FAMILIES {
-            let s = &p.sets[flow_set(f)];
-            assert_eq!((s.key, s.dynamic, s.elements.len()), (KeyType::Flow(f), Some(FLOW_SET), 0));
-        }
-        let record = &p.chains[RECORD];
-        assert_eq!(record.base.map(|b| (b.hook, b.priority)), Some((Hook::Postrouting, RECORD_PRIORITY)));
-        for program in [&open, &p] {
-            let ct = program.chains.values().flat_map(|c| &c.rules).flat_map(|r| &r.matches).any(|m| matches!(m, Match::CtState(_)));
-            assert!(!ct, "a ct expression turns conntrack on:\n{program}");
+    fn conntrack_first_and_no_stateless_shortcut() {
+        for program in [node1(""), node1(&np("x", "deny", "{podSelector: {}, policyTypes: [Ingress, Egress]}"))] {
+            for b in BASES {
+                let rules = &program.chains[b.name].rules;
+                assert_eq!(rules[0].matches, [Match::CtState([CtState::Established, CtState::Related].into())]);
+                assert_eq!((&rules[1].matches, &rules[1].action), (&vec![Match::CtState([CtState::Invalid].into())], &Action::Verdict(Verdict::Drop)));
+            }
+            for chain in program.chains.values() {
+                for r in &chain.rules {
+                    let accepts = r.action == Action::Verdict(Verdict::Accept);
+                    // The only ICMP anything accepts is neighbour discovery.
+                    for m in &r.matches {
+                        if let Match::Icmpv6Type(types) = m {
+                            assert!(accepts && types.iter().all(|t| Icmpv6Type::ND.contains(t)), "{}: {r}", chain.name);
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -85,7 +85,7 @@ pub fn diff(old: Option<&Program>, new: &Program) -> Transaction {
     // 3. Declare what is new, fill it and the kept sets and maps, then add
     // the rules of new and rebuilt chains.
     for s in new.sets.values().filter(|s| !old.sets.contains_key(&s.name) || sets_gone.contains(s.name.as_str())) {
-        tx.push(Op::AddSet { name: s.name.clone(), key: s.key, interval: s.interval, dynamic: s.dynamic });
+        tx.push(Op::AddSet { name: s.name.clone(), key: s.key, interval: s.interval });
     }
     for m in new.maps.values().filter(|m| !old.maps.contains_key(&m.name) || maps_gone.contains(m.name.as_str())) {
         tx.push(Op::AddMap { name: m.name.clone(), key: m.key });
@@ -128,49 +128,13 @@ pub fn replace(new: &Program) -> Transaction {
     tx
 }
 
-/// Replace the table whole, atomically, except for the flow sets `live`
-/// (what the kernel has, without elements) and `new` declare alike: their
-/// elements, replies on their way, stay. Everything else in `live` goes,
-/// whoever put it there.
-pub fn replace_keeping_flows(live: &Program, new: &Program) -> Transaction {
-    let kept = |name: &str| match (live.sets.get(name), new.sets.get(name)) {
-        (Some(l), Some(n)) => n.dynamic.is_some() && l.same_declaration(n),
-        _ => false,
-    };
-    let mut tx = Transaction::new(&new.table);
-    tx.push(Op::AddTable { table: new.table.clone() });
-    for c in live.chains.values().filter(|c| !c.rules.is_empty()) {
-        tx.push(Op::FlushChain { name: c.name.clone() });
-    }
-    // Maps before chains: their elements jump to chains.
-    for name in live.maps.keys() {
-        tx.push(Op::DeleteMap { name: name.clone() });
-    }
-    for name in live.chains.keys() {
-        tx.push(Op::DeleteChain { name: name.clone() });
-    }
-    for name in live.sets.keys().filter(|n| !kept(n)) {
-        tx.push(Op::DeleteSet { name: name.clone() });
-    }
-    // A kept set is not declared again: the kernel refuses (EEXIST) an
-    // `add set` whose flags differ from the live set's, and nft 1.0.6's JSON
-    // cannot spell the `dynamic` flag the packet path's updates gave it.
-    let create = Transaction::create(new).ops.into_iter().skip(1);
-    tx.ops.extend(create.filter(|o| !matches!(o, Op::AddSet { name, .. } if kept(name))));
-    tx
-}
-
 fn refers_to(c: &Chain, sets: &BTreeSet<&str>, maps: &BTreeSet<&str>) -> bool {
     c.rules.iter().any(|r| {
         let vmap = matches!(&r.action, Action::Vmap { map, .. } if maps.contains(map.as_str()));
-        let update = matches!(&r.action, Action::Remember { set, .. } if sets.contains(set.as_str()));
-        vmap || update
-            || r.matches.iter().any(|m| match m {
-                Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } | Match::Flow { set: s, .. } => {
-                    sets.contains(s.as_str())
-                }
-                _ => false,
-            })
+        vmap || r.matches.iter().any(|m| match m {
+            Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => sets.contains(s.as_str()),
+            _ => false,
+        })
     })
 }
 
@@ -283,31 +247,5 @@ add rule inet netfence grp_a drop
         new.chains.remove("grp_a");
         roundtrip(&old, &new);
         roundtrip(&new, &old);
-    }
-
-    /// Everything is replaced but the flow sets, whose elements stay.
-    #[test]
-    fn replace_keeping_flows_keeps_only_the_flow_sets() {
-        let c = crate::nft::compile::tests::cluster(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n",
-        );
-        let p = crate::nft::compile(&c, &crate::ir::resolve(&c), "node-1");
-        let mut k = crate::apply::FakeKernel::default();
-        k.apply(&diff(None, &p)).unwrap();
-        // What the packet path and a stranger added.
-        let mut live = k.table(&p.table).unwrap().clone();
-        live.add_chain(chain("stranger", vec![]));
-        live.add_set(addr_set("stranger_set", Family::IPv4, &["10.0.0.1"]));
-        let mut k = crate::apply::FakeKernel::with(live);
-        let declared = k.declarations(&p.table).unwrap().unwrap();
-        let tx = replace_keeping_flows(&declared, &p);
-        let kept = |o: &Op| match o {
-            Op::DeleteTable { .. } => false,
-            Op::DeleteSet { name } => !name.starts_with("flows"),
-            _ => true,
-        };
-        assert!(tx.ops.iter().all(kept), "{tx}");
-        k.apply(&tx).unwrap_or_else(|e| panic!("{e}\n{tx}"));
-        assert_eq!(k.table(&p.table), Some(&p), "the stranger is gone, the program is whole");
     }
 }

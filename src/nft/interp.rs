@@ -1,35 +1,63 @@
 //! Evaluate a packet through a [`Program`] as the kernel would, for the
 //! subset we emit: base chains by hook and priority, jump and return, verdict
 //! maps, hash and interval sets, concatenations, negation, accept and drop
-//! (counters and comments change nothing), TCP flags, fragments, `fib saddr
-//! type local`, answered from the node's own addresses ([`Host`]), and the
-//! flow sets the packet path fills (`update @set`), kept per node in a
-//! [`Flows`] for as long as one connection is followed.
+//! (counters and comments change nothing), `ct state`, `fib saddr type
+//! local`, answered from the node's own addresses ([`Host`]), and `fib
+//! saddr . iif oif missing`, answered from where the packet came in
+//! ([`Iif`]) and where the node routes its source.
 //!
 //! A connection is its first packet there and, when that got through, its
-//! reply back ([`flow_verdict`]): netfence keeps no conntrack state, so a
-//! reply is judged by rules of its own.
+//! reply back ([`flow_verdict`]), with each node's connection tracking
+//! ([`Conntrack`]) deciding the `ct state` each packet carries, as the
+//! kernel's does: the first packet is new, its reply established where the
+//! first packet was let through, and a packet no connection could begin
+//! with (an ICMP error or echo reply about nothing) invalid.
 //!
 //! It is the compiler's second opinion: `netfence test` runs every flow of a
 //! policy test through the programs of the nodes it crosses and checks the
 //! result against the reference evaluator ([`crate::eval`]).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::program::*;
 use crate::eval::{Endpoint, Flow};
 use crate::model::{Cluster, Family, Protocol};
 
-/// The transport of a packet.
+/// The transport of a packet. Conntrack reassembles fragments before any
+/// rule runs, so every packet the rules see is whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
     Port { proto: Protocol, sport: u16, dport: u16 },
     Icmp { ty: u8 },
     Icmpv6 { ty: u8 },
-    /// Any other IP protocol number (ICMP, GRE, ...).
+    /// Any other IP protocol number (GRE, ...).
     Other(u8),
+}
+
+impl L4 {
+    /// Whether conntrack lets a packet with no connection behind it begin
+    /// one (`ct state new`) rather than calling it invalid: ICMP errors and
+    /// echo replies relate to a connection or to nothing.
+    fn can_begin(self) -> bool {
+        match self {
+            L4::Icmp { ty } => !matches!(ty, 0 | 3 | 4 | 5 | 11 | 12 | 14 | 16 | 18),
+            L4::Icmpv6 { ty } => ty >= 128 && ty != 129,
+            L4::Port { .. } | L4::Other(_) => true,
+        }
+    }
+}
+
+/// Where a packet came into the node, as `fib saddr . iif` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Iif {
+    /// Sent by the node itself (output), or looped back to it.
+    Local,
+    /// The network: another node, the outside.
+    Wire,
+    /// A local pod's interface, whose routes lead to these addresses.
+    Pod { v4: Option<IpAddr>, v6: Option<IpAddr> },
 }
 
 /// What the rules can see of a packet.
@@ -38,42 +66,94 @@ pub struct Packet {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub l4: L4,
-    /// What a `ct state` match sees (netfence's programs have none).
+    /// What a `ct state` match sees: set by [`Conntrack::state`] on each
+    /// node the packet crosses.
     pub ct: CtState,
-    /// A TCP segment that opens a connection: SYN without ACK.
-    pub opening: bool,
-    /// A fragment after the first (no transport header).
-    pub later_fragment: bool,
+    pub iif: Iif,
+    /// IPv6 hop limit (TTL) as the rules see it; 255 only for a packet
+    /// that crossed no router, as neighbour discovery must.
+    pub hop_limit: u8,
 }
 
 /// The source port of every connection the model follows: an ephemeral one.
 pub const EPHEMERAL_PORT: u16 = 40000;
 
 impl Packet {
-    /// The first packet of a connection.
+    /// The first packet of a connection, from the wire.
     pub fn new(src: IpAddr, dst: IpAddr, proto: Protocol, dport: u16) -> Packet {
-        Packet {
-            src,
-            dst,
-            l4: L4::Port { proto, sport: EPHEMERAL_PORT, dport },
-            ct: CtState::New,
-            opening: true,
-            later_fragment: false,
-        }
+        Packet { src, dst, l4: L4::Port { proto, sport: EPHEMERAL_PORT, dport }, ct: CtState::New, iif: Iif::Wire, hop_limit: 64 }
     }
 
-    /// The answer to this packet: the other way round, and for TCP a SYN
-    /// ACK (or any later segment), never an opening one.
+    /// The answer to this packet: the other way round.
     pub fn reply(&self) -> Packet {
         let l4 = match self.l4 {
             L4::Port { proto, sport, dport } => L4::Port { proto, sport: dport, dport: sport },
+            L4::Icmp { ty: 8 } => L4::Icmp { ty: 0 },
+            L4::Icmpv6 { ty: 128 } => L4::Icmpv6 { ty: 129 },
             other => other,
         };
-        Packet { src: self.dst, dst: self.src, l4, ct: CtState::Established, opening: false, later_fragment: false }
+        Packet { src: self.dst, dst: self.src, l4, ct: CtState::Established, iif: Iif::Wire, hop_limit: self.hop_limit }
     }
 
     pub fn family(&self) -> Family {
         Family::of(&self.src)
+    }
+}
+
+/// One node's connection tracking, as far as the model needs it: the
+/// connections whose first packet this node let through (conntrack
+/// confirms an entry only when its packet leaves the last hook). Time does
+/// not pass in the model, so nothing expires.
+#[derive(Debug, Default)]
+pub struct Conntrack {
+    /// Original-direction tuples, and whether a reply has been seen.
+    confirmed: RefCell<BTreeMap<(IpAddr, IpAddr, L4Key), bool>>,
+}
+
+/// A packet's transport as conntrack keys it (a reply's ports swapped).
+type L4Key = (u8, u16, u16);
+
+fn original(pkt: &Packet) -> (IpAddr, IpAddr, L4Key) {
+    (pkt.src, pkt.dst, l4_key(pkt.l4))
+}
+
+fn reversed(pkt: &Packet) -> (IpAddr, IpAddr, L4Key) {
+    let (p, s, d) = l4_key(pkt.l4);
+    (pkt.dst, pkt.src, (p, d, s))
+}
+
+fn l4_key(l4: L4) -> L4Key {
+    match l4 {
+        L4::Port { proto, sport, dport } => (proto.number(), sport, dport),
+        L4::Icmp { .. } => (1, 0, 0),
+        L4::Icmpv6 { .. } => (58, 0, 0),
+        L4::Other(n) => (n, 0, 0),
+    }
+}
+
+impl Conntrack {
+    /// The state the kernel gives `pkt` on this node.
+    pub fn state(&self, pkt: &Packet) -> CtState {
+        let t = self.confirmed.borrow();
+        match (t.get(&original(pkt)), t.get(&reversed(pkt))) {
+            // A reply, or the original direction once a reply was seen.
+            (_, Some(_)) | (Some(true), _) => CtState::Established,
+            // Still waiting for its first reply.
+            (Some(false), _) => CtState::New,
+            (None, None) if pkt.l4.can_begin() => CtState::New,
+            (None, None) => CtState::Invalid,
+        }
+    }
+
+    /// `pkt` left the node's last hook: a new connection is confirmed, a
+    /// reply marks its connection as answered.
+    pub fn confirm(&self, pkt: &Packet) {
+        let mut t = self.confirmed.borrow_mut();
+        if let Some(replied) = t.get_mut(&reversed(pkt)) {
+            *replied = true;
+        } else if pkt.l4.can_begin() {
+            t.entry(original(pkt)).or_insert(false);
+        }
     }
 }
 
@@ -102,42 +182,62 @@ enum Outcome {
     Return,
 }
 
-/// One node as its rules see it: its program, and its own addresses (what
-/// `fib saddr type local` looks up). The model knows a node's addresses as
-/// its InternalIPs, which its host-network pods share; a bridge CNI's
-/// gateway address is the kernel's business only (see tests/nft_hooks.rs).
+/// One node as its rules see it: its program, its own addresses (what
+/// `fib saddr type local` looks up) and, for reverse-path lookups, its
+/// local pods' addresses (routed through their own interfaces; anything
+/// else not local is routed through the wire). The model knows a node's
+/// addresses as its InternalIPs, which its host-network pods share; a
+/// bridge CNI's gateway address is the kernel's business only (see
+/// tests/nft_hooks.rs).
 #[derive(Debug, Clone, Copy)]
 pub struct Host<'a> {
     pub program: &'a Program,
     pub addrs: &'a [IpAddr],
-    /// What the node's flow sets hold; `None`: empty, and updates are lost.
-    pub flows: Option<&'a Flows>,
+    /// The cluster and node name whose local pods are routed here.
+    pub pods: Option<(&'a Cluster, &'a str)>,
 }
-
-/// The elements the packet path added to a node's dynamic sets: (set,
-/// source, protocol, source port, destination, destination port). Time does
-/// not pass in the model, so nothing expires.
-pub type Flows = RefCell<BTreeSet<(String, IpAddr, Protocol, u16, IpAddr, u16)>>;
 
 impl<'a> Host<'a> {
-    /// `node`'s program `p`, with the node's addresses from `cluster`.
-    pub fn of(cluster: &'a Cluster, node: &str, p: &'a Program) -> Host<'a> {
-        Host { program: p, addrs: cluster.nodes.get(node).map(|n| n.internal_ips.as_slice()).unwrap_or_default(), flows: None }
+    /// `node`'s program `p`, with the node's addresses and pods from `cluster`.
+    pub fn of(cluster: &'a Cluster, node: &'a str, p: &'a Program) -> Host<'a> {
+        let addrs = cluster.nodes.get(node).map(|n| n.internal_ips.as_slice()).unwrap_or_default();
+        Host { program: p, addrs, pods: Some((cluster, node)) }
     }
 
-    pub fn with_flows(self, flows: &'a Flows) -> Host<'a> {
-        Host { flows: Some(flows), ..self }
+    /// Where the node routes packets to `ip`, the way `fib` looks it up.
+    fn route(&self, ip: IpAddr) -> Route {
+        if self.addrs.contains(&ip) {
+            return Route::Local;
+        }
+        let local_pod = self.pods.is_some_and(|(c, node)| {
+            c.pods.iter().any(|p| p.is_policy_pod() && super::compile::node_of(p) == node && p.ips.contains(&ip))
+        });
+        if local_pod {
+            Route::Pod(ip)
+        } else {
+            Route::Wire
+        }
+    }
+
+    /// `fib saddr . iif oif missing`: no route back to the source through
+    /// the interface the packet came in on.
+    fn no_route_back(&self, pkt: &Packet) -> bool {
+        match (pkt.iif, self.route(pkt.src)) {
+            (Iif::Local, _) => false,
+            (Iif::Wire, Route::Wire) => false,
+            (Iif::Pod { v4, v6 }, Route::Pod(ip)) => Some(ip) != v4 && Some(ip) != v6,
+            _ => true,
+        }
     }
 }
 
-/// The packet's flow as a flow set keys it, or its reply's.
-fn flow_of(set: &str, pkt: &Packet, reversed: bool) -> Option<(String, IpAddr, Protocol, u16, IpAddr, u16)> {
-    let L4::Port { proto, sport, dport } = pkt.l4 else { return None };
-    Some(if reversed {
-        (set.to_string(), pkt.dst, proto, dport, pkt.src, sport)
-    } else {
-        (set.to_string(), pkt.src, proto, sport, pkt.dst, dport)
-    })
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// One of the node's own addresses: never a way back for a packet
+    /// that came in (the kernel's lookup finds a local route).
+    Local,
+    Pod(IpAddr),
+    Wire,
 }
 
 /// Run `pkt` through every base chain of `host`'s program on `hook`, in
@@ -179,20 +279,6 @@ fn run(host: Host<'_>, chain: &Chain, pkt: &Packet, path: &mut Vec<String>, dept
                     .then(|| p.maps.get(map)?.elements.get(&Element::Addr(addr(pkt, *field))))
                     .flatten();
                 match found {
-                    Some(v) => v,
-                    None => continue,
-                }
-            }
-            Action::Remember { family, set, reversed, then } => {
-                // `ip saddr` in the key carries `meta nfproto ipv4`: the
-                // other family's packets do not get here.
-                if pkt.family() != *family {
-                    continue;
-                }
-                if let (Some(flows), Some(key)) = (host.flows, flow_of(set, pkt, *reversed)) {
-                    flows.borrow_mut().insert(key);
-                }
-                match then {
                     Some(v) => v,
                     None => continue,
                 }
@@ -250,12 +336,11 @@ fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
             inside != *negate
         }
         Match::Proto { proto, dport } => match pkt.l4 {
-            // A later fragment has a protocol but no ports.
-            L4::Port { proto: pp, dport: d, .. } => pp == *proto && dport.is_none_or(|r| !pkt.later_fragment && r.contains(d)),
+            L4::Port { proto: pp, dport: d, .. } => pp == *proto && dport.is_none_or(|r| r.contains(d)),
             _ => false,
         },
         Match::NamedPort { family, set } => match pkt.l4 {
-            L4::Port { proto, dport, .. } if pkt.family() == *family && !pkt.later_fragment => {
+            L4::Port { proto, dport, .. } if pkt.family() == *family => {
                 p.sets.get(set).is_some_and(|s| s.elements.contains(&Element::AddrProtoPort(pkt.dst, proto, dport)))
             }
             _ => false,
@@ -264,20 +349,10 @@ fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
             L4::Icmpv6 { ty } => pkt.family() == Family::IPv6 && types.iter().any(|t| t.code() == ty),
             _ => false,
         },
-        Match::IcmpType(types) => match pkt.l4 {
-            L4::Icmp { ty } => pkt.family() == Family::IPv4 && types.iter().any(|t| t.code() == ty),
-            _ => false,
-        },
-        Match::TcpNotOpening => matches!(pkt.l4, L4::Port { proto: Protocol::Tcp, .. }) && !pkt.opening && !pkt.later_fragment,
-        Match::LaterFragment(f) => pkt.family() == *f && pkt.later_fragment,
-        Match::L4Protos(ps) => matches!(pkt.l4, L4::Port { proto, .. } if ps.contains(&proto)),
-        Match::Flow { family, set } => {
-            pkt.family() == *family
-                && !pkt.later_fragment
-                && host.flows.zip(flow_of(set, pkt, false)).is_some_and(|(flows, key)| flows.borrow().contains(&key))
-        }
         Match::NfProto(f) => pkt.family() == *f,
         Match::FibSaddrLocal { negate } => host.addrs.contains(&pkt.src) != *negate,
+        Match::NoRouteBack => host.no_route_back(pkt),
+        Match::Ip6HopLimit255 => pkt.family() == Family::IPv6 && pkt.hop_limit == 255,
     }
 }
 
@@ -383,10 +458,24 @@ pub fn hops(cluster: &Cluster, src: &Endpoint, dst: &Endpoint) -> Vec<Hop> {
     out
 }
 
+/// Where a packet from `e` comes into the first node it meets at
+/// prerouting: a pod through its own interface, anything else off the wire
+/// (a node's own packets start at output, and loop back as [`Iif::Local`]).
+fn first_iif(cluster: &Cluster, e: &Endpoint) -> Iif {
+    match e {
+        Endpoint::Pod(id) => {
+            let pod = &cluster.pods[*id];
+            Iif::Pod { v4: pod.ip(Family::IPv4), v6: pod.ip(Family::IPv6) }
+        }
+        Endpoint::Node(_) => Iif::Local,
+        Endpoint::Ip(_) => Iif::Wire,
+    }
+}
+
 /// Run `flow`'s first packet in `family` through the programs of the
 /// nodes it crosses (`programs` gives a node's program), then, if it got
-/// through, its reply back, with what the first packet left in the nodes'
-/// flow sets. `None` when an endpoint has no address in `family`.
+/// through, its reply back, each node's conntrack deciding the state each
+/// packet carries there. `None` when an endpoint has no address in `family`.
 pub fn flow_verdict<'p>(
     cluster: &Cluster,
     programs: &dyn Fn(&str) -> Option<&'p Program>,
@@ -394,22 +483,36 @@ pub fn flow_verdict<'p>(
     family: Family,
 ) -> Option<FlowTrace> {
     let packet = Packet::new(flow.src.ip(cluster, family)?, flow.dst.ip(cluster, family)?, flow.protocol, flow.port);
-    let mut flows: BTreeMap<String, Flows> = BTreeMap::new();
-    let mut run = |pkt: &Packet, from: &Endpoint, to: &Endpoint| -> Vec<HopVerdict> {
-        hops(cluster, from, to)
-            .into_iter()
-            .map(|hop| {
-                let eval = programs(&hop.node).map(|p| {
-                    let node_flows = flows.entry(hop.node.clone()).or_default();
-                    eval_hook(Host::of(cluster, &hop.node, p).with_flows(node_flows), hop.hook, pkt)
-                });
-                HopVerdict { hop, eval }
-            })
-            .collect()
+    let tracks: BTreeMap<String, Conntrack> = hops(cluster, &flow.src, &flow.dst).into_iter().map(|h| (h.node, Conntrack::default())).collect();
+    let run = |mut pkt: Packet, from: &Endpoint, to: &Endpoint| -> Vec<HopVerdict> {
+        let path = hops(cluster, from, to);
+        let mut out: Vec<HopVerdict> = Vec::with_capacity(path.len());
+        let mut dropped = false;
+        for (i, hop) in path.iter().enumerate() {
+            if hop.hook == Hook::Prerouting {
+                pkt.iif = match i.checked_sub(1).map(|j| &path[j]) {
+                    None => first_iif(cluster, from),
+                    Some(prev) if prev.node == hop.node => Iif::Local,
+                    Some(_) => Iif::Wire,
+                };
+            }
+            let ct = &tracks[&hop.node];
+            pkt.ct = ct.state(&pkt);
+            let eval = programs(&hop.node).map(|p| eval_hook(Host::of(cluster, &hop.node, p), hop.hook, &pkt));
+            dropped |= eval.as_ref().is_some_and(|e| !e.accepted);
+            // Conntrack confirms a connection when its packet leaves the
+            // node's last hook (postrouting, or input when delivered).
+            let leaves = path.get(i + 1).is_none_or(|next| next.node != hop.node || next.hook == Hook::Prerouting);
+            if leaves && !dropped {
+                ct.confirm(&pkt);
+            }
+            out.push(HopVerdict { hop: hop.clone(), eval });
+        }
+        out
     };
     let passed = |hops: &[HopVerdict]| hops.iter().all(|h| h.eval.as_ref().is_none_or(|e| e.accepted));
-    let hops = run(&packet, &flow.src, &flow.dst);
-    let reply = if passed(&hops) { run(&packet.reply(), &flow.dst, &flow.src) } else { Vec::new() };
+    let hops = run(packet, &flow.src, &flow.dst);
+    let reply = if passed(&hops) { run(packet.reply(), &flow.dst, &flow.src) } else { Vec::new() };
     let allowed = passed(&hops) && passed(&reply);
     Some(FlowTrace { packet, allowed, hops, reply })
 }
@@ -427,7 +530,7 @@ mod tests {
     const NODE_ADDRS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::new(172, 18, 0, 2))];
 
     fn host(p: &Program) -> Host<'_> {
-        Host { program: p, addrs: NODE_ADDRS, flows: None }
+        Host { program: p, addrs: NODE_ADDRS, pods: None }
     }
 
     /// Check the verdict at postrouting, and the rule that gave it.
@@ -584,22 +687,23 @@ mod tests {
         check("x/a", "node/node-1", "allowed");
     }
 
-    /// A connection is its first packet and its reply: with no conntrack,
-    /// a UDP or SCTP reply into an isolated pod gets in only because the
-    /// first packet left its flow in the node's flow set; TCP's needs none.
+    /// A connection is its first packet and its reply: the reply gets
+    /// into a pod isolated both ways on conntrack's word (established
+    /// where the first packet was let through), whatever its protocol; the
+    /// same packet with no connection behind it is new, and judged.
     #[test]
-    fn replies_come_back_through_the_flow_set() {
+    fn replies_pass_on_conntrack_state() {
         let np = |name: &str, spec: &str| {
             format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec: {spec}\n")
         };
-        // x/a (node-1) and x/c (node-1) isolated both ways; a may reach c
+        // x/a (node-1) and x/b (node-2) isolated both ways; a may reach b
         // on 53 and 80, whatever the protocol; nothing may reach a.
         let c = crate::nft::compile::tests::cluster(&format!(
             "{}{}",
-            np("a-out", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress, Egress], egress: [{to: [{podSelector: {matchLabels: {pod: c}}}], ports: [{port: 53, protocol: UDP}, {port: 80}, {port: 80, protocol: SCTP}]}]}"),
-            np("c-in", "{podSelector: {matchLabels: {pod: c}}, policyTypes: [Ingress, Egress], ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]}"),
+            np("a-out", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress, Egress], egress: [{to: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 53, protocol: UDP}, {port: 80}, {port: 80, protocol: SCTP}]}]}"),
+            np("b-in", "{podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress, Egress], ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]}"),
         ));
-        let mut programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
+        let programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
         let flow = |from: &str, to: &str, protocol, port| Flow {
             src: Endpoint::parse(&c, from).unwrap(),
             dst: Endpoint::parse(&c, to).unwrap(),
@@ -607,47 +711,74 @@ mod tests {
             port,
             family: None,
         };
-        let cases = [(Protocol::Udp, 53), (Protocol::Tcp, 80), (Protocol::Sctp, 80)];
-        for (proto, port) in cases {
-            let t = flow_verdict(&c, &|n| programs.get(n), &flow("x/a", "x/c", proto, port), Family::IPv4).unwrap();
+        for (proto, port) in [(Protocol::Udp, 53), (Protocol::Tcp, 80), (Protocol::Sctp, 80)] {
+            let t = flow_verdict(&c, &|n| programs.get(n), &flow("x/a", "x/b", proto, port), Family::IPv4).unwrap();
             assert!(t.allowed && !t.reply.is_empty(), "{proto:?}: {t:#?}");
-            let back = flow_verdict(&c, &|n| programs.get(n), &flow("x/c", "x/a", proto, port), Family::IPv4).unwrap();
+            // The reply was let through by the conntrack rule on both nodes.
+            for h in t.reply.iter().filter(|h| matches!(h.hop.hook, Hook::Postrouting | Hook::Input)) {
+                let Some(Evaluation { decision: Decision::Rule { rule: 0, .. }, .. }) = &h.eval else { panic!("{h:#?}") };
+            }
+            let back = flow_verdict(&c, &|n| programs.get(n), &flow("x/b", "x/a", proto, port), Family::IPv4).unwrap();
             assert!(!back.allowed && back.reply.is_empty(), "{proto:?} the other way is a new flow");
         }
-        // Without the record chain the first packets still get through, but
-        // UDP and SCTP replies do not; TCP's do.
-        programs.get_mut("node-1").unwrap().chains.get_mut(crate::nft::compile::RECORD).unwrap().rules.clear();
-        for (proto, port) in cases {
-            let t = flow_verdict(&c, &|n| programs.get(n), &flow("x/a", "x/c", proto, port), Family::IPv4).unwrap();
-            let first = t.hops.iter().all(|h| h.eval.as_ref().is_none_or(|e| e.accepted));
-            assert!(first, "{proto:?}");
-            assert_eq!(t.allowed, proto == Protocol::Tcp, "{proto:?}: {t:#?}");
-        }
+        // A packet that looks like a reply, with no connection behind it.
+        let p = &programs["node-1"];
+        let fake = Packet { l4: L4::Port { proto: Protocol::Udp, sport: 53, dport: EPHEMERAL_PORT }, ..tcp("10.244.2.11", "10.244.1.11", 0) };
+        let fake = Packet { ct: Conntrack::default().state(&fake), ..fake };
+        assert_eq!(fake.ct, CtState::New);
+        assert!(!eval_hook(Host::of(&c, "node-1", p), Hook::Postrouting, &fake).accepted);
     }
 
-    /// What conntrack used to relate to a flow passes isolated pods: ICMP
-    /// errors and echo replies, and fragments after the first; an echo
-    /// request, a first fragment and a new flow are still judged.
+    /// What conntrack cannot place in a connection is invalid and dropped,
+    /// for every pod; a new ICMP flow is judged like any other protocol.
     #[test]
-    fn icmp_replies_and_later_fragments_pass_isolated_pods() {
+    fn invalid_is_dropped_and_icmp_is_judged() {
         let c = crate::nft::compile::tests::cluster(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress, Egress], ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}\n",
         );
         let programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
         let p = &programs["node-1"];
-        let verdict = |pkt: Packet| eval_hook(Host::of(&c, "node-1", p), Hook::Postrouting, &pkt).accepted;
-        // x/a (10.244.1.11) is isolated both ways on node-1.
-        let to_xa = tcp("10.244.2.21", "10.244.1.11", 80);
-        let icmp = |ty| Packet { l4: L4::Icmp { ty }, ..to_xa };
-        assert!(verdict(icmp(IcmpType::DestinationUnreachable.code())));
-        assert!(verdict(icmp(IcmpType::EchoReply.code())));
-        assert!(!verdict(icmp(8)), "an echo request is a new flow");
-        let udp = Packet { l4: L4::Port { proto: Protocol::Udp, sport: 53, dport: EPHEMERAL_PORT }, opening: false, ..to_xa };
-        assert!(!verdict(udp), "a UDP packet with no flow behind it");
-        assert!(verdict(Packet { later_fragment: true, ..udp }), "a later fragment: its first was judged");
-        assert!(verdict(Packet { opening: false, ..to_xa }), "a TCP segment that opens nothing");
-        assert!(!verdict(to_xa), "a SYN");
-        let from_xa = Packet { src: to_xa.dst, dst: to_xa.src, ..to_xa };
-        assert!(!verdict(from_xa) && verdict(Packet { opening: false, ..from_xa }));
+        let verdict = |pkt: Packet| {
+            let pkt = Packet { ct: Conntrack::default().state(&pkt), ..pkt };
+            eval_hook(Host::of(&c, "node-1", p), Hook::Postrouting, &pkt).accepted
+        };
+        // x/a (10.244.1.11) is isolated; x/c (10.244.1.12) is not.
+        for (dst, isolated) in [("10.244.1.11", true), ("10.244.1.12", false)] {
+            let icmp = |ty| Packet { l4: L4::Icmp { ty }, ..tcp("10.244.2.21", dst, 0) };
+            assert!(!verdict(icmp(3)), "an unreachable about nothing, to {dst}");
+            assert!(!verdict(icmp(0)), "an echo reply to no request, to {dst}");
+            assert!(!verdict(icmp(11)), "a time-exceeded about nothing, to {dst}");
+            assert_eq!(verdict(icmp(8)), !isolated, "an echo request is a new flow, judged, to {dst}");
+        }
+        // x/b may reach x/a with any protocol: the rule has no ports.
+        let from_b = |l4| Packet { l4, ..tcp("10.244.2.11", "10.244.1.11", 0) };
+        assert!(verdict(from_b(L4::Icmp { ty: 8 })));
+        assert!(verdict(from_b(L4::Other(47))), "GRE");
+    }
+
+    /// The anti-spoofing chain: a packet whose source is not routed back
+    /// through the interface it came in on is dropped at prerouting.
+    #[test]
+    fn antispoof_needs_a_route_back() {
+        let c = crate::nft::compile::tests::cluster("");
+        let programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
+        let p = &programs["node-1"];
+        let xa = Iif::Pod { v4: Some(v4("10.244.1.11")), v6: None };
+        let verdict = |src: &str, iif: Iif| {
+            let src: IpAddr = src.parse().unwrap();
+            let dst = if src.is_ipv4() { v4("10.244.2.11") } else { "fe80::2".parse().unwrap() };
+            eval_hook(Host::of(&c, "node-1", p), Hook::Prerouting, &Packet { iif, ..Packet::new(src, dst, Protocol::Udp, 53) }).accepted
+        };
+        assert!(verdict("10.244.1.11", xa), "its own address");
+        assert!(!verdict("10.244.1.12", xa), "another local pod's");
+        assert!(!verdict("10.244.2.21", xa), "a remote pod's");
+        assert!(!verdict("172.18.0.2", xa), "its node's");
+        assert!(!verdict("192.0.2.1", xa), "an outside address");
+        assert!(!verdict("10.244.1.11", Iif::Wire), "the wire claiming a local pod");
+        assert!(verdict("10.244.2.21", Iif::Wire), "a remote pod, from the wire");
+        assert!(!verdict("172.18.0.2", Iif::Wire), "the wire claiming the node");
+        assert!(verdict("172.18.0.2", Iif::Local), "the node itself, looped back");
+        let nd = Packet { l4: L4::Icmpv6 { ty: 135 }, iif: xa, hop_limit: 255, ..Packet::new("fe80::1".parse().unwrap(), "fe80::2".parse().unwrap(), Protocol::Udp, 0) };
+        assert!(eval_hook(Host::of(&c, "node-1", p), Hook::Prerouting, &nd).accepted, "neighbour discovery");
     }
 }

@@ -51,7 +51,25 @@ impl Transaction {
 }
 
 fn cmd(c: NfCmd<'_>) -> Value {
-    serde_json::to_value(c).expect("the nftables schema always serialises")
+    let mut v = serde_json::to_value(c).expect("the nftables schema always serialises");
+    sort_fib_flags(&mut v);
+    v
+}
+
+/// The nftables crate keeps `fib` flags in a `HashSet`, which serialises in
+/// a different order on every run; nft reads them as a bit mask, so sort
+/// them: the same program must give byte-identical JSON.
+fn sort_fib_flags(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::Array(flags)) = o.get_mut("fib").and_then(|f| f.get_mut("flags")) {
+                flags.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+            o.values_mut().for_each(sort_fib_flags);
+        }
+        Value::Array(a) => a.iter_mut().for_each(sort_fib_flags),
+        _ => {}
+    }
 }
 
 fn table_obj(table: &str) -> NfListObject<'_> {
@@ -94,9 +112,6 @@ fn key_json(k: KeyType) -> SetTypeValue<'static> {
         KeyType::AddrProtoPort(_) => {
             SetTypeValue::Concatenated(vec![addr, schema::SetType::InetProto, schema::SetType::InetService].into())
         }
-        KeyType::Flow(_) => SetTypeValue::Concatenated(
-            vec![addr, schema::SetType::InetProto, schema::SetType::InetService, addr, schema::SetType::InetService].into(),
-        ),
     }
 }
 
@@ -108,15 +123,7 @@ fn op_to_json(table: &str, op: &Op) -> Value {
     match op {
         Op::AddTable { table } => cmd(NfCmd::Add(table_obj(table))),
         Op::DeleteTable { table } => cmd(NfCmd::Delete(table_obj(table))),
-        Op::AddSet { name, key, dynamic: Some(d), .. } => {
-            // nft 1.0.6's JSON knows no "dynamic" flag; the kernel lets the
-            // packet path update any hash set, and nft lists the flags of
-            // one made from text (`flags dynamic,timeout`) as just this.
-            let key = serde_json::to_value(key_json(*key)).expect("set types serialise");
-            json!({"add": {"set": {"family": "inet", "table": table, "name": name, "type": key,
-                "flags": ["timeout"], "timeout": d.timeout_s, "size": d.size}}})
-        }
-        Op::AddSet { name, key, interval, dynamic: None } => cmd(NfCmd::Add(NfListObject::Set(Box::new(schema::Set {
+        Op::AddSet { name, key, interval } => cmd(NfCmd::Add(NfListObject::Set(Box::new(schema::Set {
             family: NfFamily::INet,
             table: table.into(),
             name: name.into(),
@@ -249,53 +256,17 @@ fn match_stmt(m: &Match) -> Statement<'static> {
             let right = if names.len() == 1 { names.into_iter().next().expect("len 1") } else { anon_set(names) };
             matches(payload("icmpv6", "type"), Operator::EQ, right)
         }
-        Match::IcmpType(types) => {
-            let names: Vec<Expression> = types.iter().map(|t| s(t.name())).collect();
-            let right = if names.len() == 1 { names.into_iter().next().expect("len 1") } else { anon_set(names) };
-            matches(payload("icmp", "type"), Operator::EQ, right)
-        }
-        Match::TcpNotOpening => matches(
-            Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(
-                payload("tcp", "flags"),
-                Expression::List(vec![s("syn"), s("ack")]),
-            ))),
-            Operator::NEQ,
-            s("syn"),
-        ),
-        Match::LaterFragment(Family::IPv4) => matches(
-            Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(payload("ip", "frag-off"), Expression::Number(0x1fff)))),
-            Operator::NEQ,
-            Expression::Number(0),
-        ),
-        Match::LaterFragment(Family::IPv6) => matches(
-            Expression::Named(NamedExpression::Exthdr(expr::Exthdr { name: "frag".into(), field: Some("frag-off".into()), offset: None })),
-            Operator::NEQ,
-            Expression::Number(0),
-        ),
-        Match::L4Protos(ps) => {
-            let names: Vec<Expression> = ps.iter().map(|p| s(p.nft_name())).collect();
-            let right = if names.len() == 1 { names.into_iter().next().expect("len 1") } else { anon_set(names) };
-            matches(meta(expr::MetaKey::L4proto), Operator::EQ, right)
-        }
-        Match::Flow { family, set } => matches(flow_expr(*family, false), Operator::EQ, s(format!("@{set}"))),
         Match::NfProto(f) => matches(meta(expr::MetaKey::Nfproto), Operator::EQ, s(nfproto_name(*f))),
         Match::FibSaddrLocal { negate } => {
             let fib = expr::Fib { result: expr::FibResult::Type, flags: [expr::FibFlag::Saddr].into() };
             matches(Expression::Named(NamedExpression::Fib(fib)), if *negate { Operator::NEQ } else { Operator::EQ }, s("local"))
         }
+        Match::Ip6HopLimit255 => matches(payload("ip6", "hoplimit"), Operator::EQ, Expression::Number(255)),
+        Match::NoRouteBack => {
+            let fib = expr::Fib { result: expr::FibResult::Oif, flags: [expr::FibFlag::Saddr, expr::FibFlag::Iif].into() };
+            matches(Expression::Named(NamedExpression::Fib(fib)), Operator::EQ, Expression::Boolean(false))
+        }
     }
-}
-
-/// See [`flow_key`].
-fn flow_expr(family: Family, reversed: bool) -> Expression<'static> {
-    let (first, second) = if reversed { (("daddr", "dport"), ("saddr", "sport")) } else { (("saddr", "sport"), ("daddr", "dport")) };
-    Expression::Named(NamedExpression::Concat(vec![
-        payload(ip_proto(family), first.0),
-        meta(expr::MetaKey::L4proto),
-        payload("th", first.1),
-        payload(ip_proto(family), second.0),
-        payload("th", second.1),
-    ]))
 }
 
 fn rule_stmts(r: &Rule) -> Vec<Statement<'static>> {
@@ -303,17 +274,13 @@ fn rule_stmts(r: &Rule) -> Vec<Statement<'static>> {
     if r.counter {
         out.push(Statement::Counter(stmt::Counter::Anonymous(None)));
     }
-    match &r.action {
-        Action::Verdict(v) => out.push(verdict_stmt(v)),
-        Action::Vmap { family, field, map } => out.push(Statement::VerdictMap(stmt::VerdictMap {
+    out.push(match &r.action {
+        Action::Verdict(v) => verdict_stmt(v),
+        Action::Vmap { family, field, map } => Statement::VerdictMap(stmt::VerdictMap {
             key: payload(ip_proto(*family), field.name()),
             data: s(format!("@{map}")),
-        })),
-        Action::Remember { family, set, reversed, then } => {
-            out.push(Statement::Set(stmt::Set { op: stmt::SetOp::Update, elem: flow_expr(*family, *reversed), set: format!("@{set}").into() }));
-            out.extend(then.iter().map(verdict_stmt));
-        }
-    }
+        }),
+    });
     out
 }
 
@@ -393,9 +360,6 @@ fn parse_key(v: Option<&Value>, ctx: &str) -> Result<KeyType, ParseError> {
         Some(Value::Array(a)) if a.len() == 3 && a[1] == "inet_proto" && a[2] == "inet_service" => {
             a[0].as_str().and_then(fam).map(KeyType::AddrProtoPort).ok_or(())
         }
-        Some(Value::Array(a)) if a.len() == 5 && a[0] == a[3] && a[1] == "inet_proto" && a[2] == "inet_service" && a[4] == "inet_service" => {
-            a[0].as_str().and_then(fam).map(KeyType::Flow).ok_or(())
-        }
         _ => Err(()),
     }
     .or_else(|_| perr(format!("{ctx}: type"), v.unwrap_or(&Value::Null)))
@@ -404,27 +368,17 @@ fn parse_key(v: Option<&Value>, ctx: &str) -> Result<KeyType, ParseError> {
 fn parse_set(name: &str, body: &Value) -> Result<Set, ParseError> {
     let ctx = format!("set {name:?}");
     let key = parse_key(body.get("type"), &ctx)?;
-    let flags = match body.get("flags") {
-        None => vec![],
-        Some(f) => strings(f).ok_or_else(|| ParseError { context: format!("{ctx}: flags"), found: f.to_string() })?,
-    };
-    let number = |k: &str| body.get(k).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
-    // nft 1.0.6 lists a dynamic set's flags as just "timeout".
-    let (interval, dynamic) = match (flags.as_slice(), key) {
-        ([], _) => (false, None),
-        (["interval"], _) => (true, None),
-        (f, KeyType::Flow(_)) if f.contains(&"timeout") && f.iter().all(|x| ["timeout", "dynamic"].contains(x)) => {
-            let d = (|| Some(Dynamic { timeout_s: number("timeout")?, size: number("size")? }))();
-            (false, Some(d.ok_or_else(|| ParseError { context: format!("{ctx}: timeout and size"), found: body.to_string() })?))
-        }
-        _ => return perr(format!("{ctx}: flags"), body.get("flags").unwrap_or(&Value::Null)),
+    let interval = match body.get("flags") {
+        None => false,
+        Some(Value::Array(f)) if f.len() == 1 && f[0] == "interval" => true,
+        Some(Value::String(f)) if f == "interval" => true,
+        Some(other) => return perr(format!("{ctx}: flags"), other),
     };
     let mut elements = BTreeSet::new();
-    // A dynamic set's elements are the packet path's, not the program's.
-    for e in body.get("elem").and_then(Value::as_array).into_iter().flatten().filter(|_| dynamic.is_none()) {
+    for e in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
         elements.insert(parse_element(e, key, interval, &ctx)?);
     }
-    Ok(Set { name: name.to_string(), key, interval, dynamic, elements })
+    Ok(Set { name: name.to_string(), key, interval, elements })
 }
 
 fn parse_map(name: &str, body: &Value) -> Result<Map, ParseError> {
@@ -481,7 +435,6 @@ fn parse_element(e: &Value, key: KeyType, interval: bool, ctx: &str) -> Result<E
             let port = u16::try_from(c.get(2)?.as_u64()?).ok()?;
             Some(Element::AddrProtoPort(ip, proto, port))
         })(),
-        KeyType::Flow(_) => None,
     };
     parsed.filter(|el| el.family() == key.family()).ok_or_else(|| ParseError { context: format!("{ctx}: element"), found: e.to_string() })
 }
@@ -521,29 +474,12 @@ fn parse_rule(body: &Value) -> Result<Rule, ParseError> {
     let mut matches = Vec::new();
     let mut counter = false;
     let mut action = None;
-    let mut remember: Option<Action> = None;
     for (i, st) in exprs.iter().enumerate() {
         let last = i + 1 == exprs.len();
         let Some((k, v)) = st.as_object().and_then(|m| m.iter().next()) else { return perr(ctx, st) };
         match k.as_str() {
-            "match" if !last && remember.is_none() => {
-                matches.extend(parse_match(v).ok_or_else(|| ParseError { context: ctx.clone(), found: st.to_string() })?)
-            }
+            "match" if !last => matches.extend(parse_match(v).ok_or_else(|| ParseError { context: ctx.clone(), found: st.to_string() })?),
             "counter" if !last => counter = true,
-            "set" if remember.is_none() => {
-                remember = parse_update(v);
-                if remember.is_none() {
-                    return perr(ctx, st);
-                }
-                if last {
-                    action = remember.clone();
-                }
-            }
-            "accept" | "drop" if last && remember.is_some() => {
-                if let Some(Action::Remember { family, set, reversed, .. }) = remember.take() {
-                    action = Some(Action::Remember { family, set, reversed, then: parse_verdict(st) });
-                }
-            }
             "accept" | "drop" | "jump" if last => action = parse_verdict(st).map(Action::Verdict),
             "vmap" if last => {
                 let (family, field) = parse_addr_payload(v.get("key").unwrap_or(&Value::Null)).ok_or_else(|| ParseError { context: ctx.clone(), found: st.to_string() })?;
@@ -556,21 +492,6 @@ fn parse_rule(body: &Value) -> Result<Rule, ParseError> {
     let Some(action) = action else { return perr(format!("{ctx}: no verdict"), body) };
     let comment = body.get("comment").and_then(Value::as_str).map(str::to_string);
     Ok(Rule { matches, counter, action, comment })
-}
-
-/// `update @set { <flow> }`, read as a [`Action::Remember`] without its verdict.
-fn parse_update(v: &Value) -> Option<Action> {
-    if v.get("op")?.as_str()? != "update" {
-        return None;
-    }
-    let set = v.get("set")?.as_str()?.strip_prefix('@')?.to_string();
-    let elem = v.get("elem")?;
-    [Family::IPv4, Family::IPv6].into_iter().find_map(|family| {
-        [false, true].into_iter().find_map(|reversed| {
-            let want = serde_json::to_value(flow_expr(family, reversed)).ok()?;
-            (elem == &want).then(|| Action::Remember { family, set: set.clone(), reversed, then: None })
-        })
-    })
 }
 
 fn parse_addr_payload(v: &Value) -> Option<(Family, AddrField)> {
@@ -618,28 +539,17 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
     }
     if let Some(fib) = left.get("fib") {
         // nft prints one flag as a list or (older versions) a bare string.
-        let saddr = strings(fib.get("flags")?)? == ["saddr"];
+        let flags = strings(fib.get("flags")?)?;
+        if matches!(flags.as_slice(), ["saddr", "iif"] | ["iif", "saddr"]) && fib.get("result")? == "oif" && op == "==" && *right == Value::Bool(false) {
+            return Some(vec![Match::NoRouteBack]);
+        }
+        let saddr = flags == ["saddr"];
         let negate = match op {
             "==" => false,
             "!=" => true,
             _ => return None,
         };
         return (saddr && fib.get("result")? == "type" && right == "local").then_some(vec![Match::FibSaddrLocal { negate }]);
-    }
-    if op == "!=" {
-        // The three `!=` matches that are not on an address.
-        let later = |family| vec![Match::LaterFragment(family)];
-        let and = left.get("&").and_then(Value::as_array);
-        return match (and.map(Vec::as_slice), left.get("exthdr")) {
-            (Some([l, mask]), _) if l == &json!({"payload": {"protocol": "tcp", "field": "flags"}}) => {
-                (strings(mask)? == ["syn", "ack"] && right == "syn").then_some(vec![Match::TcpNotOpening])
-            }
-            (Some([l, mask]), _) if l == &json!({"payload": {"protocol": "ip", "field": "frag-off"}}) => {
-                (mask == 0x1fff && right == 0).then(|| later(Family::IPv4))
-            }
-            (None, Some(x)) => (x == &json!({"name": "frag", "field": "frag-off"}) && right == 0).then(|| later(Family::IPv6)),
-            _ => None,
-        };
     }
     if op != "==" && op != "in" {
         return None;
@@ -650,9 +560,6 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
         return Some(vec![Match::CtState(states)]);
     }
     if let Some(key) = left.get("meta").and_then(|m| m.get("key")).and_then(Value::as_str) {
-        if key == "l4proto" && right.get("set").is_some() {
-            return Some(vec![Match::L4Protos(strings(right)?.into_iter().map(parse_proto).collect::<Option<_>>()?)]);
-        }
         let r = right.as_str()?;
         return match key {
             "l4proto" => Some(vec![Match::Proto { proto: parse_proto(r)?, dport: None }]),
@@ -661,12 +568,6 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
         };
     }
     if let Some(parts) = left.get("concat").and_then(Value::as_array) {
-        let set = right.as_str()?.strip_prefix('@')?;
-        for family in [Family::IPv4, Family::IPv6] {
-            if serde_json::to_value(flow_expr(family, false)).ok().as_ref() == Some(left) {
-                return Some(vec![Match::Flow { family, set: set.to_string() }]);
-            }
-        }
         let (family, field) = parse_addr_payload(parts.first()?)?;
         let l4 = parts.get(1)?.get("meta")?.get("key")?.as_str()? == "l4proto";
         let th = parts.get(2)?.get("payload")? == &json!({"protocol": "th", "field": "dport"});
@@ -676,13 +577,12 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
     }
     let p = left.get("payload")?;
     let (protocol, field) = (p.get("protocol")?.as_str()?, p.get("field")?.as_str()?);
-    if protocol == "icmpv6" && field == "type" {
-        let types = strings(right)?.iter().map(|n| Icmpv6Type::all().find(|t| t.name() == *n)).collect::<Option<_>>()?;
-        return Some(vec![Match::Icmpv6Type(types)]);
+    if protocol == "ip6" && field == "hoplimit" && right.as_u64() == Some(255) {
+        return Some(vec![Match::Ip6HopLimit255]);
     }
-    if protocol == "icmp" && field == "type" {
-        let types = strings(right)?.iter().map(|n| IcmpType::REPLIES.into_iter().find(|t| t.name() == *n)).collect::<Option<_>>()?;
-        return Some(vec![Match::IcmpType(types)]);
+    if protocol == "icmpv6" && field == "type" {
+        let types = strings(right)?.iter().map(|n| Icmpv6Type::ND.into_iter().find(|t| t.name() == *n)).collect::<Option<_>>()?;
+        return Some(vec![Match::Icmpv6Type(types)]);
     }
     let proto = parse_proto(protocol)?;
     if field != "dport" {
@@ -825,5 +725,14 @@ mod tests {
             ]});
             assert!(program_from_json(&listing).is_err(), "{fib}");
         }
+        // `fib saddr . iif oif missing`, as nft 1.0.6 lists it.
+        let fib = json!({"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": false}});
+        let listing = json!({"nftables": [
+            {"table": {"family": "inet", "name": "netfence"}},
+            {"chain": {"family": "inet", "table": "netfence", "name": "c"}},
+            {"rule": {"family": "inet", "table": "netfence", "chain": "c", "expr": [fib, {"drop": null}]}}
+        ]});
+        let p = program_from_json(&listing).unwrap();
+        assert_eq!(p.chains["c"].rules[0].matches, [Match::NoRouteBack]);
     }
 }

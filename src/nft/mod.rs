@@ -16,7 +16,7 @@ pub mod diff;
 pub use compile::{compile, compile_all};
 pub use diff::diff;
 pub use program::{
-    Action, AddrField, AddrMatch, BaseHook, Chain, ChainPolicy, CtState, Dynamic, Element, Hook, IcmpType, Icmpv6Type, KeyType, Map, Match,
+    Action, AddrField, AddrMatch, BaseHook, Chain, ChainPolicy, CtState, Element, Hook, Icmpv6Type, KeyType, Map, Match,
     PortRange, Program, Rule, Set, ValidationError, Verdict, ALT_TABLE, TABLE,
 };
 pub use program::other_table;

@@ -70,16 +70,12 @@ pub enum KeyType {
     /// `ipv4_addr . inet_proto . inet_service`: a pod address with one of its
     /// container ports, for named ports.
     AddrProtoPort(Family),
-    /// `ipv4_addr . inet_proto . inet_service . ipv4_addr . inet_service`:
-    /// a packet's source address and port, then its destination's, for the
-    /// flow set that lets UDP and SCTP replies back in.
-    Flow(Family),
 }
 
 impl KeyType {
     pub fn family(self) -> Family {
         match self {
-            KeyType::Addr(f) | KeyType::AddrProtoPort(f) | KeyType::Flow(f) => f,
+            KeyType::Addr(f) | KeyType::AddrProtoPort(f) => f,
         }
     }
 }
@@ -109,32 +105,18 @@ pub struct Set {
     /// `flags interval`: elements are prefixes. Kept small: an incremental
     /// change to an interval set costs time proportional to its size.
     pub interval: bool,
-    /// `Some` for a set the packet path fills (`flags dynamic,timeout`):
-    /// the kernel owns its elements, a program never lists any, and a diff
-    /// never touches them.
-    pub dynamic: Option<Dynamic>,
     pub elements: BTreeSet<Element>,
 }
 
-/// How long an element of a dynamic set lives without being refreshed, and
-/// how many the set may hold (a full set refuses new elements; the packet
-/// that would have added one goes on unrecorded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Dynamic {
-    pub timeout_s: u32,
-    pub size: u32,
-}
-
 impl Set {
-    /// A set of elements the program lists (hash, or interval if `interval`).
-    pub fn of(name: impl Into<String>, key: KeyType, interval: bool, elements: BTreeSet<Element>) -> Set {
-        Set { name: name.into(), key, interval, dynamic: None, elements }
+    pub fn of(name: String, key: KeyType, interval: bool, elements: BTreeSet<Element>) -> Set {
+        Set { name, key, interval, elements }
     }
 
     /// The declaration without its elements: what `add set` carries and
     /// what must be equal for a set to be updated in place.
     pub fn same_declaration(&self, other: &Set) -> bool {
-        self.name == other.name && self.key == other.key && self.interval == other.interval && self.dynamic == other.dynamic
+        self.name == other.name && self.key == other.key && self.interval == other.interval
     }
 }
 
@@ -195,8 +177,9 @@ impl Hook {
     /// The standard priority name nft prints for chains on this hook, and
     /// its value: base chain priorities render relative to it
     /// (`dstnat + 10`), as `nft list` does.
-    fn standard_priority(self) -> (&'static str, i32) {
+    fn standard_priority(self, priority: i32) -> (&'static str, i32) {
         match self {
+            Hook::Prerouting if priority <= priority::RAW + 10 => ("raw", priority::RAW),
             Hook::Prerouting => ("dstnat", -100),
             Hook::Postrouting => ("srcnat", 100),
             _ => ("filter", 0),
@@ -206,6 +189,7 @@ impl Hook {
 
 /// Well-known base chain priorities (`nft(8)`, "STANDARD PRIORITY NAMES").
 pub mod priority {
+    pub const RAW: i32 = -300;
     pub const DSTNAT: i32 = -100;
     pub const FILTER: i32 = 0;
     pub const SRCNAT: i32 = 100;
@@ -245,11 +229,6 @@ pub enum Action {
     Verdict(Verdict),
     /// `ip daddr vmap @map`: no element, no verdict (the next rule runs).
     Vmap { family: Family, field: AddrField, map: String },
-    /// `update @set { ip saddr . meta l4proto . th sport . ip daddr . th
-    /// dport }`: add the packet's flow to a dynamic set, or refresh its
-    /// timeout; `reversed` records the flow its reply will have (the
-    /// destination's address and port first). Then `then`, if any.
-    Remember { family: Family, set: String, reversed: bool, then: Option<Verdict> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -290,18 +269,10 @@ impl CtState {
     }
 }
 
-/// The ICMPv6 types netfence matches, declared in numeric order (the order
-/// nft lists a set of them): errors and echo replies, which isolated pods
-/// receive and send without a policy (see [`super::compile`]), and
-/// neighbour discovery, which is never policed (a pod that cannot resolve
-/// its neighbours has no network at all).
+/// The ICMPv6 types netfence matches: neighbour discovery, which is never
+/// policed (a pod that cannot resolve its neighbours has no network at all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Icmpv6Type {
-    DestinationUnreachable = 1,
-    PacketTooBig = 2,
-    TimeExceeded = 3,
-    ParameterProblem = 4,
-    EchoReply = 129,
     NdRouterSolicit = 133,
     NdRouterAdvert = 134,
     NdNeighborSolicit = 135,
@@ -311,56 +282,12 @@ pub enum Icmpv6Type {
 impl Icmpv6Type {
     pub const ND: [Icmpv6Type; 4] =
         [Icmpv6Type::NdRouterSolicit, Icmpv6Type::NdRouterAdvert, Icmpv6Type::NdNeighborSolicit, Icmpv6Type::NdNeighborAdvert];
-    /// Errors and echo replies: what conntrack would have called related or
-    /// established without a flow to relate them to.
-    pub const REPLIES: [Icmpv6Type; 5] = [
-        Icmpv6Type::DestinationUnreachable,
-        Icmpv6Type::PacketTooBig,
-        Icmpv6Type::TimeExceeded,
-        Icmpv6Type::ParameterProblem,
-        Icmpv6Type::EchoReply,
-    ];
-    /// Every type netfence matches.
-    pub fn all() -> impl Iterator<Item = Icmpv6Type> {
-        Icmpv6Type::REPLIES.into_iter().chain(Icmpv6Type::ND)
-    }
     pub fn name(self) -> &'static str {
         match self {
-            Icmpv6Type::DestinationUnreachable => "destination-unreachable",
-            Icmpv6Type::PacketTooBig => "packet-too-big",
-            Icmpv6Type::TimeExceeded => "time-exceeded",
-            Icmpv6Type::ParameterProblem => "parameter-problem",
-            Icmpv6Type::EchoReply => "echo-reply",
             Icmpv6Type::NdRouterSolicit => "nd-router-solicit",
             Icmpv6Type::NdRouterAdvert => "nd-router-advert",
             Icmpv6Type::NdNeighborSolicit => "nd-neighbor-solicit",
             Icmpv6Type::NdNeighborAdvert => "nd-neighbor-advert",
-        }
-    }
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-}
-
-/// The ICMP (IPv4) types netfence matches, in numeric order: errors and
-/// echo replies (see [`Icmpv6Type::REPLIES`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IcmpType {
-    EchoReply = 0,
-    DestinationUnreachable = 3,
-    TimeExceeded = 11,
-    ParameterProblem = 12,
-}
-
-impl IcmpType {
-    pub const REPLIES: [IcmpType; 4] =
-        [IcmpType::EchoReply, IcmpType::DestinationUnreachable, IcmpType::TimeExceeded, IcmpType::ParameterProblem];
-    pub fn name(self) -> &'static str {
-        match self {
-            IcmpType::EchoReply => "echo-reply",
-            IcmpType::DestinationUnreachable => "destination-unreachable",
-            IcmpType::TimeExceeded => "time-exceeded",
-            IcmpType::ParameterProblem => "parameter-problem",
         }
     }
     pub fn code(self) -> u8 {
@@ -405,19 +332,6 @@ pub enum Match {
     NamedPort { family: Family, set: String },
     /// `icmpv6 type { ... }`
     Icmpv6Type(BTreeSet<Icmpv6Type>),
-    /// `icmp type { ... }`
-    IcmpType(BTreeSet<IcmpType>),
-    /// `tcp flags & (syn | ack) != syn`: any TCP segment but a connection's
-    /// opening one (SYN without ACK).
-    TcpNotOpening,
-    /// `ip frag-off & 0x1fff != 0`, `frag frag-off != 0`: a fragment after
-    /// the first, which carries no transport header.
-    LaterFragment(Family),
-    /// `meta l4proto { udp, sctp }`
-    L4Protos(BTreeSet<Protocol>),
-    /// `ip saddr . meta l4proto . th sport . ip daddr . th dport @set`: the
-    /// packet's flow is in a flow set.
-    Flow { family: Family, set: String },
     /// `meta nfproto ipv4`
     NfProto(Family),
     /// `fib saddr type local` (`!= local` when negated): the source is one
@@ -426,6 +340,17 @@ pub enum Match {
     /// packets the node itself sent). By address, never by socket owner: a
     /// pod's address lives in the pod's namespace and is never local here.
     FibSaddrLocal { negate: bool },
+    /// `fib saddr . iif oif missing`: no route back to the source leaves
+    /// through the interface the packet came in on (strict reverse-path
+    /// filtering). True for a pod claiming an address that is not its own,
+    /// and for a node's own address arriving from outside (the lookup
+    /// finds a local route, which counts as missing); loopback is always
+    /// its own way back.
+    NoRouteBack,
+    /// `ip6 hoplimit 255`: sent on this link, routed by no one (what makes
+    /// neighbour discovery valid, RFC 4861; a forwarded packet has 254 or
+    /// less here).
+    Ip6HopLimit255,
 }
 
 /// Why a program would be refused by the kernel (or would not mean what it
@@ -496,7 +421,7 @@ impl Program {
                 return Err(ValidationError::NameMismatch { what: "set", key: k.clone(), name: s.name.clone() });
             }
             for e in &s.elements {
-                if !element_fits(e, s.key, s.interval) || s.dynamic.is_some() {
+                if !element_fits(e, s.key, s.interval) {
                     return Err(bad_element("set", &s.name, e, s.key));
                 }
             }
@@ -585,16 +510,6 @@ impl Program {
                 Match::Icmpv6Type(s) if s.is_empty() => {
                     return Err(ValidationError::EmptyMatch { chain: c.name.clone(), rule: i, what: "icmpv6 types" })
                 }
-                Match::IcmpType(s) if s.is_empty() => {
-                    return Err(ValidationError::EmptyMatch { chain: c.name.clone(), rule: i, what: "icmp types" })
-                }
-                Match::L4Protos(s) if s.is_empty() => {
-                    return Err(ValidationError::EmptyMatch { chain: c.name.clone(), rule: i, what: "protocols" })
-                }
-                Match::Flow { family, set } => self.check_flow_set(*family, set).map_err(|m| match m {
-                    None => dangling("set", set),
-                    Some(m) => mismatch(m),
-                })?,
                 Match::Proto { dport: Some(r), .. } if r.lo > r.hi => {
                     return Err(mismatch(format!("port range {}-{} is empty", r.lo, r.hi)))
                 }
@@ -615,26 +530,7 @@ impl Program {
                     return Err(mismatch(format!("{family} address looked up in map {map:?} of {}", key_type_name(m.key))));
                 }
             }
-            Action::Remember { family, set, then, .. } => {
-                self.check_flow_set(*family, set).map_err(|m| match m {
-                    None => dangling("set", set),
-                    Some(m) => mismatch(m),
-                })?;
-                if let Some(Verdict::Jump(t)) = then {
-                    return Err(mismatch(format!("a jump to {t:?} after an update")));
-                }
-            }
             Action::Verdict(_) => {}
-        }
-        Ok(())
-    }
-
-    /// A flow match or update needs a dynamic flow set of its family.
-    /// `Err(None)`: no such set.
-    fn check_flow_set(&self, family: Family, set: &str) -> Result<(), Option<String>> {
-        let s = self.sets.get(set).ok_or(None)?;
-        if s.key != KeyType::Flow(family) || s.dynamic.is_none() {
-            return Err(Some(format!("{family} flow on set {set:?} of {}, which must be a dynamic flow set", key_type_name(s.key))));
         }
         Ok(())
     }
@@ -651,7 +547,7 @@ impl Program {
                     .flat_map(|m| m.elements.values())
                     .filter_map(|v| if let Verdict::Jump(t) = v { Some(t.as_str()) } else { None })
                     .collect(),
-                Action::Verdict(_) | Action::Remember { .. } => vec![],
+                Action::Verdict(_) => vec![],
             }
         })
     }
@@ -750,8 +646,6 @@ pub fn key_type_name(k: KeyType) -> &'static str {
         KeyType::Addr(Family::IPv6) => "ipv6_addr",
         KeyType::AddrProtoPort(Family::IPv4) => "ipv4_addr . inet_proto . inet_service",
         KeyType::AddrProtoPort(Family::IPv6) => "ipv6_addr . inet_proto . inet_service",
-        KeyType::Flow(Family::IPv4) => "ipv4_addr . inet_proto . inet_service . ipv4_addr . inet_service",
-        KeyType::Flow(Family::IPv6) => "ipv6_addr . inet_proto . inet_service . ipv6_addr . inet_service",
     }
 }
 
@@ -787,21 +681,6 @@ pub fn render_element(e: &Element) -> String {
     }
 }
 
-/// A duration as nft prints one: `2m`, `1h30m`, `45s`.
-pub fn render_seconds(s: u32) -> String {
-    let (d, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
-    let mut out = String::new();
-    for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (sec, "s")] {
-        if n > 0 {
-            out.push_str(&format!("{n}{unit}"));
-        }
-    }
-    if out.is_empty() {
-        out.push_str("0s");
-    }
-    out
-}
-
 /// `{ a, b }` (nft refuses an empty `{ }`: callers skip empty lists).
 pub fn braced<I: IntoIterator<Item = String>>(items: I) -> String {
     format!("{{ {} }}", items.into_iter().collect::<Vec<_>>().join(", "))
@@ -822,7 +701,7 @@ impl fmt::Display for BaseHook {
     /// nft 1.0.6 names a priority only within 10 of the hook's standard
     /// one and prints any other as a number (`priority 110`): so do we.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (name, base) = self.hook.standard_priority();
+        let (name, base) = self.hook.standard_priority(self.priority);
         let off = self.priority - base;
         let prio = match off {
             0 => name.to_string(),
@@ -863,16 +742,10 @@ impl fmt::Display for Match {
                 write!(f, "icmpv6 type {}", types.first().expect("len 1").name())
             }
             Match::Icmpv6Type(types) => write!(f, "icmpv6 type {}", braced(types.iter().map(|t| t.name().to_string()))),
-            Match::IcmpType(types) if types.len() == 1 => write!(f, "icmp type {}", types.first().expect("len 1").name()),
-            Match::IcmpType(types) => write!(f, "icmp type {}", braced(types.iter().map(|t| t.name().to_string()))),
-            Match::TcpNotOpening => f.write_str("tcp flags & (syn | ack) != syn"),
-            Match::LaterFragment(Family::IPv4) => f.write_str("ip frag-off & 0x1fff != 0"),
-            Match::LaterFragment(Family::IPv6) => f.write_str("frag frag-off != 0"),
-            Match::L4Protos(ps) if ps.len() == 1 => write!(f, "meta l4proto {}", ps.first().expect("len 1").nft_name()),
-            Match::L4Protos(ps) => write!(f, "meta l4proto {}", braced(ps.iter().map(|p| p.nft_name().to_string()))),
-            Match::Flow { family, set } => write!(f, "{} @{set}", flow_key(*family, false)),
             Match::NfProto(fam) => write!(f, "meta nfproto {}", nfproto_name(*fam)),
             Match::FibSaddrLocal { negate } => write!(f, "fib saddr type {}local", if *negate { "!= " } else { "" }),
+            Match::NoRouteBack => f.write_str("fib saddr . iif oif missing"),
+            Match::Ip6HopLimit255 => f.write_str("ip6 hoplimit 255"),
         }
     }
 }
@@ -889,27 +762,11 @@ impl fmt::Display for Rule {
         match &self.action {
             Action::Verdict(v) => write!(f, "{v}")?,
             Action::Vmap { family, field, map } => write!(f, "{} {} vmap @{map}", ip_proto(*family), field.name())?,
-            Action::Remember { family, set, reversed, then } => {
-                write!(f, "update @{set} {{ {} }}", flow_key(*family, *reversed))?;
-                if let Some(v) = then {
-                    write!(f, " {v}")?;
-                }
-            }
         }
         if let Some(c) = &self.comment {
             write!(f, " comment \"{c}\"")?;
         }
         Ok(())
-    }
-}
-
-/// A packet's flow as a concatenation; `reversed`, the flow of its reply.
-pub fn flow_key(family: Family, reversed: bool) -> String {
-    let ip = ip_proto(family);
-    if reversed {
-        format!("{ip} daddr . meta l4proto . th dport . {ip} saddr . th sport")
-    } else {
-        format!("{ip} saddr . meta l4proto . th sport . {ip} daddr . th dport")
     }
 }
 
@@ -932,12 +789,6 @@ impl fmt::Display for Program {
             sep(f)?;
             writeln!(f, "\tset {} {{", s.name)?;
             writeln!(f, "\t\ttype {}", key_type_name(s.key))?;
-            if let Some(d) = s.dynamic {
-                // nft's own order and units.
-                writeln!(f, "\t\tsize {}", d.size)?;
-                writeln!(f, "\t\tflags dynamic,timeout")?;
-                writeln!(f, "\t\ttimeout {}", render_seconds(d.timeout_s))?;
-            }
             if s.interval {
                 writeln!(f, "\t\tflags interval")?;
             }
@@ -994,7 +845,6 @@ pub(crate) mod tests {
             name: name.into(),
             key: KeyType::Addr(family),
             interval: false,
-            dynamic: None,
             elements: ips.iter().map(|s| Element::Addr(v4(s))).collect(),
         }
     }
@@ -1015,14 +865,12 @@ pub(crate) mod tests {
             name: "blk4_b".into(),
             key: KeyType::Addr(Family::IPv4),
             interval: true,
-            dynamic: None,
             elements: [Element::Net(net("10.0.0.0/8")), Element::Net(net("192.168.1.5/32"))].into(),
         });
         p.add_set(Set {
             name: "np4_tcp_http".into(),
             key: KeyType::AddrProtoPort(Family::IPv4),
             interval: false,
-            dynamic: None,
             elements: [Element::AddrProtoPort(v4("10.244.1.11"), Protocol::Tcp, 8080)].into(),
         });
         p.add_map(Map {

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use super::program::{
-    braced, map_element, render_element, BaseHook, Dynamic, Element, KeyType, Program, Rule, Verdict,
+    braced, map_element, render_element, BaseHook, Element, KeyType, Program, Rule, Verdict,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub enum Op {
     /// staged cold start deletes one table and hooks another.
     AddTable { table: String },
     DeleteTable { table: String },
-    AddSet { name: String, key: KeyType, interval: bool, dynamic: Option<Dynamic> },
+    AddSet { name: String, key: KeyType, interval: bool },
     DeleteSet { name: String },
     AddMap { name: String, key: KeyType },
     DeleteMap { name: String },
@@ -98,7 +98,7 @@ impl Transaction {
     /// `chains` holds).
     pub(crate) fn declare_all(&mut self, p: &Program, chains: impl Fn(&super::Chain) -> bool) {
         for s in p.sets.values() {
-            self.push(Op::AddSet { name: s.name.clone(), key: s.key, interval: s.interval, dynamic: s.dynamic });
+            self.push(Op::AddSet { name: s.name.clone(), key: s.key, interval: s.interval });
         }
         for m in p.maps.values() {
             self.push(Op::AddMap { name: m.name.clone(), key: m.key });
@@ -145,11 +145,8 @@ impl fmt::Display for OpLine<'_> {
         match self.op {
             Op::AddTable { table } => write!(f, "add table inet {table}"),
             Op::DeleteTable { table } => write!(f, "delete table inet {table}"),
-            Op::AddSet { name, key, interval, dynamic } => {
-                let mut flags = if *interval { " flags interval;".to_string() } else { String::new() };
-                if let Some(d) = dynamic {
-                    flags = format!(" size {}; flags dynamic,timeout; timeout {};", d.size, super::program::render_seconds(d.timeout_s));
-                }
+            Op::AddSet { name, key, interval } => {
+                let flags = if *interval { " flags interval;" } else { "" };
                 write!(f, "add set inet {t} {name} {{ type {};{flags} }}", super::program::key_type_name(*key))
             }
             Op::DeleteSet { name } => write!(f, "delete set inet {t} {name}"),

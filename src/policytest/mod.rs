@@ -28,6 +28,8 @@ pub struct Check {
     pub family: Family,
     /// Line of the expectation (or table row) in the test file.
     pub line: usize,
+    /// The expectation (or table cell), for errors.
+    pub at: format::At,
     pub expected: Option<bool>,
 }
 
@@ -56,6 +58,9 @@ pub struct TestResult {
     /// Checks a backend could not judge, with why (`dataplane: x/a -> ...: why`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unjudged: Vec<String>,
+    /// Where the test's `name` is, for the error about a name used twice.
+    #[serde(skip)]
+    pub name_pos: Option<crate::yaml::Pos>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,7 +127,16 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 /// Run one test file with the reference and the given backends.
 pub fn run_file(path: &Path, backends: &mut [Box<dyn Backend>]) -> TestResult {
     let file = path.display().to_string();
-    let invalid = |name: String, e: String| TestResult { file: file.clone(), name, checks: 0, passed: false, error: Some(e), failures: vec![], unjudged: vec![] };
+    let invalid = |name: String, e: String| TestResult {
+        file: file.clone(),
+        name,
+        checks: 0,
+        passed: false,
+        error: Some(e),
+        failures: vec![],
+        unjudged: vec![],
+        name_pos: None,
+    };
     let test = match PolicyTest::load(path) {
         Ok(t) => t,
         Err(e) => return invalid(String::new(), e.to_string()),
@@ -131,6 +145,13 @@ pub fn run_file(path: &Path, backends: &mut [Box<dyn Backend>]) -> TestResult {
     match run_test(&test, &ir, backends) {
         Ok(r) => r,
         Err(e) => invalid(test.name.clone(), e),
+    }
+    .with_name_pos(test.name_pos)
+}
+
+impl TestResult {
+    fn with_name_pos(self, pos: crate::yaml::Pos) -> TestResult {
+        TestResult { name_pos: Some(pos), ..self }
     }
 }
 
@@ -142,11 +163,11 @@ pub fn checks(test: &PolicyTest) -> Result<Vec<Check>, String> {
 }
 
 /// Judge a loaded test. `Err` is invalid input in an expectation (an
-/// unknown pod, a family an endpoint lacks), already located.
+/// unknown pod, a family an endpoint lacks), located as
+/// `file:line:col: expect[i].field: what`.
 pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -> Result<TestResult, String> {
     let c = &test.cluster;
     let file = test.file.display().to_string();
-    let at = |line: usize, e: &dyn std::fmt::Display| format!("{file}:{line}: {e}");
     let (checks, tables) = expand(test)?;
 
     // The reference verdicts, with their traces for explanations.
@@ -154,14 +175,15 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
         .iter()
         .map(|ch| {
             let one = Flow { family: Some(ch.family), ..ch.flow.clone() };
-            evaluate(c, ir, &one).map(|v| v.allowed).map_err(|e| at(ch.line, &e))
+            evaluate(c, ir, &one).map(|v| v.allowed).map_err(|e| ch.at.error(&file, &e))
         })
         .collect::<Result<_, _>>()?;
 
     let mut failures = Vec::new();
     let mut unjudged = Vec::new();
     for b in backends.iter_mut() {
-        let verdicts = b.verdicts(test, ir, &checks).map_err(|e| at(0, &format!("{} backend failed: {e:#}", b.name())))?;
+        // Not bad input but an engine failure: it names the file only.
+        let verdicts = b.verdicts(test, ir, &checks).map_err(|e| format!("{file}: {} backend failed: {e:#}", b.name()))?;
         for ((ch, want), got) in checks.iter().zip(&reference).zip(&verdicts) {
             let got = match got {
                 Ok(g) => g,
@@ -233,6 +255,7 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
         error: None,
         failures,
         unjudged,
+        name_pos: Some(test.name_pos),
     })
 }
 
@@ -243,40 +266,41 @@ type Tables<'t> = Vec<(usize, &'t format::Table, std::ops::Range<usize>)>;
 fn expand(test: &PolicyTest) -> Result<(Vec<Check>, Tables<'_>), String> {
     let c = &test.cluster;
     let file = test.file.display().to_string();
-    let at = |line: usize, e: &dyn std::fmt::Display| format!("{file}:{line}: {e}");
-    let endpoint = |s: &str, line| Endpoint::parse(c, s).map_err(|e| at(line, &e));
+    let endpoint = |s: &str, at: &format::At| Endpoint::parse(c, s).map_err(|e| at.error(&file, &e));
+
     let mut checks: Vec<Check> = Vec::new();
     let mut tables: Tables<'_> = Vec::new();
     for (i, e) in test.expectations.iter().enumerate() {
         match e {
             Expectation::Flow(f) => {
                 let flow = Flow {
-                    src: endpoint(&f.from, f.line.0)?,
-                    dst: endpoint(&f.to, f.line.0)?,
+                    src: endpoint(&f.from, &f.from_at)?,
+                    dst: endpoint(&f.to, &f.to_at)?,
                     protocol: f.protocol,
                     port: f.port,
                     family: f.family,
                 };
-                for family in flow.families(c).map_err(|e| at(f.line.0, &e))? {
-                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, expected: Some(f.allow) });
+                let families = flow.families(c).map_err(|e| f.family_at.as_ref().unwrap_or(&f.at).error(&file, &e))?;
+                for family in families {
+                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, at: f.at.clone(), expected: Some(f.allow) });
                 }
             }
             Expectation::Table(t) => {
                 let start = checks.len();
-                let cols = t.columns.iter().map(|s| endpoint(s, t.line.0)).collect::<Result<Vec<_>, _>>()?;
+                let cols = t.columns.iter().zip(&t.columns_at).map(|(s, at)| endpoint(s, at)).collect::<Result<Vec<_>, _>>()?;
                 for row in &t.rows {
-                    let src = endpoint(&row.endpoint, row.line.0)?;
-                    for (col, cell) in cols.iter().zip(&row.cells) {
+                    let src = endpoint(&row.endpoint, &row.at)?;
+                    for ((col, cell), cell_at) in cols.iter().zip(&row.cells).zip(&row.cells_at) {
                         let flow = Flow { src: src.clone(), dst: col.clone(), protocol: t.protocol, port: t.port, family: t.family };
                         let families = match flow.families(c) {
                             Ok(f) => f,
                             // A table over mixed single-stack pods has cells with no
                             // common family: with `?` they are simply not checked.
                             Err(_) if cell.is_none() => continue,
-                            Err(e) => return Err(at(row.line.0, &e)),
+                            Err(e) => return Err(cell_at.error(&file, &e)),
                         };
                         for family in families {
-                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, expected: *cell });
+                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, at: cell_at.clone(), expected: *cell });
                         }
                     }
                 }
@@ -427,7 +451,8 @@ pub fn check_unique_names(results: &mut [TestResult]) {
             continue;
         }
         if let Some(first) = seen.get(&r.name) {
-            r.error = Some(format!("{}: name: test name {:?} is already used by {first} (names are unique within a run)", r.file, r.name));
+            let at = r.name_pos.map(|p| format!(":{p}")).unwrap_or_default();
+            r.error = Some(format!("{}{at}: name: test name {:?} is already used by {first} (names are unique within a run)", r.file, r.name));
             r.passed = false;
         } else {
             seen.insert(r.name.clone(), r.file.clone());
