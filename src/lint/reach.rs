@@ -162,7 +162,7 @@ fn dns(cx: &mut Ctx) {
                 };
                 let label = ["k8s-app", "dns.operator.openshift.io/daemonset-dns"]
                     .iter()
-                    .find_map(|k| s.labels.get(*k).map(|v| format!("{k}: {v}")))
+                    .find_map(|k| s.labels.get(k).map(|v| format!("{k}: {v}")))
                     .unwrap_or_else(|| format!("<labels of {}>", s.key()));
                 (
                     format!(
@@ -335,7 +335,7 @@ const ENFORCERS: &[(&str, &str)] = &[
 const FLANNEL: &[(&str, &str)] = &[("app", "flannel"), ("k8s-app", "flannel")];
 
 fn cni(cx: &mut Ctx) {
-    let has = |set: &[(&str, &str)], p: &Pod| set.iter().any(|(k, v)| p.labels.get(*k) == Some(*v));
+    let has = |set: &[(&str, &str)], p: &Pod| set.iter().any(|(k, v)| p.labels.get(k) == Some(*v));
     if cx.cluster.pods.iter().any(|p| has(ENFORCERS, p)) {
         return;
     }
