@@ -23,7 +23,7 @@
 //! `last_successful_sync_timestamp`); for the folder this includes the poll
 //! (every `--poll-interval`) and reloading the whole folder. `agent`, from
 //! the agent's index changing to the commit (its `event_to_applied`
-//! histogram, one event per run), which includes the 50 ms debounce.
+//! histogram, one event per run; no debounce: an idle agent syncs at once).
 //! `sync`, compile + diff + `nft` (its `sync_duration{mode="delta"}`). The
 //! agent is this example re-run as `agent_latency agent ...` (the same code
 //! as `netfence agent`), so its memory is read from /proc/PID/status.
@@ -327,8 +327,7 @@ impl<'a> Agent<'a> {
             self.metric("netfence_transaction_ops_sum")?,
             self.metric("netfence_transaction_element_ops_sum")?,
         ];
-        // Let the agent's next poll start from a quiet folder, and the
-        // debounce of the last event pass.
+        // Let the agent's next poll start from a quiet folder.
         std::thread::sleep(Duration::from_millis(300));
         let written = SystemTime::now();
         change()?;

@@ -13,8 +13,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::ir::{Ir, PeerIr, RuleRef};
-use crate::model::{Cluster, Direction, Family, PodId, PolicyId, PortRef, PortSpec, Protocol};
+use crate::ir::{Resolution, RuleRef};
+use crate::model::{Cluster, Direction, Family, Peer, PodId, PolicyId, PortRef, PortSpec, Protocol};
 
 /// One end of a flow, as the test format and explain name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -213,8 +213,11 @@ impl RuleMiss {
     }
 }
 
-/// Judge `flow` (in every family it has) against the resolved policies.
-pub fn evaluate(cluster: &Cluster, ir: &Ir, flow: &Flow) -> Result<FlowVerdict, EndpointError> {
+/// Judge `flow` (in every family it has) against the resolved policies:
+/// the whole cluster's [`crate::ir::Ir`], or [`crate::ir::Local`], which
+/// resolves only what this flow's endpoints touch (the same verdict and
+/// trace either way).
+pub fn evaluate<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, flow: &Flow) -> Result<FlowVerdict, EndpointError> {
     let families = flow
         .families(cluster)?
         .into_iter()
@@ -223,7 +226,7 @@ pub fn evaluate(cluster: &Cluster, ir: &Ir, flow: &Flow) -> Result<FlowVerdict, 
     Ok(FlowVerdict { allowed: families.iter().all(|f| f.allowed), families })
 }
 
-fn evaluate_family(cluster: &Cluster, ir: &Ir, flow: &Flow, family: Family) -> FamilyVerdict {
+fn evaluate_family<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, flow: &Flow, family: Family) -> FamilyVerdict {
     // `families()` checked that both endpoints have an address in `family`.
     let src_ip = flow.src.ip(cluster, family).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let dst_ip = flow.dst.ip(cluster, family).unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -253,15 +256,15 @@ fn evaluate_family(cluster: &Cluster, ir: &Ir, flow: &Flow, family: Family) -> F
     }
 }
 
-struct Ctx<'a> {
+struct Ctx<'a, R: ?Sized> {
     cluster: &'a Cluster,
-    ir: &'a Ir,
+    ir: &'a R,
     flow: &'a Flow,
     src_ip: IpAddr,
     dst_ip: IpAddr,
 }
 
-impl Ctx<'_> {
+impl<R: Resolution + ?Sized> Ctx<'_, R> {
     fn side(&self, dir: Direction) -> Side {
         let (me, peer, peer_ip) = match dir {
             Direction::Egress => (&self.flow.src, &self.flow.dst, self.dst_ip),
@@ -284,22 +287,25 @@ impl Ctx<'_> {
             }
         }
         let isolated_by: Vec<PolicyId> =
-            self.ir.selecting[pod].iter().copied().filter(|&p| self.cluster.policies[p].isolates(dir)).collect();
+            self.ir.selecting(pod).iter().copied().filter(|&p| self.cluster.policies[p].isolates(dir)).collect();
         if isolated_by.is_empty() {
             return Side { allowed: true, reason: SideReason::NotIsolated };
         }
         let mut matches = Vec::new();
         let mut misses = Vec::new();
         for &policy in &isolated_by {
-            for (rule, r) in self.ir.policies[policy].rules(dir).iter().enumerate() {
+            for (rule, r) in self.cluster.policies[policy].rules(dir).iter().enumerate() {
                 let rule = RuleRef { policy, direction: dir, rule };
-                let peer_m = match &r.peers {
-                    None => Ok(None),
-                    Some(peers) => peers
+                // No peers: every peer.
+                let peer_m = if r.peers.is_empty() {
+                    Ok(None)
+                } else {
+                    r.peers
                         .iter()
-                        .position(|p| self.peer_matches(p, peer, peer_ip))
+                        .enumerate()
+                        .position(|(i, p)| self.peer_matches(rule, i, p, peer, peer_ip))
                         .map(Some)
-                        .ok_or(()),
+                        .ok_or(())
                 };
                 let port_m = if r.ports.is_empty() {
                     Ok(None)
@@ -311,8 +317,7 @@ impl Ctx<'_> {
                     (peer_m, port_m) => {
                         let mut why = Vec::new();
                         if peer_m.is_err() {
-                            let peers = r.peers.as_deref().unwrap_or_default();
-                            why.extend(peers.iter().enumerate().map(|(i, _)| self.peer_miss(rule, i, peer, peer_ip)));
+                            why.extend((0..r.peers.len()).map(|i| self.peer_miss(rule, i, peer, peer_ip)));
                         }
                         if port_m.is_err() {
                             why.push(self.port_miss(rule));
@@ -330,10 +335,10 @@ impl Ctx<'_> {
         }
     }
 
-    fn peer_matches(&self, peer: &PeerIr, who: &Endpoint, ip: IpAddr) -> bool {
+    fn peer_matches(&self, rule: RuleRef, i: usize, peer: &Peer, who: &Endpoint, ip: IpAddr) -> bool {
         match peer {
-            PeerIr::Pods(ids) => who.policy_pod(self.cluster).is_some_and(|id| ids.binary_search(&id).is_ok()),
-            PeerIr::IpBlock { cidr, except } => cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip)),
+            Peer::Pods { .. } => who.policy_pod(self.cluster).is_some_and(|id| self.ir.peer_has(rule, i, id)),
+            Peer::IpBlock { cidr, except } => cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip)),
         }
     }
 
@@ -386,14 +391,7 @@ impl Ctx<'_> {
                     (_, _, false) => {
                         let sel = pods.as_ref().map(ToString::to_string).unwrap_or_default();
                         let scope = namespaces.as_ref().map_or(policy.namespace.clone(), |s| format!("namespaces {s}"));
-                        let PeerIr::Pods(ids) = &self.ir.policies[rule.policy].rules(rule.direction)[rule.rule]
-                            .peers
-                            .as_deref()
-                            .unwrap_or_default()[i]
-                        else {
-                            return format!("peer {i}: podSelector {sel} does not match {name}");
-                        };
-                        if ids.is_empty() {
+                        if self.ir.peer_is_empty(rule, i) {
                             let hint = if namespaces.is_none() {
                                 ": did you mean a namespaceSelector?"
                             } else {

@@ -1148,7 +1148,7 @@ mod tests {
             });
         }
         // The workloads look like deployments: replicas share a hash.
-        let hashes: HashSet<&String> = c.pods.iter().filter_map(|p| p.labels.get("pod-template-hash")).collect();
+        let hashes: HashSet<&str> = c.pods.iter().filter_map(|p| p.labels.get("pod-template-hash")).collect();
         let deployed = c.pods.iter().filter(|p| p.labels.contains_key("pod-template-hash")).count();
         assert!(deployed > 2 * hashes.len(), "{deployed} pods, {} hashes", hashes.len());
         assert!(c.pods.iter().any(|p| !p.takes_part()) && c.pods.iter().any(|p| p.host_network));

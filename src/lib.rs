@@ -1,7 +1,7 @@
 //! netfence: Kubernetes NetworkPolicy enforcement on nftables.
 //!
 //! The crate reads top to bottom as the data flows (see ARCHITECTURE.md):
-//! `yaml`/`model` (objects, loading) → `selector` → `ir` (policies resolved
+//! `intern` (shared storage of repeated values), `yaml`/`model` (objects, loading) → `selector` → `ir` (policies resolved
 //! to pods) → `graph` (allow graph, queries, redundancy) → `eval` (the
 //! reference verdict, with its trace) → `explain` (rendering traces) →
 //! `impact` (what a change opens or closes) → `nft` (the typed nftables program,
@@ -9,6 +9,7 @@
 //! `policytest`, `dataplane`, `agent` and `cli` on top. No stage imports a
 //! later one.
 
+pub mod intern;
 pub mod yaml;
 pub mod model;
 pub mod selector;

@@ -7,11 +7,110 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde::ser::SerializeMap;
 use serde::Serialize;
 
-pub type Labels = BTreeMap<String, String>;
+/// An object's labels, sorted by key. Interned ([`crate::intern`]): the
+/// replicas of a workload share one allocation, and a clone is a reference
+/// count. Read-only; [`Labels::with`] makes a changed copy.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels(Arc<[(Box<str>, Box<str>)]>);
+
+static LABEL_SETS: LazyLock<crate::intern::Pairs> = LazyLock::new(Default::default);
+
+impl Labels {
+    pub fn new() -> Labels {
+        Labels::sorted(std::iter::empty())
+    }
+
+    /// From pairs sorted by key, without duplicate keys.
+    fn sorted<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Labels {
+        Labels(LABEL_SETS.intern(pairs))
+    }
+
+    /// From a map as Kubernetes objects carry labels.
+    pub fn from_map(map: &BTreeMap<String, String>) -> Labels {
+        Labels::sorted(map.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let i = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone + '_ {
+        self.into_iter()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// These labels with `key` set to `value`.
+    pub fn with(&self, key: &str, value: &str) -> Labels {
+        let mut map: BTreeMap<&str, &str> = self.iter().collect();
+        map.insert(key, value);
+        Labels::sorted(map.iter().map(|(k, v)| (*k, *v)))
+    }
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels::new()
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    /// A later value for a key replaces an earlier one, as in a map.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Labels {
+        Labels::from_map(&iter.into_iter().collect())
+    }
+}
+
+type Pair = (Box<str>, Box<str>);
+
+fn pair(p: &Pair) -> (&str, &str) {
+    (&p.0, &p.1)
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a str, &'a str);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, Pair>, fn(&'a Pair) -> (&'a str, &'a str)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(pair)
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.iter() {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Operator {
@@ -101,7 +200,7 @@ impl Selector {
     }
 
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 }

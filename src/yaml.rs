@@ -2,10 +2,17 @@
 //!
 //! serde_yaml-style deserialisation forgets positions once a document is a
 //! value, yet every error we report must name the file, the line and the field
-//! path. So we parse once with yaml-rust2's event API, build a plain
-//! `serde_json::Value` (what k8s-openapi deserialises from) and, beside it, a
-//! tree of positions shaped like the value, looked up by field path
+//! path. So we parse with yaml-rust2's event API, build a plain
+//! `serde_json::Value` (what k8s-openapi deserialises from) and a tree of
+//! positions shaped like the value, looked up by field path
 //! (`spec.ingress[0].from[1]`, the same spelling serde_path_to_error prints).
+//!
+//! The tree is built only when something asks for a position (an error, or
+//! lint's [`crate::model::sources`]): the stream's text is then parsed again,
+//! recording it, once for all its documents. Valid manifests never need
+//! positions, and building them for every field cost about as much as the
+//! parse. Only the start of each document and of each item of its top-level
+//! sequences (`items[3]` of a `kind: List`) is kept on the first pass.
 //!
 //! Input is hostile until proven otherwise, so the parser bounds what a
 //! small file can cost: nesting depth ([`MAX_DEPTH`]; deeper documents
@@ -17,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Number, Value};
 use yaml_rust2::parser::{Event, Parser};
@@ -73,15 +80,45 @@ enum Kids {
     Seq(Vec<usize>),
 }
 
+/// A stream's text and, once asked for, the positions of all its nodes.
+#[derive(Debug)]
+struct Source {
+    text: Arc<str>,
+    recorded: OnceLock<Recorded>,
+}
+
+/// Positions of a whole stream: every node, and each document's root.
+#[derive(Debug, Default)]
+struct Recorded {
+    spans: Spans,
+    roots: Vec<Option<usize>>,
+}
+
+impl Source {
+    fn recorded(&self) -> &Recorded {
+        self.recorded.get_or_init(|| {
+            // The text parsed once already; a second pass that records stops
+            // where the first did, after every document handed out.
+            let mut b = Builder::new(true);
+            let _ = drive(&self.text, &mut b, |_| {});
+            Recorded { spans: std::mem::take(&mut b.spans), roots: std::mem::take(&mut b.roots) }
+        })
+    }
+}
+
 /// One YAML document: its value and where each of its fields starts.
 #[derive(Debug, Clone)]
 pub struct Doc {
     pub value: Value,
     pub start: Pos,
-    spans: Arc<Spans>,
-    /// This document's root among `spans`; `None` for a sub-document whose
-    /// node has no positions of its own (it came from an alias).
-    root: Option<usize>,
+    source: Arc<Source>,
+    /// Which document of the stream.
+    index: usize,
+    /// Where this (sub-)document sits in its document: "" for a whole
+    /// document, `items[3]` for a list item.
+    prefix: String,
+    /// Start of each item of the document's top-level sequences, by path.
+    items: Option<Arc<HashMap<String, Pos>>>,
 }
 
 impl Doc {
@@ -94,12 +131,15 @@ impl Doc {
     /// The node `path` names, if known all the way down, and the position
     /// of the deepest node on the way.
     fn find(&self, path: &str) -> (Option<usize>, Pos) {
-        let Some(mut node) = self.root else { return (None, self.start) };
-        let mut at = self.spans.nodes[node].pos;
-        let mut rest = path;
+        let rec = self.source.recorded();
+        let Some(mut node) = rec.roots.get(self.index).copied().flatten() else { return (None, self.start) };
+        let spans = &rec.spans;
+        let mut at = spans.nodes[node].pos;
+        let full = join(&self.prefix, path);
+        let mut rest = full.as_str();
         let mut top = true;
         while !rest.is_empty() {
-            let next = match &self.spans.nodes[node].kids {
+            let next = match &spans.nodes[node].kids {
                 Kids::Seq(items) => rest.strip_prefix('[').and_then(|r| r.split_once(']')).and_then(|(i, tail)| {
                     let child = i.parse::<usize>().ok().and_then(|i| items.get(i))?;
                     Some((*child, tail))
@@ -118,7 +158,7 @@ impl Doc {
             };
             let Some((child, tail)) = next else { return (None, at) };
             node = child;
-            at = self.spans.nodes[node].pos;
+            at = spans.nodes[node].pos;
             rest = tail;
             top = false;
         }
@@ -128,11 +168,22 @@ impl Doc {
     /// A sub-document: `value` is the node at `path` and positions are
     /// re-rooted there. Used for `kind: List` items and inline test objects,
     /// so their errors still point at the right line of the outer file.
-    /// Costs nothing per field: the positions are shared.
+    /// Costs nothing per field: the positions are shared, and an item of a
+    /// top-level sequence knows its start without them.
     pub fn sub(&self, path: &str, value: Value) -> Doc {
-        let (root, start) = self.find(path);
-        Doc { value, start, spans: self.spans.clone(), root }
+        let prefix = join(&self.prefix, path);
+        let start = self.items.as_ref().and_then(|i| i.get(&prefix).copied()).unwrap_or_else(|| self.pos(path));
+        Doc { value, start, source: self.source.clone(), index: self.index, prefix, items: None }
     }
+}
+
+/// `prefix` then `path`, as one field path.
+fn join(prefix: &str, path: &str) -> String {
+    let mut p = prefix.to_string();
+    if !path.is_empty() {
+        push_seg(&mut p, path);
+    }
+    p
 }
 
 /// A YAML syntax error, or a document netfence refuses to build (duplicate
@@ -148,7 +199,41 @@ pub struct SyntaxError {
 
 /// Parse a multi-document YAML stream.
 pub fn parse(text: &str) -> Result<Vec<Doc>, SyntaxError> {
-    let mut b = Builder::default();
+    let mut docs = Vec::new();
+    parse_each(text, |d| docs.push(d))?;
+    Ok(docs)
+}
+
+/// Parse a multi-document YAML stream, handing each document to `f` as soon
+/// as it is complete, so a large file's values need not all be in memory at
+/// once. An error anywhere is the error, after `f` saw the documents before
+/// it.
+pub fn parse_each(text: &str, mut f: impl FnMut(Doc)) -> Result<(), SyntaxError> {
+    let source = Arc::new(Source { text: text.into(), recorded: OnceLock::new() });
+    let mut b = Builder::new(false);
+    let mut index = 0;
+    let r = drive(text, &mut b, |d| {
+        let items = (!d.items.is_empty()).then(|| Arc::new(d.items));
+        f(Doc { value: d.value, start: d.start, source: source.clone(), index, prefix: String::new(), items });
+        index += 1;
+    });
+    match r {
+        // A refused document (duplicate key, merge of a non-mapping) names
+        // the field and the first key's position: those come from the
+        // recording pass, which refuses the same thing at the same event.
+        Err(first) if b.refused => {
+            let mut rb = Builder::new(true);
+            match drive(text, &mut rb, |_| {}) {
+                Err(e) => Err(e),
+                Ok(()) => Err(first),
+            }
+        }
+        r => r,
+    }
+}
+
+/// Run `b` over `text`, handing finished documents to `f`.
+fn drive(text: &str, b: &mut Builder, mut f: impl FnMut(Built)) -> Result<(), SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     // Events one at a time: yaml-rust2's `load` recurses once per nesting
     // level, which a deep enough document turns into a stack overflow.
@@ -163,12 +248,13 @@ pub fn parse(text: &str) -> Result<Vec<Doc>, SyntaxError> {
         if let Some((pos, path, message)) = b.error.take() {
             return Err(SyntaxError { pos: clamp(text, pos), path, message });
         }
+        if let Some(d) = b.done.take() {
+            f(d);
+        }
         if end {
-            break;
+            return Ok(());
         }
     }
-    let spans = Arc::new(std::mem::take(&mut b.spans));
-    Ok(b.docs.into_iter().map(|(value, start, root)| Doc { value, start, spans: spans.clone(), root }).collect())
 }
 
 /// A position inside `text`: the scanner reports the end of input one line
@@ -181,10 +267,12 @@ fn clamp(text: &str, pos: Pos) -> Pos {
     Pos { line, col }
 }
 
-/// A node being built: its span, value so far, anchor, nodes it holds
-/// (for the alias budget) and how its parent names it (for error paths).
+/// A node being built: its span, start, value so far, anchor, nodes it
+/// holds (for the alias budget) and how its parent names it (for error
+/// paths).
 struct Frame {
     span: usize,
+    start: Pos,
     anchor: usize,
     count: usize,
     seg: String,
@@ -202,13 +290,28 @@ enum FrameKind {
     },
 }
 
-#[derive(Default)]
+/// A document as the builder hands it out.
+struct Built {
+    value: Value,
+    start: Pos,
+    /// Start of each item of the top-level sequences (not when recording).
+    items: HashMap<String, Pos>,
+}
+
+/// Builds documents from events. Recording, it also builds `spans` (every
+/// node's position) and names fields in errors; otherwise it keeps only
+/// what loading needs and leaves positions to a recording pass.
 struct Builder {
-    docs: Vec<(Value, Pos, Option<usize>)>,
+    record: bool,
+    /// `error` is about a field, which only a recording pass names.
+    refused: bool,
+    done: Option<Built>,
+    roots: Vec<Option<usize>>,
+    items: HashMap<String, Pos>,
     stack: Vec<Frame>,
     spans: Spans,
     doc_start: Option<Pos>,
-    root: Option<(Value, usize)>,
+    root: Option<(Value, usize, Pos)>,
     /// Anchor id -> (value, nodes in it), for the current document.
     anchors: HashMap<usize, (Value, usize)>,
     written: usize,
@@ -221,13 +324,34 @@ fn pos_of(m: Marker) -> Pos {
 }
 
 impl Builder {
-    fn fail(&mut self, pos: Pos, message: String) {
-        if self.error.is_none() {
-            self.error = Some((pos, self.path(), message));
+    fn new(record: bool) -> Builder {
+        Builder {
+            record,
+            refused: false,
+            done: None,
+            roots: Vec::new(),
+            items: HashMap::new(),
+            stack: Vec::new(),
+            spans: Spans::default(),
+            doc_start: None,
+            root: None,
+            anchors: HashMap::new(),
+            written: 0,
+            expanded: 0,
+            error: None,
         }
     }
 
-    /// The field path of the node about to be produced.
+    fn fail(&mut self, pos: Pos, message: String) {
+        if self.error.is_none() {
+            let path = if self.record { self.path() } else { String::new() };
+            self.error = Some((pos, path, message));
+            self.refused = !self.record;
+        }
+    }
+
+    /// The field path of the node about to be produced (recording only:
+    /// without it frames do not keep their names).
     fn path(&self) -> String {
         let mut p = String::new();
         for f in &self.stack[1.min(self.stack.len())..] {
@@ -243,15 +367,23 @@ impl Builder {
         p
     }
 
-    /// A new span for the node about to be produced, attached to its parent.
-    /// A mapping value starts at its key.
-    fn open(&mut self, pos: Pos) -> (usize, String) {
+    /// A new span for the node about to be produced, attached to its parent
+    /// (recording only), its name in the parent (recording only) and where
+    /// it starts: a mapping value starts at its key.
+    fn open(&mut self, pos: Pos) -> (usize, String, Pos) {
         let id = self.spans.nodes.len();
         let (at, seg) = match self.stack.last() {
-            Some(Frame { kind: FrameKind::Map { key: Some((k, kpos)), .. }, .. }) => (*kpos, k.clone()),
-            Some(Frame { kind: FrameKind::Seq(items), .. }) => (pos, format!("[{}]", items.len())),
+            Some(Frame { kind: FrameKind::Map { key: Some((k, kpos)), .. }, .. }) => {
+                (*kpos, if self.record { k.clone() } else { String::new() })
+            }
+            Some(Frame { kind: FrameKind::Seq(items), .. }) => {
+                (pos, if self.record { format!("[{}]", items.len()) } else { String::new() })
+            }
             _ => (pos, String::new()),
         };
+        if !self.record {
+            return (usize::MAX, seg, at);
+        }
         self.spans.nodes.push(SpanNode { pos: at, kids: Kids::Leaf });
         if let Some(f) = self.stack.last() {
             let parent = f.span;
@@ -261,16 +393,24 @@ impl Builder {
                 Kids::Leaf => {}
             }
         }
-        (id, seg)
+        (id, seg, at)
     }
 
-    /// Attach a finished node to its parent (or make it the document root).
-    fn push_value(&mut self, v: Value, anchor: usize, count: usize, span: usize) {
+    /// Attach a finished node that starts at `start` to its parent (or make
+    /// it the document root).
+    fn push_value(&mut self, v: Value, anchor: usize, count: usize, span: usize, start: Pos) {
         if anchor != 0 {
             self.anchors.insert(anchor, (v.clone(), count));
         }
+        // An item of a top-level sequence (`items[3]`): its start is kept
+        // without recording, for `kind: List`.
+        if let (false, [Frame { kind: FrameKind::Map { key: Some((k, _)), .. }, .. }, Frame { kind: FrameKind::Seq(items), .. }]) =
+            (self.record, self.stack.as_slice())
+        {
+            self.items.insert(format!("{k}[{}]", items.len()), start);
+        }
         match self.stack.last_mut() {
-            None => self.root = Some((v, span)),
+            None => self.root = Some((v, span, start)),
             Some(f) => {
                 f.count += count;
                 match &mut f.kind {
@@ -290,20 +430,22 @@ impl Builder {
 
     /// A scalar (or alias) in key position: the key of the next entry.
     fn key(&mut self, text: String, pos: Pos, merge: bool) {
-        let Some(Frame { span, kind: FrameKind::Map { map, key, merge_next, .. }, .. }) = self.stack.last_mut() else { return };
+        let Some(Frame { span, start, kind: FrameKind::Map { map, key, merge_next, .. }, .. }) = self.stack.last_mut() else { return };
         // The parser marks a block mapping's start after its first key; the
         // first key's position is where it really starts.
+        *start = (*start).min(pos);
         let span = *span;
-        let s = &mut self.spans.nodes[span].pos;
-        *s = (*s).min(pos);
+        if let Some(n) = self.spans.nodes.get_mut(span) {
+            n.pos = n.pos.min(pos);
+        }
         if merge {
             *merge_next = true;
             *key = Some((text, pos));
             return;
         }
         if map.contains_key(&text) {
-            let first = match &self.spans.nodes[span].kids {
-                Kids::Map(entries) => entries.iter().find(|(k, _)| *k == text).map(|(_, id)| self.spans.nodes[*id].pos),
+            let first = match self.spans.nodes.get(span).map(|n| &n.kids) {
+                Some(Kids::Map(entries)) => entries.iter().find(|(k, _)| *k == text).map(|(_, id)| self.spans.nodes[*id].pos),
                 _ => None,
             };
             let at = first.map(|p| format!(" (first at line {}, column {})", p.line, p.col)).unwrap_or_default();
@@ -323,13 +465,16 @@ impl Builder {
                 self.anchors.clear();
             }
             Event::DocumentEnd => {
-                let (value, root) = match self.root.take() {
-                    Some((v, span)) => (v, Some(span)),
-                    None => (Value::Null, None),
-                };
                 let start = self.doc_start.take().unwrap_or(pos);
-                let start = root.map_or(start, |r| start.min(self.spans.nodes[r].pos));
-                self.docs.push((value, start, root));
+                let (value, root, start) = match self.root.take() {
+                    Some((v, span, at)) => (v, (span != usize::MAX).then_some(span), start.min(at)),
+                    None => (Value::Null, None, start),
+                };
+                if self.record {
+                    self.roots.push(root);
+                }
+                let items = std::mem::take(&mut self.items);
+                self.done = Some(Built { value, start, items });
             }
             Event::Scalar(text, style, anchor, tag) => {
                 self.written += 1;
@@ -337,10 +482,10 @@ impl Builder {
                     let merge = text == "<<" && style == TScalarStyle::Plain && tag.is_none();
                     return self.key(text, pos, merge);
                 }
-                let (span, _) = self.open(pos);
+                let (span, _, at) = self.open(pos);
                 let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let v = if style == TScalarStyle::Plain && !is_str_tag { plain_scalar(&text) } else { Value::String(text) };
-                self.push_value(v, anchor, 1, span);
+                self.push_value(v, anchor, 1, span, at);
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 self.written += 1;
@@ -352,21 +497,22 @@ impl Builder {
                 if self.stack.len() >= MAX_DEPTH {
                     return self.fail(pos, format!("nested deeper than {MAX_DEPTH} levels (netfence's limit)"));
                 }
-                let (span, seg) = self.open(pos);
+                let (span, seg, start) = self.open(pos);
+                if let Some(n) = self.spans.nodes.get_mut(span) {
+                    n.kids = if is_seq { Kids::Seq(Vec::new()) } else { Kids::Map(Vec::new()) };
+                }
                 let kind = if is_seq {
-                    self.spans.nodes[span].kids = Kids::Seq(Vec::new());
                     FrameKind::Seq(Vec::new())
                 } else {
-                    self.spans.nodes[span].kids = Kids::Map(Vec::new());
                     FrameKind::Map { map: Map::new(), key: None, merge_next: false, merges: Vec::new() }
                 };
-                self.stack.push(Frame { span, anchor, count: 1, seg, kind });
+                self.stack.push(Frame { span, start, anchor, count: 1, seg, kind });
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                if let Some(Frame { span, kind: FrameKind::Map { merges, .. }, .. }) = self.stack.last() {
+                if let Some(Frame { start, kind: FrameKind::Map { merges, .. }, .. }) = self.stack.last() {
                     let sources = merges.iter().flat_map(|m| m.as_array().map_or(std::slice::from_ref(m), Vec::as_slice));
                     if sources.clone().any(|m| !m.is_object()) {
-                        let at = self.spans.nodes[*span].pos;
+                        let at = *start;
                         return self.fail(at, "`<<` merges mappings: its value must be a mapping or a list of them".into());
                     }
                 }
@@ -387,7 +533,7 @@ impl Builder {
                         Value::Object(map)
                     }
                 };
-                self.push_value(v, f.anchor, f.count, f.span);
+                self.push_value(v, f.anchor, f.count, f.span, f.start);
             }
             Event::Alias(id) => {
                 let Some((v, count)) = self.anchors.get(&id).cloned() else {
@@ -408,8 +554,8 @@ impl Builder {
                     };
                     return self.key(text, pos, false);
                 }
-                let (span, _) = self.open(pos);
-                self.push_value(v, 0, count, span);
+                let (span, _, at) = self.open(pos);
+                self.push_value(v, 0, count, span, at);
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
@@ -597,7 +743,7 @@ mod tests {
         let items = docs[0].value["items"].as_array().unwrap();
         for (i, item) in items.iter().enumerate() {
             let sub = docs[0].sub(&format!("items[{i}]"), item.clone());
-            assert!(Arc::ptr_eq(&sub.spans, &docs[0].spans));
+            assert!(Arc::ptr_eq(&sub.source, &docs[0].source));
             assert_eq!(sub.pos("labels.app"), Pos { line: i + 2, col: 22 + i.to_string().len() });
         }
         assert_eq!(docs[0].sub("items[20000]", Value::Null).pos("x"), Pos { line: 1, col: 1 });

@@ -70,7 +70,7 @@ fn pod_ips(c: &Cluster) -> Vec<String> {
 }
 
 fn ns_label(c: &Cluster, ns: &str, key: &str) -> Option<String> {
-    c.namespaces.get(ns).and_then(|n| n.labels.get(key).cloned())
+    c.namespaces.get(ns).and_then(|n| n.labels.get(key).map(str::to_string))
 }
 
 #[tokio::test]

@@ -66,7 +66,7 @@ async fn a_policy_written_to_the_folder_is_synced() {
 }
 
 #[tokio::test]
-async fn a_broken_folder_keeps_the_last_good_cluster() {
+async fn a_broken_file_keeps_its_last_valid_objects() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "ns.yaml", NAMESPACE);
     write(dir.path(), "policy.yaml", &policy("80"));
@@ -79,18 +79,21 @@ async fn a_broken_folder_keeps_the_last_good_cluster() {
         assert!(tokio::time::Instant::now() < deadline, "the broken file was never loaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(dp.history(), ["full"], "nothing synced from a broken folder");
+    assert_eq!(dp.history(), ["full"], "nothing synced from a broken file");
     assert_eq!(ports(&dp.committed().unwrap()), ["80/TCP"]);
     assert_eq!(http::get_text(running.metrics_addr, "/readyz").await.unwrap().0, 200);
 
-    // An unrelated change while still broken: still nothing synced.
+    // An unrelated change while it is still broken applies, with the
+    // broken file's last valid version; the error is not reported again.
     write(dir.path(), "pod.yaml", POD);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(dp.history(), ["full"]);
+    let c = dp.wait_committed(BOUND, |c| c.pods.len() == 1).await.unwrap();
+    assert_eq!(ports(&c), ["80/TCP"]);
+    assert_eq!(metric(&running, "netfence_source_load_errors_total").await, "1");
 
     write(dir.path(), "policy.yaml", &policy("81"));
     let c = dp.wait_committed(BOUND, |c| ports(c) == ["81/TCP"]).await.unwrap();
     assert_eq!(c.pods.len(), 1);
+    assert_eq!(dp.history(), ["full", "delta", "delta"]);
     running.stop().await.unwrap();
 }
 

@@ -9,7 +9,9 @@ use netfence::bench::{self, Options};
 #[test]
 fn smoke_run_measures_every_stage() {
     let mut out = Vec::new();
-    let (ok, reports) = bench::run(&Options::smoke(), &mut out).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut opts = Options::smoke();
+    opts.agent = Some(bench::agent::AgentOptions { exe: env!("CARGO_BIN_EXE_netfence").into(), events: 4 });
+    let (ok, reports) = bench::run(&opts, &mut out).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(ok, "the smoke size has no targets to fail");
     let text = String::from_utf8(out).unwrap();
     let [r] = reports.as_slice() else { panic!("one size, got {}", reports.len()) };
@@ -27,6 +29,10 @@ fn smoke_run_measures_every_stage() {
             let names: Vec<&str> = p.results.iter().map(|x| x.name).collect();
             assert_eq!(names, ["no ruleset", "kube-proxy NAT", "netfence + kube-proxy NAT", "linear + kube-proxy NAT"], "{text}");
             assert!(p.results.iter().all(|x| x.throughput.0 > 0.0 && x.connections_per_s.0 > 0.0), "{text}");
+            let a = r.agent.as_ref().expect("the smoke run runs the agent");
+            assert_eq!((a.latencies.len(), a.syncs), (4, 4), "one delta sync per event:\n{text}");
+            assert!(a.rss_kb > 0 && a.latencies.iter().all(|l| *l >= 0.0), "{text}");
+            assert!(text.contains("| agent: event to applied |"), "{text}");
         }
         None => assert!(r.notes.iter().any(|n| n.contains("kernel measures skipped")), "{text}"),
     }

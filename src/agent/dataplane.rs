@@ -109,9 +109,54 @@ struct FakeState {
     fail_any: usize,
     fail_delta: usize,
     synced: Arc<Notify>,
+    hold: Option<Arc<Gate>>,
+}
+
+/// Holds one sync of the fake in flight until opened: what a test needs
+/// to make changes "while a sync runs".
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// (a sync is waiting here, opened)
+    state: Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Wait to be opened; a test that never opens it (it failed) lets the
+    /// sync go after a minute rather than hanging the runtime's shutdown.
+    fn pass(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = true;
+        self.changed.notify_all();
+        while !s.1 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            s = self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Is a sync waiting at the gate?
+    pub fn entered(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    pub fn open(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.changed.notify_all();
+    }
 }
 
 impl FakeDataplane {
+    /// The next sync waits, in flight, until the returned gate is opened.
+    pub fn hold_next(&self) -> Arc<Gate> {
+        let gate = Arc::new(Gate::default());
+        self.state().hold = Some(gate.clone());
+        gate
+    }
+
     /// Fail the next `n` syncs, whatever their mode.
     pub fn fail_next(&self, n: usize) {
         self.state().fail_any = n;
@@ -172,6 +217,10 @@ impl FakeDataplane {
 
 impl Dataplane for FakeDataplane {
     fn sync(&mut self, cluster: &Cluster, full: bool) -> Result<SyncReport, SyncError> {
+        let hold = self.state().hold.take();
+        if let Some(gate) = hold {
+            gate.pass();
+        }
         let mut s = self.state();
         let fail = if s.fail_any > 0 {
             s.fail_any -= 1;

@@ -153,7 +153,7 @@ impl Metrics {
         r.register("ready", "1 after the first successful sync while the last sync succeeded", self.ready_gauge.clone());
         r.register("invalid_objects", "Objects skipped because they failed validation, by kind", self.invalid_objects.0.clone());
         r.register("watch_errors", "Errors from the API watchers, by kind (each is retried with backoff)", self.watch_errors.clone());
-        r.register("source_load_errors", "Failed reloads of the --source folder (the last good cluster is kept)", self.source_errors.clone());
+        r.register("source_load_errors", "Files of the --source folder that failed to load, each version once (its last valid objects are kept), and failures to list the folder", self.source_errors.clone());
         r.register(
             "conntrack_examined_entries",
             "Conntrack entries judged against the program in force, or found with the address of a pod gone",

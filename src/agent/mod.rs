@@ -179,11 +179,11 @@ impl Store {
     /// Run one index operation; fire the trigger when it changed what a
     /// snapshot would return (including completing the first listing).
     pub fn update(&self, op: impl FnOnce(&mut Index) -> bool) -> bool {
-        let changed = {
-            let mut index = self.lock();
-            let was_listed = index.is_listed();
-            op(&mut index) || index.is_listed() != was_listed
-        };
+        let mut index = self.lock();
+        let was_listed = index.is_listed();
+        let changed = op(&mut index) || index.is_listed() != was_listed;
+        // Fired under the lock, so a snapshot taken with
+        // [`Store::take_snapshot`] has seen exactly the changes it took.
         if changed {
             self.trigger.fire();
         }
@@ -194,6 +194,21 @@ impl Store {
     pub fn snapshot(&self) -> Option<Cluster> {
         let index = self.lock();
         index.is_listed().then(|| index.snapshot())
+    }
+
+    /// Take the pending changes and, if there were any (or `force`), the
+    /// cluster they lead to, atomically: a change is either in this
+    /// snapshot and taken, or still pending for the next one. The time is
+    /// that of the oldest change taken. `None` for the cluster until every
+    /// kind was listed once, or when nothing was pending and not `force`.
+    pub fn take_snapshot(&self, force: bool) -> (Option<tokio::time::Instant>, Option<Cluster>) {
+        let index = self.lock();
+        if !index.is_listed() {
+            return (None, None);
+        }
+        let since = self.trigger.take();
+        let cluster = (force || since.is_some()).then(|| index.snapshot());
+        (since, cluster)
     }
 
     pub fn is_listed(&self) -> bool {

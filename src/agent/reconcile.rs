@@ -1,17 +1,25 @@
 //! The reconcile loop: from "the cluster changed" to "the node enforces it".
 //!
-//! Bursts of changes are coalesced (a quiet period of `debounce` after the
-//! last change, but never more than `max_delay` after the first), then the
-//! index is snapshotted and handed to the [`Dataplane`]. The fallback ladder:
-//! try a delta; if it fails, apply the whole ruleset; if that fails too, keep
-//! the last good ruleset (the dataplane's transactions are atomic), report
-//! unready, and retry with a full apply after an exponential, capped
-//! backoff. A full apply also happens on start (adopting and atomically
-//! replacing whatever an earlier run left) and every `resync` to repair
-//! drift. With `--established cut`, each successful sync is followed by a
-//! cut of the connections the program now in force denies
-//! ([`super::conntrack`]), before the next sync; a failed cut is counted and
-//! logged and does not make the agent unready (the ruleset is applied).
+//! No fixed wait: when the loop is idle, a change is applied at once (its
+//! latency is one sync). Changes that arrive while a sync runs are not
+//! queued: the sources update the index in place and set one flag, so the
+//! next sync, started as soon as the running one ends, applies all of them
+//! together. A burst of any size therefore costs a few syncs (one per sync
+//! it overlaps) and no memory beyond the index itself. An optional quiet
+//! period (`debounce`, bounded by `max_delay`) trades latency for fewer
+//! syncs on clusters that churn faster than a sync.
+//!
+//! Each sync snapshots the index and hands the cluster to the
+//! [`Dataplane`]. The fallback ladder: try a delta; if it fails, apply the
+//! whole ruleset; if that fails too, keep the last good ruleset (the
+//! dataplane's transactions are atomic), report unready, and retry with a
+//! full apply after an exponential, capped backoff. A full apply also
+//! happens on start (adopting and atomically replacing whatever an earlier
+//! run left) and every `resync` to repair drift. With `--established cut`,
+//! each successful sync is followed by a cut of the connections the program
+//! now in force denies ([`super::conntrack`]), before the next sync; a
+//! failed cut is counted and logged and does not make the agent unready
+//! (the ruleset is applied).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -28,9 +36,11 @@ use crate::model::Cluster;
 
 #[derive(Debug, Clone)]
 pub struct ReconcileConfig {
-    /// Quiet period after the last change before syncing.
+    /// Quiet period after the last change before syncing; zero: sync at
+    /// once, coalescing only what arrives while a sync runs.
     pub debounce: Duration,
-    /// Upper bound on how long a steady stream of changes can delay a sync.
+    /// Upper bound on how long a steady stream of changes can delay a sync
+    /// (with a non-zero `debounce`).
     pub max_delay: Duration,
     /// Period of the full resync that repairs drift.
     pub resync: Duration,
@@ -43,7 +53,7 @@ pub struct ReconcileConfig {
 impl Default for ReconcileConfig {
     fn default() -> Self {
         ReconcileConfig {
-            debounce: Duration::from_millis(50),
+            debounce: Duration::ZERO,
             max_delay: Duration::from_millis(500),
             resync: Duration::from_secs(300),
             retry_base: Duration::from_millis(500),
@@ -55,6 +65,8 @@ impl Default for ReconcileConfig {
 
 /// "Something changed": fired by the sources, awaited by the loop. Keeps the
 /// time of the first change not yet taken, for the event-to-applied latency.
+/// A flag, not a queue: any number of changes between two syncs is one
+/// `Instant` and one stored permit.
 #[derive(Debug, Clone, Default)]
 pub struct Trigger(Arc<TriggerInner>);
 
@@ -222,10 +234,18 @@ impl Reconciler {
             return Ok(());
         }
         self.coalescer.clear();
-        let taken = self.store.trigger().take();
+        let full = self.need_full || full;
+        // A wake-up whose change an earlier snapshot already took (the
+        // trigger keeps one permit) finds nothing to do and syncs nothing.
+        let force = full || self.pending_since.is_some();
+        // Off the async threads: a snapshot at 100k pods is not free.
+        let store = self.store.clone();
+        let (taken, cluster) = tokio::task::spawn_blocking(move || store.take_snapshot(force))
+            .await
+            .map_err(|e| anyhow::anyhow!("taking a snapshot panicked: {e}"))?;
         self.pending_since = self.pending_since.or(taken);
-        let Some(cluster) = self.store.snapshot() else { return Ok(()) };
-        self.sync(Arc::new(cluster), self.need_full || full).await
+        let Some(cluster) = cluster else { return Ok(()) };
+        self.sync(Arc::new(cluster), full).await
     }
 
     /// The fallback ladder: delta, then full, then keep the last good
@@ -302,6 +322,10 @@ impl Reconciler {
         self.backoff.reset();
         if full {
             self.next_resync = Some(now + self.cfg.resync);
+            // A full sync builds the whole program, its transaction and the
+            // IR beside the cluster, several times what the agent keeps;
+            // without this the freed pages would stay resident.
+            tokio::task::spawn_blocking(release_free_memory);
         }
         tracing::info!(full, ops = r.ops, element_ops = r.element_ops, rules = r.rules, sets = r.sets, elements = r.elements, "synced");
     }
@@ -356,6 +380,15 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+/// Hand freed heap pages back to the system (glibc keeps them mapped).
+fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -472,6 +505,99 @@ mod tests {
         advance(100).await;
         assert_eq!(h.dp.history(), ["full"]);
         assert!(h.metrics.is_ready());
+        h.stop().await;
+    }
+
+    fn immediate() -> ReconcileConfig {
+        ReconcileConfig { debounce: Duration::ZERO, ..cfg() }
+    }
+
+    /// Let the loop run (in real time: a held sync is on another thread)
+    /// until `done`.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..5000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[test]
+    fn the_default_is_no_fixed_wait() {
+        assert_eq!(ReconcileConfig::default().debounce, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_change_is_applied_at_once() {
+        let h = Harness::start(immediate());
+        h.list_all(&[]);
+        advance(100).await;
+        for i in 0..3 {
+            let t = Instant::now();
+            h.apply(pod(&format!("p{i}"), &format!("10.0.0.{i}")));
+            advance(1000).await;
+            let last = h.dp.records().pop().unwrap();
+            assert_eq!((last.at - t, last.cluster.pods.len()), (Duration::ZERO, i + 1), "change {i}");
+        }
+        assert_eq!(h.dp.history(), ["full", "delta", "delta", "delta"]);
+        // One observation per sync, of zero virtual time each.
+        let text = h.metrics.render();
+        assert!(text.contains("netfence_event_to_applied_seconds_count 4"), "{text}");
+        assert!(text.contains("netfence_event_to_applied_seconds_sum 0.0"), "{text}");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_during_a_sync_is_one_more_sync() {
+        let h = Harness::start(immediate());
+        h.list_all(&[]);
+        advance(100).await;
+        let gate = h.dp.hold_next();
+        h.apply(pod("first", "10.0.9.1"));
+        until("the first change's sync to start", || gate.entered()).await;
+        // 1,000 events while it runs: 100 pods, each updated ten times.
+        for round in 0..10 {
+            for i in 0..100 {
+                h.apply(pod(&format!("p{i}"), &format!("10.{round}.0.{i}")));
+            }
+        }
+        gate.open();
+        until("the burst's sync", || h.dp.history().len() == 3).await;
+        advance(1000).await;
+        assert_eq!(h.dp.history(), ["full", "delta", "delta"]);
+        let records = h.dp.records();
+        assert_eq!(records[1].cluster.pods.len(), 1, "the held sync saw only the first change");
+        let last = &records[2].cluster;
+        assert_eq!(last.pods.len(), 101);
+        // The last version of each pod, not a queue of its versions.
+        let p7 = last.pods.iter().find(|p| p.name == "p7").unwrap();
+        assert_eq!(p7.ips, ["10.9.0.7".parse::<std::net::IpAddr>().unwrap()]);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalescing_keeps_the_ladder_and_the_first_list_rule() {
+        let h = Harness::start(immediate());
+        h.apply(pod("a", "10.0.0.1"));
+        advance(100).await;
+        assert!(h.dp.history().is_empty(), "no sync before every kind is listed");
+        h.list_all(&[pod("a", "10.0.0.1")]);
+        advance(1).await;
+        assert_eq!(h.dp.history(), ["full"]);
+        // Both failing: retries back off (100, 200 ms) and changes wait for them.
+        h.dp.fail_next(3);
+        let t = Instant::now();
+        h.apply(pod("b", "10.0.0.2"));
+        advance(10).await;
+        h.apply(pod("c", "10.0.0.3"));
+        advance(1000).await;
+        let times: Vec<u128> = h.dp.records().iter().skip(1).map(|r| (r.at - t).as_millis()).collect();
+        assert_eq!(times, [0, 0, 100, 300]);
+        assert_eq!(h.dp.history()[1..], ["delta!", "full!", "full!", "full"]);
+        assert_eq!(h.dp.committed().unwrap().pods.len(), 3);
         h.stop().await;
     }
 

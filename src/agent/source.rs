@@ -7,9 +7,10 @@
 //! index operations. A relist is buffered as converted model objects and
 //! applied as one reset, so the index never sees half a listing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -23,7 +24,7 @@ use tokio::task::JoinHandle;
 use super::index::{convert, Key, Kind, Watched};
 use super::metrics::{KindLabel, Metrics};
 use super::{Source, Store, WATCHED};
-use crate::model::load::ClusterBuilder;
+use crate::model::load::{ClusterBuilder, LoadError, Objects};
 use crate::model::Cluster;
 
 /// Start the source's tasks; they run until aborted.
@@ -102,76 +103,184 @@ async fn watch<K: Watched>(api: Api<K>, store: Store, metrics: Arc<Metrics>) {
     }
 }
 
-/// What a folder looked like: the path, size and mtime of every file the
-/// loader would read (so an editor's or an atomic writer's temporary file
-/// causes no reload; a ConfigMap update changes what the visible symlinks
-/// resolve to, which the followed metadata shows).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+/// A file's identity and version as `stat` (following symlinks) shows it:
+/// a ConfigMap update swaps what the visible symlinks resolve to (a new
+/// inode), an editor's or an atomic writer's rename does too, and an
+/// in-place write changes the size or the times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
 
-fn fingerprint(dir: &Path) -> Option<Fingerprint> {
-    let files = crate::model::load::manifest_files(dir).ok()?;
-    let mut out = Vec::with_capacity(files.len());
-    for f in files {
-        let meta = std::fs::metadata(&f).ok()?;
-        out.push((f, meta.len(), meta.modified().ok()));
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(Stamp { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()) })
     }
-    Some(Fingerprint(out))
 }
 
-fn load(dir: &Path) -> Result<(Cluster, Vec<String>), crate::model::LoadError> {
-    let mut b = ClusterBuilder::new();
-    b.add_path(dir)?;
-    Ok(b.finish())
+/// What the folder source knows of one file.
+#[derive(Debug)]
+struct Cached {
+    /// The version last read (valid or not); `None` when it could not be
+    /// stat'ed (a dangling symlink), so it is tried again on every poll.
+    stamp: Option<Stamp>,
+    /// Its objects as last read validly: an invalid version keeps them.
+    objects: Option<Objects>,
+    /// Why the version last read is invalid.
+    error: Option<LoadError>,
 }
 
-/// Poll `dir` every `interval`; reload when any file's size or mtime
-/// changed, or a file came or went. Polling rather than inotify: it also
-/// sees the symlink swaps of a mounted ConfigMap, and a folder of manifests
-/// is cheap to stat.
+/// The folder, file by file: only files whose [`Stamp`] changed are read
+/// and parsed again (in parallel), so a change costs its own file's parse
+/// plus putting the cluster together, not the whole folder's parse.
+#[derive(Debug, Default)]
+struct FolderCache {
+    files: BTreeMap<PathBuf, Cached>,
+    /// Has every file been read validly at once? Until then nothing is
+    /// handed to the index: the first ruleset never comes from part of the
+    /// folder.
+    complete_once: bool,
+}
+
+/// What one poll found.
+#[derive(Debug, Default)]
+struct Poll {
+    /// The cluster, when something changed and it may be used.
+    cluster: Option<Cluster>,
+    notices: Vec<String>,
+    /// New errors: files that turned invalid or unreadable (each reported
+    /// once, until it changes).
+    errors: Vec<LoadError>,
+    /// The folder itself cannot be listed (reported on every poll; the
+    /// caller reports each distinct one once).
+    folder_error: Option<LoadError>,
+    /// Files read again.
+    reread: usize,
+}
+
+impl FolderCache {
+    fn poll(&mut self, dir: &Path) -> Poll {
+        let mut out = Poll::default();
+        let files = match crate::model::load::manifest_files(dir) {
+            Ok(f) => f,
+            Err(e) => {
+                out.folder_error = Some(e);
+                return out;
+            }
+        };
+        let mut changed = files.len() != self.files.len() || files.iter().any(|f| !self.files.contains_key(f));
+        self.files.retain(|path, _| files.binary_search(path).is_ok());
+        let mut stale = Vec::new();
+        let mut unreadable = Vec::new();
+        for f in &files {
+            match Stamp::of(f) {
+                Ok(stamp) if self.files.get(f).is_some_and(|c| c.stamp == Some(stamp)) => {}
+                Ok(stamp) => stale.push((f.clone(), Some(stamp))),
+                Err(e) => unreadable.push((f.clone(), LoadError::new(&f.display().to_string(), None, "", format!("cannot read: {e}")))),
+            }
+        }
+        let paths: Vec<PathBuf> = stale.iter().map(|(p, _)| p.clone()).collect();
+        let results = read_all(&paths);
+        out.reread = results.len();
+        let unreadable = unreadable.into_iter().map(|(f, e)| ((f, None), Err(e)));
+        for ((path, stamp), result) in stale.into_iter().zip(results).chain(unreadable) {
+            let entry = self.files.entry(path).or_insert(Cached { stamp, objects: None, error: None });
+            entry.stamp = stamp;
+            match result {
+                Ok(objects) => {
+                    changed |= entry.objects.as_ref() != Some(&objects) || entry.error.is_some();
+                    entry.objects = Some(objects);
+                    entry.error = None;
+                }
+                Err(e) => {
+                    if entry.error.as_ref() != Some(&e) {
+                        out.errors.push(e.clone());
+                    }
+                    entry.error = Some(e);
+                }
+            }
+        }
+        let complete = self.files.values().all(|c| c.objects.is_some());
+        if !changed || !(complete || self.complete_once) {
+            return out;
+        }
+        self.complete_once = true;
+        let mut b = ClusterBuilder::new();
+        for c in self.files.values() {
+            if let Some(o) = &c.objects {
+                b.merge(o.clone());
+            }
+        }
+        let (cluster, notices) = b.finish();
+        out.cluster = Some(cluster);
+        out.notices = notices;
+        out
+    }
+
+    /// Files whose current version is invalid, with why.
+    fn errors(&self) -> impl Iterator<Item = &LoadError> {
+        self.files.values().filter_map(|c| c.error.as_ref())
+    }
+}
+
+/// Every file read and parsed, each result in order (in parallel: this is
+/// the cost of a reload).
+fn read_all(files: &[PathBuf]) -> Vec<Result<Objects, LoadError>> {
+    // `read_files` stops at the first error, for a loader that stops there;
+    // here every file stands on its own, so the rest are read one by one.
+    let mut results = crate::model::load::read_files(files);
+    while results.len() < files.len() {
+        results.push(Objects::read(&files[results.len()]));
+    }
+    results
+}
+
+/// Poll `dir` every `interval`; read again the files whose identity, size
+/// or times changed, forget removed ones, and hand the index the whole
+/// cluster when anything changed. Polling rather than inotify: it also sees
+/// the symlink swaps of a mounted ConfigMap, and a folder of manifests is
+/// cheap to stat. A file that turns invalid keeps its last valid objects
+/// (reported once, with file:line); an unreadable folder keeps everything.
 async fn poll_folder(dir: PathBuf, interval: Duration, store: Store, metrics: Arc<Metrics>) {
-    let mut last: Option<Fingerprint> = None;
-    let mut last_error = None;
+    let cache = Arc::new(std::sync::Mutex::new(FolderCache::default()));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_folder_error = None;
     loop {
         tick.tick().await;
-        let d = dir.clone();
-        let seen = last.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let fp = fingerprint(&d);
-            if fp.is_some() && fp == seen {
-                return None;
-            }
-            Some((fp, load(&d)))
-        })
-        .await;
-        let Ok(Some((fp, loaded))) = outcome else { continue };
-        last = fp;
-        match loaded {
-            Ok((cluster, notices)) => {
-                last_error = None;
-                for n in notices {
-                    tracing::info!("{n}");
-                }
-                let changed = store.update(|ix| ix.replace(cluster));
-                tracing::info!(dir = %dir.display(), changed, "loaded");
-            }
-            // An unreadable folder has no fingerprint and is retried on
-            // every poll: report each distinct error once.
-            Err(e) if last_error.as_ref() != Some(&e) => {
-                metrics.source_errors.inc();
-                tracing::error!(error = %e, "cannot load the source folder; keeping the last good cluster");
-                last_error = Some(e);
-            }
-            Err(_) => {}
+        let (d, c) = (dir.clone(), cache.clone());
+        let outcome = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(|e| e.into_inner()).poll(&d)).await;
+        let Ok(poll) = outcome else { continue };
+        for e in &poll.errors {
+            metrics.source_errors.inc();
+            tracing::error!(error = %e, "cannot load a source file; keeping its last valid objects");
         }
+        // An unreadable folder fails every poll: report each distinct error once.
+        if let Some(e) = poll.folder_error.as_ref().filter(|e| last_folder_error.as_ref() != Some(*e)) {
+            metrics.source_errors.inc();
+            tracing::error!(error = %e, "cannot read the source folder; keeping the last good cluster");
+        }
+        last_folder_error = poll.folder_error;
+        let Some(cluster) = poll.cluster else { continue };
+        for n in poll.notices {
+            tracing::info!("{n}");
+        }
+        let invalid = cache.lock().unwrap_or_else(|e| e.into_inner()).errors().count();
+        let changed = store.update(|ix| ix.replace(cluster));
+        tracing::info!(dir = %dir.display(), changed, reread = poll.reread, invalid_files = invalid, "loaded");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[test]
     fn watched_table_matches_the_k8s_openapi_types() {
@@ -187,27 +296,122 @@ mod tests {
         check::<NetworkPolicy>();
     }
 
+    fn pod(name: &str, ip: &str) -> String {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x}}\nstatus: {{podIP: {ip}}}\n")
+    }
+
+    /// Write then rename, as editors and atomic writers do.
+    fn write(path: &Path, text: &str) {
+        let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+
+    /// (files read again, the pods of the cluster handed over if any, new errors)
+    fn check(cache: &mut FolderCache, dir: &Path, expected: (usize, Option<&[&str]>, usize)) {
+        let poll = cache.poll(dir);
+        let pods: Option<Vec<String>> = poll.cluster.map(|c| c.pods.iter().map(|p| format!("{}={}", p.name, p.ips[0])).collect());
+        let got = (poll.reread, pods, poll.errors.len());
+        let want = (expected.0, expected.1.map(|p| p.iter().map(|s| s.to_string()).collect()), expected.2);
+        assert_eq!(got, want, "{:?}", poll.errors);
+    }
+
     #[test]
-    fn fingerprint_sees_edits_additions_and_removals_of_manifests() {
+    fn only_changed_files_are_read_again() {
         let dir = tempfile::tempdir().unwrap();
-        let fp = || fingerprint(dir.path()).unwrap();
-        let f = dir.path().join("a.yaml");
-        std::fs::write(&f, "x").unwrap();
-        let a = fp();
-        assert_eq!(a, fp());
-        std::fs::write(&f, "xy").unwrap();
-        let b = fp();
-        assert_ne!(a, b);
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        std::fs::write(dir.path().join("sub/b.yaml"), "").unwrap();
-        let c = fp();
-        assert_ne!(b, c);
-        // Files the loader skips change nothing.
-        std::fs::write(dir.path().join(".a.yaml.tmp"), "half").unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "").unwrap();
-        assert_eq!(c, fp());
-        std::fs::remove_file(&f).unwrap();
-        assert_eq!(fp().0.len(), 1);
-        assert_eq!(fingerprint(&dir.path().join("missing")), None);
+        let d = dir.path();
+        write(&d.join("a.yaml"), &pod("a", "10.0.0.1"));
+        write(&d.join("b.yaml"), &pod("b", "10.0.0.2"));
+        std::fs::create_dir(d.join("sub")).unwrap();
+        write(&d.join("sub/c.yaml"), &pod("c", "10.0.0.3"));
+        let mut cache = FolderCache::default();
+        check(&mut cache, d, (3, Some(&["a=10.0.0.1", "b=10.0.0.2", "c=10.0.0.3"]), 0));
+        check(&mut cache, d, (0, None, 0));
+        write(&d.join("b.yaml"), &pod("b", "10.0.0.9"));
+        check(&mut cache, d, (1, Some(&["a=10.0.0.1", "b=10.0.0.9", "c=10.0.0.3"]), 0));
+        // A new version with the same objects changes nothing.
+        write(&d.join("b.yaml"), &pod("b", "10.0.0.9"));
+        check(&mut cache, d, (1, None, 0));
+        std::fs::remove_file(d.join("sub/c.yaml")).unwrap();
+        check(&mut cache, d, (0, Some(&["a=10.0.0.1", "b=10.0.0.9"]), 0));
+        // Files the loader skips are not read.
+        std::fs::write(d.join(".a.yaml.swp"), "not yaml: [").unwrap();
+        std::fs::write(d.join("notes.txt"), "").unwrap();
+        check(&mut cache, d, (0, None, 0));
+        write(&d.join("d.yaml"), &pod("d", "10.0.0.4"));
+        check(&mut cache, d, (1, Some(&["a=10.0.0.1", "b=10.0.0.9", "d=10.0.0.4"]), 0));
+    }
+
+    #[test]
+    fn an_invalid_file_keeps_its_last_valid_objects_and_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(&d.join("a.yaml"), &pod("a", "10.0.0.1"));
+        write(&d.join("b.yaml"), &pod("b", "10.0.0.2"));
+        let mut cache = FolderCache::default();
+        check(&mut cache, d, (2, Some(&["a=10.0.0.1", "b=10.0.0.2"]), 0));
+        write(&d.join("b.yaml"), &pod("b", "10.0.0.300"));
+        check(&mut cache, d, (1, None, 1));
+        assert!(cache.errors().next().unwrap().to_string().contains("b.yaml:"), "errors name the file");
+        check(&mut cache, d, (0, None, 0));
+        // Other files still apply, with b's last valid version.
+        write(&d.join("a.yaml"), &pod("a", "10.0.0.7"));
+        check(&mut cache, d, (1, Some(&["a=10.0.0.7", "b=10.0.0.2"]), 0));
+        // Another invalid version is another error.
+        write(&d.join("b.yaml"), "kind: Pod\nmetadata: {name: [\n");
+        check(&mut cache, d, (1, None, 1));
+        write(&d.join("b.yaml"), &pod("b", "10.0.0.8"));
+        check(&mut cache, d, (1, Some(&["a=10.0.0.7", "b=10.0.0.8"]), 0));
+        assert_eq!(cache.errors().count(), 0);
+        // An invalid new file contributes nothing until it is valid.
+        write(&d.join("c.yaml"), "kind: Pod\n");
+        check(&mut cache, d, (1, Some(&["a=10.0.0.7", "b=10.0.0.8"]), 1));
+    }
+
+    #[test]
+    fn nothing_is_handed_over_until_every_file_was_valid_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(&d.join("a.yaml"), &pod("a", "10.0.0.1"));
+        write(&d.join("b.yaml"), "kind: Pod\nmetadata: {name: [\n");
+        let mut cache = FolderCache::default();
+        check(&mut cache, d, (2, None, 1));
+        write(&d.join("a.yaml"), &pod("a", "10.0.0.2"));
+        check(&mut cache, d, (1, None, 0));
+        write(&d.join("b.yaml"), &pod("b", "10.0.0.3"));
+        check(&mut cache, d, (1, Some(&["a=10.0.0.2", "b=10.0.0.3"]), 0));
+        // An unreadable folder keeps everything, and says so.
+        let gone = d.join("missing");
+        let poll = cache.poll(&gone);
+        assert!(poll.cluster.is_none() && poll.folder_error.is_some());
+    }
+
+    #[test]
+    fn a_configmap_update_is_seen_through_its_symlinks() {
+        // The kubelet's layout: `pods.yaml -> ..data/pods.yaml`,
+        // `..data -> ..<timestamp>`; an update writes a new timestamped
+        // folder and swaps `..data` atomically. Same size and mtime on
+        // purpose: the new file is told apart by its inode.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let version = |ts: &str, ip: &str| {
+            std::fs::create_dir(d.join(ts)).unwrap();
+            let f = d.join(ts).join("pods.yaml");
+            std::fs::write(&f, pod("p", ip)).unwrap();
+            std::fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+        };
+        version("..2024_01_01_00_00_00.1", "10.0.0.1");
+        std::os::unix::fs::symlink("..2024_01_01_00_00_00.1", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/pods.yaml", d.join("pods.yaml")).unwrap();
+        let mut cache = FolderCache::default();
+        check(&mut cache, d, (1, Some(&["p=10.0.0.1"]), 0));
+        version("..2024_01_02_00_00_00.2", "10.0.0.2");
+        check(&mut cache, d, (0, None, 0));
+        std::os::unix::fs::symlink("..2024_01_02_00_00_00.2", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        check(&mut cache, d, (1, Some(&["p=10.0.0.2"]), 0));
+        std::fs::remove_dir_all(d.join("..2024_01_01_00_00_00.1")).unwrap();
+        check(&mut cache, d, (0, None, 0));
     }
 }

@@ -23,6 +23,7 @@
 //! is done, also when it fails. Nothing touches the machine's own ruleset,
 //! interfaces or addresses.
 
+pub mod agent;
 pub mod conntrack;
 pub mod packet;
 
@@ -54,11 +55,13 @@ pub struct Options {
     pub kernel: bool,
     /// Also measure the packet path (needs the kernel measures).
     pub packet: Option<packet::PacketOptions>,
+    /// Also run the agent on the fake API server (needs the kernel measures).
+    pub agent: Option<agent::AgentOptions>,
 }
 
 impl Options {
     pub fn for_sizes(sizes: &[Size], runs: usize, seed: u64) -> Options {
-        Options { sizes: sizes.iter().map(|s| (s.name().to_string(), s.spec(seed))).collect(), runs, kernel: true, packet: None }
+        Options { sizes: sizes.iter().map(|s| (s.name().to_string(), s.spec(seed))).collect(), runs, kernel: true, packet: None, agent: None }
     }
 
     /// A run small enough for CI (seconds, debug build included) that still
@@ -66,7 +69,7 @@ impl Options {
     pub fn smoke() -> Options {
         let spec = Spec { pods: 300, nodes: 3, namespaces: 20, policies: 60, seed: 1 };
         let packet = packet::PacketOptions { duration: Duration::from_millis(200), runs: 1 };
-        Options { sizes: vec![("smoke".to_string(), spec)], runs: 3, kernel: true, packet: Some(packet) }
+        Options { sizes: vec![("smoke".to_string(), spec)], runs: 3, kernel: true, packet: Some(packet), agent: None }
     }
 }
 
@@ -151,6 +154,8 @@ pub struct SizeReport {
     pub generate: Duration,
     pub manifest_bytes: u64,
     pub load: Duration,
+    /// CPU time of the load (all threads): what a busy machine does not hide.
+    pub load_cpu: Duration,
     pub resolve: Timing,
     pub node: String,
     pub local_pods: usize,
@@ -164,6 +169,7 @@ pub struct SizeReport {
     /// Endpoint parsing, resolve, evaluation and rendering: `explain` after load.
     pub explain: Timing,
     pub packet: Option<packet::PacketReport>,
+    pub agent: Option<agent::AgentReport>,
     /// The biggest sets of the program: (name, elements).
     pub largest_sets: Vec<(String, usize)>,
     pub memory: Memory,
@@ -217,10 +223,9 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
     drop(plan);
 
     eprintln!("[{label}] loading");
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_time());
     let (cluster, _) = crate::model::load_paths(&[&dir.0])?;
-    let load = start.elapsed();
-    drop(dir);
+    let (load, load_cpu) = (start.elapsed(), cpu_time().saturating_sub(cpu));
     let load_peak_kb = memory_kb("VmHWM");
 
     // From here on the peak is what the agent would need: the cluster it
@@ -305,11 +310,22 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             port: flow.port,
             family: None,
         };
-        let ir = ir::resolve(&cluster);
-        let verdict = evaluate(&cluster, &ir, &flow)?;
+        let verdict = evaluate(&cluster, &ir::Local::new(&cluster), &flow)?;
         Ok(crate::explain::render_text(&crate::explain::report(&cluster, &flow, &verdict)))
     });
     explained.context("explaining the sample flow")?;
+
+    let mut agent_report = None;
+    match (&opts.agent, full_apply) {
+        (Some(aopts), Some(_)) => {
+            eprintln!("[{label}] the agent on the fake API server, {} events", aopts.events);
+            let template = busiest_pod(&cluster, &ir, &node).context("no pod to make events around")?;
+            agent_report = Some(agent::run(&dir.0, &cluster, &node, &cluster.pods[template], aopts).context("agent")?);
+        }
+        (Some(_), None) => notes.push("agent skipped: it needs the kernel measures".to_string()),
+        (None, _) => {}
+    }
+    drop(dir);
 
     Ok(SizeReport {
         label: label.to_string(),
@@ -317,6 +333,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         generate,
         manifest_bytes: summary.bytes,
         load,
+        load_cpu,
         resolve,
         node,
         local_pods,
@@ -328,6 +345,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         eval,
         explain,
         packet: packet_report,
+        agent: agent_report,
         largest_sets: largest_sets(&program, 2),
         memory: Memory { before_kb: base_rss_kb, load_peak_kb, cluster_kb: cluster_rss_kb, compile_peak_kb },
         notes,
@@ -460,7 +478,7 @@ impl Change {
             }
             Change::PodRelabelled => {
                 let app = format!("{}-debug", pod.labels.get("app")?);
-                changed.pods[id].labels.insert("app".to_string(), app.clone());
+                changed.pods[id].labels = pod.labels.with("app", &app);
                 format!("{} app={app}", pod.key())
             }
             Change::PolicyChanged => {
@@ -537,6 +555,17 @@ fn scratch_netns() -> anyhow::Result<Netns> {
     Netns::create("nfb")
 }
 
+/// User and system CPU time of this process so far, every thread included.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 /// A field of /proc/self/status in kB (`VmHWM`, `VmRSS`).
 fn memory_kb(field: &str) -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
@@ -594,6 +623,28 @@ pub fn checks(r: &SizeReport) -> Vec<Check> {
     }
     if (pods, policies) == (100_000, 10_000) {
         out.push(below("compile one node < 3 s", r.compile.median, Duration::from_secs(3)));
+        out.push(below("explain at 100k < 10 ms", r.explain.median, Duration::from_millis(10)));
+        let agent = r.agent.as_ref();
+        out.push(Check {
+            target: "agent memory at 100k < 200 MB".to_string(),
+            measured: agent.map_or("not measured".to_string(), |a| format!("VmRSS {} after the first sync", mb(a.rss_kb))),
+            pass: agent.map(|a| a.rss_kb < 200 * 1024),
+            indicative: None,
+        });
+        out.push(Check {
+            target: "event to applied p99 < 20 ms".to_string(),
+            measured: agent.map_or("not measured".to_string(), |a| {
+                format!("p99 {} of {} events ({} syncs)", fmt_duration(a.quantile(0.99)), a.latencies.len(), a.syncs)
+            }),
+            pass: agent.filter(|a| !a.latencies.is_empty()).map(|a| a.quantile(0.99) < Duration::from_millis(20)),
+            indicative: None,
+        });
+        out.push(Check {
+            target: "load 100k pods < 2 s".to_string(),
+            measured: format!("{} (one run; CPU {})", fmt_duration(r.load), fmt_duration(r.load_cpu)),
+            pass: Some(r.load < Duration::from_secs(2)),
+            indicative: None,
+        });
         let peak = r.memory.compile_peak_kb;
         out.push(Check {
             target: "peak memory of resolve + compile (cluster included) < 500 MB".to_string(),
@@ -684,7 +735,7 @@ pub fn render(r: &SizeReport) -> String {
     };
     let once = |d: Duration| Some(Timing { min: d, median: d, runs: 1 });
     row("generate manifests", once(r.generate), format!("{:.1} MB, one run", r.manifest_bytes as f64 / 1e6));
-    row("load manifests", once(r.load), "YAML → validated cluster, one run".to_string());
+    row("load manifests", once(r.load), format!("YAML → validated cluster, one run; {} CPU", fmt_duration(r.load_cpu)));
     row("resolve (IR)", Some(r.resolve), "all policies".to_string());
     row(&format!("compile {}", r.node), Some(r.compile), format!("{} pods on the node", r.local_pods));
     let p = r.program;
@@ -710,7 +761,29 @@ pub fn render(r: &SizeReport) -> String {
         row(&format!("{}: apply, new nft", d.what), d.apply_spawn, "the same through a fresh nft -j -f, interleaved".to_string());
     }
     row("eval one flow", Some(r.eval), r.flow.clone());
-    row("explain one flow", Some(r.explain), "parse endpoints + resolve + eval + render".to_string());
+    row("explain one flow", Some(r.explain), "parse endpoints + resolve what they touch + eval + render".to_string());
+    if let Some(a) = &r.agent {
+        let q = |x| fmt_duration(a.quantile(x));
+        let _ = writeln!(
+            s,
+            "| agent: event to applied | {} | {} | p99 {}, max {}; {} single events (pod added / deleted on {}), {} delta syncs; fake API server, nft in a scratch netns |",
+            q(0.0),
+            q(0.5),
+            q(0.99),
+            q(1.0),
+            a.latencies.len(),
+            a.node,
+            a.syncs
+        );
+        let _ = writeln!(
+            s,
+            "| agent: memory (VmRSS) | | | {} after the first sync ({} to get there, peak {}); {} after the events |",
+            mb(a.rss_kb),
+            fmt_duration(a.first_sync),
+            mb(a.hwm_kb),
+            mb(a.rss_after_kb)
+        );
+    }
     let m = r.memory;
     let kb = |k: Option<u64>| k.map_or("?".to_string(), mb);
     let _ = writeln!(

@@ -30,14 +30,15 @@ pub struct Args {
     pub kubeconfig: Option<PathBuf>,
 
     /// Read the cluster from a folder of manifests (*.yaml, *.yml, *.json,
-    /// recursively) instead of the API server, reloading it when a file
-    /// changes. A folder that fails to load keeps the last good cluster and
-    /// the error is logged with file:line.
+    /// recursively) instead of the API server, reading a file again when it
+    /// changes. A file that fails to load keeps its last valid objects and
+    /// the error is logged with file:line; nothing is enforced until every
+    /// file has loaded once.
     #[arg(long, value_name = "DIR")]
     pub source: Option<PathBuf>,
 
-    /// How often --source checks its folder's files for changes (sizes and
-    /// modification times).
+    /// How often --source checks its folder's files for changes (identity,
+    /// size and times, following symlinks).
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
@@ -46,12 +47,14 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
-    /// Quiet period after a cluster change before syncing, so a burst of
-    /// changes becomes one transaction.
-    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = humantime::parse_duration)]
+    /// Quiet period after a cluster change before syncing. The default, 0,
+    /// applies a change at once when the agent is idle; changes arriving
+    /// while a sync runs are applied together by the next one either way,
+    /// so a burst costs a few transactions without any wait.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
 
-    /// Longest a steady stream of changes may delay a sync.
+    /// Longest a steady stream of changes may delay a sync (with --debounce).
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub max_delay: Duration,
 
@@ -250,7 +253,7 @@ mod tests {
         let c = a.config();
         assert!(matches!(c.source, Source::Kube { kubeconfig: None }));
         assert_eq!(c.reconcile.resync, Duration::from_secs(300));
-        assert_eq!(c.reconcile.debounce, Duration::from_millis(50));
+        assert_eq!(c.reconcile.debounce, Duration::ZERO);
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:9964");
         assert_eq!(a.log_format, LogFormat::Text);
         assert_eq!(c.reconcile.established, Established::Cut);

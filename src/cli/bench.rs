@@ -31,6 +31,12 @@ pub struct Args {
     /// per measure.
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
     pub packet: Option<f64>,
+    /// Also run `netfence agent` (this binary) on the fake API server
+    /// holding each cluster, in a scratch network namespace: its memory
+    /// after the first sync and the event-to-applied latency of this many
+    /// single events (0: skip; --smoke runs 4).
+    #[arg(long, value_name = "EVENTS", default_value_t = 200)]
+    pub agent: usize,
 }
 
 /// Exit 0 when every target that applies passed, 1 when one failed, 2 when
@@ -40,6 +46,16 @@ pub fn run(args: Args) -> i32 {
     opts.kernel = !args.no_kernel;
     if let Some(secs) = args.packet.filter(|s| s.is_finite() && *s > 0.0) {
         opts.packet = Some(bench::packet::PacketOptions { duration: Duration::from_secs_f64(secs), runs: opts.runs.min(3) });
+    }
+    if args.agent > 0 {
+        let events = if args.smoke { 4 } else { args.agent };
+        match std::env::current_exe() {
+            Ok(exe) => opts.agent = Some(bench::agent::AgentOptions { exe, events }),
+            Err(e) => {
+                eprintln!("netfence bench: cannot find this binary to run the agent: {e}");
+                return 2;
+            }
+        }
     }
     match bench::run(&opts, &mut std::io::stdout().lock()) {
         Ok((true, _)) => 0,

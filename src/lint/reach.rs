@@ -57,7 +57,7 @@ struct DnsServer {
 
 fn dns_servers(cx: &Ctx) -> Vec<DnsServer> {
     let is_dns = |p: &Pod| {
-        matches!(p.labels.get("k8s-app").map(String::as_str), Some("kube-dns" | "coredns"))
+        matches!(p.labels.get("k8s-app"), Some("kube-dns" | "coredns"))
             || p.labels.contains_key("dns.operator.openshift.io/daemonset-dns")
             || p.named_port("dns", Protocol::Udp).is_some()
     };
@@ -163,7 +163,7 @@ fn dns(cx: &mut Ctx) {
                 };
                 let label = ["k8s-app", "dns.operator.openshift.io/daemonset-dns"]
                     .iter()
-                    .find_map(|k| s.labels.get(*k).map(|v| format!("{k}: {v}")))
+                    .find_map(|k| s.labels.get(k).map(|v| format!("{k}: {v}")))
                     .unwrap_or_else(|| format!("<labels of {}>", s.key()));
                 (
                     format!(
@@ -336,7 +336,7 @@ const ENFORCERS: &[(&str, &str)] = &[
 const FLANNEL: &[(&str, &str)] = &[("app", "flannel"), ("k8s-app", "flannel")];
 
 fn cni(cx: &mut Ctx) {
-    let has = |set: &[(&str, &str)], p: &Pod| set.iter().any(|(k, v)| p.labels.get(*k).map(String::as_str) == Some(*v));
+    let has = |set: &[(&str, &str)], p: &Pod| set.iter().any(|(k, v)| p.labels.get(k) == Some(*v));
     if cx.cluster.pods.iter().any(|p| has(ENFORCERS, p)) {
         return;
     }

@@ -118,8 +118,8 @@ struct Known<'a> {
 
 pub(super) fn check(cx: &mut Ctx) {
     let known = Known {
-        pod_keys: cx.cluster.pods.iter().flat_map(|p| p.labels.keys().map(String::as_str)).collect(),
-        ns_keys: cx.cluster.namespaces.values().flat_map(|n| n.labels.keys().map(String::as_str)).collect(),
+        pod_keys: cx.cluster.pods.iter().flat_map(|p| p.labels.keys()).collect(),
+        ns_keys: cx.cluster.namespaces.values().flat_map(|n| n.labels.keys()).collect(),
     };
     for pid in 0..cx.cluster.policies.len() {
         policy_selector(cx, &known, pid);
@@ -426,7 +426,7 @@ fn suggest(cx: &Ctx, target: Target, key: &str, values: &[&str]) -> String {
     let mut alternatives = BTreeSet::new();
     for l in labels {
         for (k, v) in l {
-            if values.contains(&v.as_str()) && k != key {
+            if values.contains(&v) && k != key {
                 alternatives.insert(format!("{k}: {v}"));
             }
         }

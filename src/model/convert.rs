@@ -113,8 +113,6 @@ pub fn pod(pod: &K8sPod) -> Result<Pod, FieldError> {
             ports.push(ContainerPort { name: p.name.clone(), port, protocol });
         }
     }
-    ports.sort();
-    ports.dedup();
     Ok(Pod {
         namespace,
         name,
@@ -122,7 +120,7 @@ pub fn pod(pod: &K8sPod) -> Result<Pod, FieldError> {
         node,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         ips,
-        ports,
+        ports: container_ports(ports),
         phase: status.and_then(|s| s.phase.clone()),
     })
 }
@@ -295,14 +293,14 @@ fn check_name(s: &str, path: &str, kind: Name) -> Result<(), FieldError> {
 }
 
 /// `metadata.labels`, checked as the API server checks them.
-fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<crate::selector::Labels, FieldError> {
-    let labels = meta.labels.clone().unwrap_or_default();
-    for (k, v) in &labels {
+fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<Labels, FieldError> {
+    let Some(labels) = &meta.labels else { return Ok(Labels::default()) };
+    for (k, v) in labels {
         crate::selector::check_label_key(k)
             .and_then(|()| crate::selector::check_label_value(v))
             .map_err(|m| FieldError { path: format!("metadata.labels.{k}"), message: m })?;
     }
-    Ok(labels)
+    Ok(Labels::from_map(labels))
 }
 
 fn parse_protocol(s: Option<&str>, path: &str) -> Result<Protocol, FieldError> {

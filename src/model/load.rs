@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::sources::{Location, PolicySource, Sources};
-use super::{convert, Cluster, Origin, Pod};
+use super::{convert, Cluster, Namespace, Node, Origin, Pod, Policy};
 use crate::yaml::{self, Doc, Pos};
 
 /// Bad input, located as precisely as we can.
@@ -51,49 +51,71 @@ impl LoadError {
     }
 }
 
-/// Accumulates objects from any number of sources into one cluster.
-#[derive(Debug, Default)]
-pub struct ClusterBuilder {
-    cluster: Cluster,
+/// What one file (or text) holds, validated, in document order: the unit
+/// the loader parses in parallel and the agent's folder source caches.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    pub namespaces: Vec<Namespace>,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub policies: Vec<Policy>,
     /// Things worth telling the user that are not errors (ignored kinds).
     pub notices: Vec<String>,
     /// Kept only on request: field positions for lint.
-    sources: Option<Sources>,
-    /// Which pod holds each address, for pods that take part and are not
-    /// host-network: two of them cannot share one (the CNI gives each its
-    /// own), and everything downstream (dispatch by address, the kernel's
-    /// maps) relies on it.
-    addresses: HashMap<IpAddr, (String, String, String)>,
+    pub sources: Option<Sources>,
+    /// Where each of `pods` starts, for errors about a pod as a whole.
+    pub pod_starts: Vec<Location>,
+    /// Which of `pods` holds each address (running, not host-network ones).
+    addresses: HashMap<IpAddr, usize>,
 }
 
-impl ClusterBuilder {
-    pub fn new() -> Self {
-        Self::default()
+/// Equal objects and notices: what the agent's folder source compares to
+/// tell a changed file. Sources (lint only) are where they came from.
+impl PartialEq for Objects {
+    fn eq(&self, o: &Objects) -> bool {
+        (&self.namespaces, &self.nodes, &self.pods, &self.policies, &self.notices)
+            == (&o.namespaces, &o.nodes, &o.pods, &o.policies, &o.notices)
+    }
+}
+
+impl Eq for Objects {}
+
+impl Objects {
+    /// Read and parse one file.
+    pub fn read(path: &Path) -> Result<Objects, LoadError> {
+        Objects::read_with(path, false)
     }
 
-    /// Also record where every object came from ([`Sources`]), for
-    /// diagnostics that point at a field.
-    pub fn keep_sources(mut self) -> Self {
-        self.sources = Some(Sources::default());
-        self
+    /// Read and parse one file, recording [`Sources`] if `keep_sources`.
+    pub fn read_with(path: &Path, keep_sources: bool) -> Result<Objects, LoadError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| LoadError::new(&file, None, "", format!("cannot read: {e}")))?;
+        Objects::parse_with(&file, decode(&file, &bytes)?, keep_sources)
     }
 
-    /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name order.
-    pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
-        for file in manifest_files(path)? {
-            let name = file.display().to_string();
-            let bytes = std::fs::read(&file).map_err(|e| LoadError::new(&name, None, "", format!("cannot read: {e}")))?;
-            self.add_text(&name, decode(&name, &bytes)?)?;
+    /// Every object of a YAML text, named `file` in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Objects, LoadError> {
+        Objects::parse_with(file, text, false)
+    }
+
+    /// As [`parse`](Self::parse), recording [`Sources`] if `keep_sources`.
+    /// Each document is converted as soon as it is parsed; the first
+    /// invalid one is the error, unless the text has a syntax error, which
+    /// is reported first (as when the whole text was parsed before
+    /// converting).
+    pub fn parse_with(file: &str, text: &str, keep_sources: bool) -> Result<Objects, LoadError> {
+        let mut out = Objects { sources: keep_sources.then(Sources::default), ..Objects::default() };
+        let mut invalid = None;
+        yaml::parse_each(text, |doc| {
+            if invalid.is_none() {
+                invalid = out.add_doc(file, &doc).err();
+            }
+        })
+        .map_err(|e| LoadError::new(file, Some(e.pos), &e.path, e.message))?;
+        match invalid {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(())
-    }
-
-    pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
-        let docs = parse_docs(file, text)?;
-        for doc in &docs {
-            self.add_doc(file, doc)?;
-        }
-        Ok(())
     }
 
     /// One object, or a `kind: List` of them. Null documents (a trailing
@@ -113,7 +135,6 @@ impl ClusterBuilder {
                 *s.kinds.entry(kind.to_string()).or_default() += 1;
             }
         }
-        let c = &mut self.cluster;
         match kind {
             "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" => {
                 let items = match obj.get("items") {
@@ -135,23 +156,25 @@ impl ClusterBuilder {
             }
             "Namespace" => {
                 let ns = typed(file, doc)?;
-                let ns = convert::namespace(&ns).map_err(|e| field_error(file, doc, e))?;
-                c.namespaces.insert(ns.name.clone(), ns);
+                self.namespaces.push(convert::namespace(&ns).map_err(|e| field_error(file, doc, e))?);
             }
             "Node" => {
                 let n = typed(file, doc)?;
-                let n = convert::node(&n).map_err(|e| field_error(file, doc, e))?;
-                c.nodes.insert(n.name.clone(), n);
+                self.nodes.push(convert::node(&n).map_err(|e| field_error(file, doc, e))?);
             }
             "Pod" => {
                 let p = typed(file, doc)?;
                 let pod = convert::pod(&p).map_err(|e| field_error(file, doc, e))?;
-                self.claim_addresses(file, doc, &pod)?;
-                if let Some(s) = &mut self.sources {
-                    let at = Location { file: file.into(), pos: doc.start };
-                    s.pods.entry((pod.namespace.clone(), pod.name.clone())).or_insert(at);
+                let at = Location { file: file.into(), pos: doc.start };
+                // Within a file the error can name the very field.
+                if let Some((ip, i)) = claim(&mut self.addresses, &self.pods, &pod) {
+                    return Err(LoadError::at(file, doc, &address_field(doc, ip), shared_message(ip, &self.pods[i], &self.pod_starts[i])));
                 }
-                self.cluster.pods.push(pod);
+                if let Some(s) = &mut self.sources {
+                    s.pods.entry((pod.namespace.clone(), pod.name.clone())).or_insert(at.clone());
+                }
+                self.pods.push(pod);
+                self.pod_starts.push(at);
             }
             "NetworkPolicy" => {
                 let np = typed(file, doc)?;
@@ -161,7 +184,7 @@ impl ClusterBuilder {
                     let key = (policy.namespace.clone(), policy.name.clone());
                     s.policies.entry(key).or_default().push(PolicySource { file: file.into(), doc: doc.clone() });
                 }
-                c.policies.push(policy);
+                self.policies.push(policy);
             }
             other => {
                 let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("?");
@@ -170,28 +193,94 @@ impl ClusterBuilder {
         }
         Ok(())
     }
+}
 
-    fn claim_addresses(&mut self, file: &str, doc: &Doc, pod: &Pod) -> Result<(), LoadError> {
-        if !pod.is_policy_pod() {
-            return Ok(());
-        }
-        let at = format!("{file}:{}", doc.start.line);
-        for ip in &pod.ips {
-            let held = self.addresses.entry(*ip).or_insert_with(|| (pod.namespace.clone(), pod.name.clone(), at.clone()));
-            if (held.0.as_str(), held.1.as_str()) != (pod.namespace.as_str(), pod.name.as_str()) {
-                let path = address_field(doc, *ip);
-                return Err(LoadError::at(
-                    file,
-                    doc,
-                    &path,
-                    format!(
-                        "{ip} is already the address of pod {}/{} ({}); two running pods cannot share an address (expected a finished pod, phase Succeeded or Failed, or another address)",
-                        held.0, held.1, held.2
-                    ),
-                ));
-            }
+/// Accumulates objects from any number of sources into one cluster.
+#[derive(Debug, Default)]
+pub struct ClusterBuilder {
+    cluster: Cluster,
+    /// Things worth telling the user that are not errors (ignored kinds).
+    pub notices: Vec<String>,
+    /// Kept only on request: field positions for lint.
+    sources: Option<Sources>,
+    /// Parallel to the cluster's pods until `finish`.
+    pod_starts: Vec<Location>,
+    /// Which pod holds each address (running, not host-network ones).
+    addresses: HashMap<IpAddr, usize>,
+}
+
+impl ClusterBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also record where every object came from ([`Sources`]), for
+    /// diagnostics that point at a field.
+    pub fn keep_sources(mut self) -> Self {
+        self.sources = Some(Sources::default());
+        self
+    }
+
+    /// A file, or every `*.yaml`/`*.yml`/`*.json` below a folder, in name
+    /// order. Files are parsed in parallel (parsing is the cost of loading)
+    /// and added in order, so the result and the error reported (the first
+    /// file's, in name order) do not depend on timing.
+    pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
+        for objects in read_files_with(&manifest_files(path)?, self.sources.is_some()) {
+            self.add(objects?)?;
         }
         Ok(())
+    }
+
+    pub fn add_text(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
+        self.add(Objects::parse_with(file, text, self.sources.is_some())?)
+    }
+
+    /// One object, or a `kind: List` of them. Null documents (a trailing
+    /// `---`) are skipped.
+    pub fn add_doc(&mut self, file: &str, doc: &Doc) -> Result<(), LoadError> {
+        let mut objects = Objects { sources: self.sources.is_some().then(Sources::default), ..Objects::default() };
+        objects.add_doc(file, doc)?;
+        self.add(objects)
+    }
+
+    /// A file's objects, refused if one of its running pods has an address
+    /// that a running pod added before has: two pods cannot share one (the
+    /// CNI gives each its own), and everything downstream (dispatch by
+    /// address, the kernel's maps) relies on it.
+    pub fn add(&mut self, objects: Objects) -> Result<(), LoadError> {
+        let base = self.cluster.pods.len();
+        // A refused file leaves its claims behind: an error ends the load.
+        for (k, (pod, at)) in objects.pods.iter().zip(&objects.pod_starts).enumerate() {
+            if let Some((ip, i)) = claim_at(&mut self.addresses, &self.cluster.pods, &objects.pods, base, k, pod) {
+                let (holder, held_at) = if i < base { (&self.cluster.pods[i], &self.pod_starts[i]) } else { (&objects.pods[i - base], &objects.pod_starts[i - base]) };
+                return Err(LoadError::new(&at.file, Some(at.pos), "status.podIPs", shared_message(ip, holder, held_at)));
+            }
+        }
+        self.merge(objects);
+        Ok(())
+    }
+
+    /// [`add`](Self::add) without the address check: for the agent, which
+    /// must follow a live cluster through an address's reuse (the new pod
+    /// can be seen before the old one's deletion).
+    /// A Namespace or Node named twice is the last one read; a Pod or
+    /// NetworkPolicy, the first.
+    pub fn merge(&mut self, objects: Objects) {
+        self.pod_starts.extend(objects.pod_starts);
+        let c = &mut self.cluster;
+        for n in objects.namespaces {
+            c.namespaces.insert(n.name.clone(), n);
+        }
+        for n in objects.nodes {
+            c.nodes.insert(n.name.clone(), n);
+        }
+        c.pods.extend(objects.pods);
+        c.policies.extend(objects.policies);
+        self.notices.extend(objects.notices);
+        if let (Some(mine), Some(theirs)) = (&mut self.sources, objects.sources) {
+            mine.extend(theirs);
+        }
     }
 
     pub fn finish(mut self) -> (Cluster, Vec<String>) {
@@ -206,6 +295,91 @@ impl ClusterBuilder {
         let (cluster, notices) = self.finish();
         (cluster, notices, sources)
     }
+}
+
+/// Read and parse `files` on as many threads as there are cores, each
+/// result in the order of `files`. After a failure, later files are not
+/// parsed (their results say so): only the first error is ever reported.
+pub fn read_files(files: &[PathBuf]) -> Vec<Result<Objects, LoadError>> {
+    read_files_with(files, false)
+}
+
+/// As [`read_files`], recording [`Sources`] if `keep_sources`.
+pub fn read_files_with(files: &[PathBuf], keep_sources: bool) -> Vec<Result<Objects, LoadError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len());
+    if threads <= 1 {
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let r = Objects::read_with(f, keep_sources);
+            let failed = r.is_err();
+            out.push(r);
+            if failed {
+                break;
+            }
+        }
+        return out;
+    }
+    let next = AtomicUsize::new(0);
+    let first_error = AtomicUsize::new(usize::MAX);
+    let mut results: Vec<(usize, Result<Objects, LoadError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= files.len() || i > first_error.load(Ordering::Relaxed) {
+                            return done;
+                        }
+                        let r = Objects::read_with(&files[i], keep_sources);
+                        if r.is_err() {
+                            first_error.fetch_min(i, Ordering::Relaxed);
+                        }
+                        done.push((i, r));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    // Up to the first error, every file was parsed.
+    let stop = first_error.into_inner();
+    results.into_iter().filter(|(i, _)| *i <= stop).map(|(_, r)| r).collect()
+}
+
+/// Records `pod`'s addresses as held by pod number `pods.len()` of `pods`;
+/// the first one another running pod already holds, with that pod's number.
+fn claim(addresses: &mut HashMap<IpAddr, usize>, pods: &[Pod], pod: &Pod) -> Option<(IpAddr, usize)> {
+    claim_at(addresses, pods, &[], pods.len(), 0, pod)
+}
+
+/// As [`claim`] over two lists, `first` then `second` (numbered from
+/// `base`), for pod number `base + k`.
+fn claim_at(addresses: &mut HashMap<IpAddr, usize>, first: &[Pod], second: &[Pod], base: usize, k: usize, pod: &Pod) -> Option<(IpAddr, usize)> {
+    if !pod.is_policy_pod() {
+        return None;
+    }
+    let nth = |i: usize| if i < base { &first[i] } else { &second[i - base] };
+    for ip in &pod.ips {
+        match addresses.get(ip) {
+            // The same pod written twice is not a conflict (the first copy wins).
+            Some(&i) if (&nth(i).namespace, &nth(i).name) != (&pod.namespace, &pod.name) => return Some((*ip, i)),
+            Some(_) => {}
+            None => {
+                addresses.insert(*ip, base + k);
+            }
+        }
+    }
+    None
+}
+
+fn shared_message(ip: IpAddr, holder: &Pod, at: &Location) -> String {
+    format!(
+        "{ip} is already the address of pod {}/{} ({}:{}); two running pods cannot share an address (expected another address, or phase Succeeded or Failed for a pod that has finished)",
+        holder.namespace, holder.name, at.file, at.pos.line
+    )
 }
 
 /// Where a pod's document writes `ip`: its entry in `status.podIPs`, else
@@ -262,9 +436,9 @@ pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, LoadError> {
 }
 
 /// Deserialise a document into a k8s-openapi type, keeping the field path
-/// of a type error so it can be located.
+/// of a type error so it can be located. Reads the value in place.
 pub fn typed<T: DeserializeOwned>(file: &str, doc: &Doc) -> Result<T, LoadError> {
-    serde_path_to_error::deserialize(doc.value.clone()).map_err(|e| {
+    serde_path_to_error::deserialize(&doc.value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         LoadError::at(file, doc, &path, e.into_inner().to_string())
@@ -381,7 +555,7 @@ mod tests {
             "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: x, labels: {a: b}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nstatus: {podIP: 10.0.0.1}\n",
         )
         .unwrap();
-        assert_eq!(c.namespaces["x"].labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("x"));
+        assert_eq!(c.namespaces["x"].labels.get("kubernetes.io/metadata.name"), Some("x"));
         assert_eq!(c.pods[0].ips, vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
     }
 

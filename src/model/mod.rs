@@ -137,13 +137,21 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    pub fn new(name: &str, mut labels: Labels) -> Namespace {
-        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
-        Namespace { name: name.to_string(), labels }
+    pub fn new(name: &str, labels: Labels) -> Namespace {
+        Namespace { name: name.to_string(), labels: labels.with(NAMESPACE_NAME_LABEL, name) }
     }
 }
 
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+static PORT_LISTS: std::sync::LazyLock<crate::intern::Slices<ContainerPort>> = std::sync::LazyLock::new(Default::default);
+
+/// The shared list equal to `ports` (sorted, without duplicates).
+pub fn container_ports(mut ports: Vec<ContainerPort>) -> Arc<[ContainerPort]> {
+    ports.sort();
+    ports.dedup();
+    PORT_LISTS.intern(ports)
+}
 
 /// A container port as declared in the pod spec: what named ports resolve to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -162,7 +170,9 @@ pub struct Pod {
     pub host_network: bool,
     /// status.podIPs (or status.podIP), at most one per family.
     pub ips: Vec<IpAddr>,
-    pub ports: Vec<ContainerPort>,
+    /// Sorted, without duplicates; interned, as labels are (a workload's
+    /// replicas share one list).
+    pub ports: Arc<[ContainerPort]>,
     pub phase: Option<String>,
 }
 
@@ -365,6 +375,18 @@ impl Cluster {
         self.pods
             .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
             .ok()
+    }
+
+    /// The pods of namespace `ns` (a range: pods are sorted by namespace).
+    pub fn pods_in(&self, ns: &str) -> std::ops::Range<PodId> {
+        let start = self.pods.partition_point(|p| p.namespace.as_str() < ns);
+        start..start + self.pods[start..].partition_point(|p| p.namespace == ns)
+    }
+
+    /// The policies of namespace `ns` (a range: policies are sorted by namespace).
+    pub fn policies_in(&self, ns: &str) -> std::ops::Range<PolicyId> {
+        let start = self.policies.partition_point(|p| p.namespace.as_str() < ns);
+        start..start + self.policies[start..].partition_point(|p| p.namespace == ns)
     }
 
     pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {

@@ -75,6 +75,20 @@ impl Sources {
         self.policies.get(&(namespace.to_string(), name.to_string())).and_then(|v| v.first())
     }
 
+    /// Add what a later file recorded, keeping reading order: its
+    /// policies come after ours, a pod already seen keeps its first place.
+    pub fn extend(&mut self, later: Sources) {
+        for (k, v) in later.policies {
+            self.policies.entry(k).or_default().extend(v);
+        }
+        for (k, at) in later.pods {
+            self.pods.entry(k).or_insert(at);
+        }
+        for (k, n) in later.kinds {
+            *self.kinds.entry(k).or_default() += n;
+        }
+    }
+
     pub fn has_kind(&self, kind: &str) -> bool {
         self.kinds.get(kind).is_some_and(|&n| n > 0)
     }

@@ -155,55 +155,20 @@ impl TestResult {
     }
 }
 
+/// A test's expectations as checks (one flow in one family), in order.
+/// `Err` is invalid input in an expectation (an unknown pod, a family an
+/// endpoint lacks), already located.
+pub fn checks(test: &PolicyTest) -> Result<Vec<Check>, String> {
+    Ok(expand(test)?.0)
+}
+
 /// Judge a loaded test. `Err` is invalid input in an expectation (an
 /// unknown pod, a family an endpoint lacks), located as
 /// `file:line:col: expect[i].field: what`.
 pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -> Result<TestResult, String> {
     let c = &test.cluster;
     let file = test.file.display().to_string();
-    let endpoint = |s: &str, at: &format::At| Endpoint::parse(c, s).map_err(|e| at.error(&file, &e));
-
-    // Expand expectations into checks; remember which checks a table owns.
-    let mut checks: Vec<Check> = Vec::new();
-    let mut tables: Vec<(usize, &format::Table, std::ops::Range<usize>)> = Vec::new();
-    for (i, e) in test.expectations.iter().enumerate() {
-        match e {
-            Expectation::Flow(f) => {
-                let flow = Flow {
-                    src: endpoint(&f.from, &f.from_at)?,
-                    dst: endpoint(&f.to, &f.to_at)?,
-                    protocol: f.protocol,
-                    port: f.port,
-                    family: f.family,
-                };
-                let families = flow.families(c).map_err(|e| f.family_at.as_ref().unwrap_or(&f.at).error(&file, &e))?;
-                for family in families {
-                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, at: f.at.clone(), expected: Some(f.allow) });
-                }
-            }
-            Expectation::Table(t) => {
-                let start = checks.len();
-                let cols = t.columns.iter().zip(&t.columns_at).map(|(s, at)| endpoint(s, at)).collect::<Result<Vec<_>, _>>()?;
-                for row in &t.rows {
-                    let src = endpoint(&row.endpoint, &row.at)?;
-                    for ((col, cell), cell_at) in cols.iter().zip(&row.cells).zip(&row.cells_at) {
-                        let flow = Flow { src: src.clone(), dst: col.clone(), protocol: t.protocol, port: t.port, family: t.family };
-                        let families = match flow.families(c) {
-                            Ok(f) => f,
-                            // A table over mixed single-stack pods has cells with no
-                            // common family: with `?` they are simply not checked.
-                            Err(_) if cell.is_none() => continue,
-                            Err(e) => return Err(cell_at.error(&file, &e)),
-                        };
-                        for family in families {
-                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, at: cell_at.clone(), expected: *cell });
-                        }
-                    }
-                }
-                tables.push((i, t, start..checks.len()));
-            }
-        }
-    }
+    let (checks, tables) = expand(test)?;
 
     // The reference verdicts, with their traces for explanations.
     let reference: Vec<bool> = checks
@@ -292,6 +257,58 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
         unjudged,
         name_pos: Some(test.name_pos),
     })
+}
+
+/// Which checks a table owns: (expectation index, table, range of checks).
+type Tables<'t> = Vec<(usize, &'t format::Table, std::ops::Range<usize>)>;
+
+/// Expand expectations into checks; remember which checks a table owns.
+fn expand(test: &PolicyTest) -> Result<(Vec<Check>, Tables<'_>), String> {
+    let c = &test.cluster;
+    let file = test.file.display().to_string();
+    let endpoint = |s: &str, at: &format::At| Endpoint::parse(c, s).map_err(|e| at.error(&file, &e));
+
+    let mut checks: Vec<Check> = Vec::new();
+    let mut tables: Tables<'_> = Vec::new();
+    for (i, e) in test.expectations.iter().enumerate() {
+        match e {
+            Expectation::Flow(f) => {
+                let flow = Flow {
+                    src: endpoint(&f.from, &f.from_at)?,
+                    dst: endpoint(&f.to, &f.to_at)?,
+                    protocol: f.protocol,
+                    port: f.port,
+                    family: f.family,
+                };
+                let families = flow.families(c).map_err(|e| f.family_at.as_ref().unwrap_or(&f.at).error(&file, &e))?;
+                for family in families {
+                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, at: f.at.clone(), expected: Some(f.allow) });
+                }
+            }
+            Expectation::Table(t) => {
+                let start = checks.len();
+                let cols = t.columns.iter().zip(&t.columns_at).map(|(s, at)| endpoint(s, at)).collect::<Result<Vec<_>, _>>()?;
+                for row in &t.rows {
+                    let src = endpoint(&row.endpoint, &row.at)?;
+                    for ((col, cell), cell_at) in cols.iter().zip(&row.cells).zip(&row.cells_at) {
+                        let flow = Flow { src: src.clone(), dst: col.clone(), protocol: t.protocol, port: t.port, family: t.family };
+                        let families = match flow.families(c) {
+                            Ok(f) => f,
+                            // A table over mixed single-stack pods has cells with no
+                            // common family: with `?` they are simply not checked.
+                            Err(_) if cell.is_none() => continue,
+                            Err(e) => return Err(cell_at.error(&file, &e)),
+                        };
+                        for family in families {
+                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, at: cell_at.clone(), expected: *cell });
+                        }
+                    }
+                }
+                tables.push((i, t, start..checks.len()));
+            }
+        }
+    }
+    Ok((checks, tables))
 }
 
 fn word(allowed: bool) -> &'static str {
