@@ -44,7 +44,7 @@ fn counters_name_the_rule_that_allowed_and_the_policy_that_denied() {
     b.add_path(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/clusters/standard.yaml"))).unwrap();
     b.add_text("policy.yaml", POLICY).unwrap();
     let (cluster, _) = b.finish();
-    let selected = cluster.pods.iter().filter(|p| p.namespace == "x" && p.labels.get("pod").map(String::as_str) == Some("a")).count();
+    let selected = cluster.pods.iter().filter(|p| p.namespace == "x" && p.labels.get("pod") == Some("a")).count();
     assert_eq!(selected, 1, "the fixture's x/a carries label pod=a");
 
     let mut node1 = None;

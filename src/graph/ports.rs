@@ -341,7 +341,7 @@ mod tests {
             node: None,
             host_network: false,
             ips: vec![],
-            ports: vec![crate::model::ContainerPort { name: Some("http".into()), port: 8080, protocol: Tcp }],
+            ports: vec![crate::model::ContainerPort { name: Some("http".into()), port: 8080, protocol: Tcp }].into(),
             phase: None,
         };
         assert_eq!(PortSet::of_rule(ports, Some(&pod)).to_string(), want, "{ports:?}");

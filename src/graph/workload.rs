@@ -144,7 +144,7 @@ pub fn signatures(cluster: &Cluster, ir: &Ir) -> Vec<Option<Signature>> {
 
 /// The owner a pod's controller gives it (see the module doc).
 pub fn owner(pod: &Pod) -> Owner {
-    let label = |k: &str| pod.labels.get(k).map(String::as_str);
+    let label = |k: &str| pod.labels.get(k);
     let name = &pod.name;
     let strip_last = |s: &str| s.rsplit_once('-').map(|(a, _)| a.to_string());
     let found = if let Some(hash) = label("pod-template-hash") {
@@ -194,10 +194,12 @@ pub fn group(cluster: &Cluster, ir: &Ir) -> Workloads {
         let n = taken.entry(base.clone()).or_insert(0);
         *n += 1;
         let id = if *n == 1 { base } else { format!("{base}#{n}") };
-        let mut labels = first.labels.clone();
-        for &p in &pods[1..] {
-            labels.retain(|k, v| cluster.pods[p].labels.get(k) == Some(v));
-        }
+        let labels: Labels = first
+            .labels
+            .iter()
+            .filter(|(k, v)| pods[1..].iter().all(|&p| cluster.pods[p].labels.get(k) == Some(*v)))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let families = [Family::IPv4, Family::IPv6].into_iter().filter(|&f| first.ip(f).is_some()).collect();
         let wid = out.list.len();
         for &p in &pods {
@@ -221,7 +223,7 @@ mod tests {
             node: None,
             host_network: false,
             ips: vec![],
-            ports: vec![],
+            ports: Vec::new().into(),
             phase: None,
         }
     }
