@@ -336,6 +336,16 @@ fn downstream(c: &Cluster, sources: &Sources) -> Result<(), String> {
     let in_pod_cidr = |e: &Endpoint| matches!(e, Endpoint::Ip(ip) if c.nodes.values().any(|n| n.pod_cidrs.iter().any(|p| p.contains(ip))));
     let mut foreign = foreign_cidr_pods(c);
     foreign.extend(shared_address_pods(c));
+    // Node addresses a pod or another node also claims (see shared_address_pods).
+    let shared_node_ips: Vec<std::net::IpAddr> = c
+        .nodes
+        .values()
+        .flat_map(|n| n.internal_ips.iter().copied())
+        .filter(|ip| {
+            let owners: Vec<&str> = c.nodes.values().filter(|n| n.internal_ips.contains(ip)).map(|n| n.name.as_str()).collect();
+            owners.len() > 1 || c.pods.iter().any(|p| p.ips.contains(ip) && (!p.host_network || p.node.as_deref() != owners.first().copied()))
+        })
+        .collect();
     for (i, src) in ends.iter().enumerate() {
         for dst in ends.iter().skip(i.saturating_sub(1)).take(3) {
             for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53), (Protocol::Sctp, 65535)] {
@@ -345,7 +355,11 @@ fn downstream(c: &Cluster, sources: &Sources) -> Result<(), String> {
                     let one = Flow { family: Some(family), ..flow.clone() };
                     let v = evaluate(c, &ir, &one).map_err(|e| format!("eval-error | {e} for a flow whose families resolved"))?;
                     let _ = explain::render_text(&explain::report(c, &one, &v));
-                    let exempt = |e: &Endpoint| in_pod_cidr(e) || matches!(e, Endpoint::Pod(p) if foreign.contains(p));
+                    let exempt = |e: &Endpoint| {
+                        in_pod_cidr(e)
+                            || matches!(e, Endpoint::Pod(p) if foreign.contains(p))
+                            || matches!(e, Endpoint::Node(n) if c.nodes[n].internal_ips.iter().any(|ip| shared_node_ips.contains(ip)))
+                    };
                     if exempt(src) || exempt(dst) {
                         continue;
                     }
@@ -390,6 +404,8 @@ fn foreign_cidr_pods(c: &Cluster) -> Vec<usize> {
 /// `agent_objects` target meets them. The reference judges pods by
 /// identity, the program by address, which then names two pods with
 /// different policies: the engine oracle leaves these pods out.
+/// The same goes for a pod (not host-network) holding a node's address,
+/// and for whatever sits at an address two nodes claim.
 fn shared_address_pods(c: &Cluster) -> Vec<usize> {
     let mut holders: HashMap<std::net::IpAddr, Vec<usize>> = HashMap::new();
     for (i, p) in c.pods.iter().enumerate() {
@@ -397,7 +413,20 @@ fn shared_address_pods(c: &Cluster) -> Vec<usize> {
             holders.entry(*ip).or_default().push(i);
         }
     }
-    let mut out: Vec<usize> = holders.into_values().filter(|v| v.len() > 1).flatten().collect();
+    let mut nodes: HashMap<std::net::IpAddr, Vec<&str>> = HashMap::new();
+    for n in c.nodes.values() {
+        for ip in &n.internal_ips {
+            nodes.entry(*ip).or_default().push(&n.name);
+        }
+    }
+    // A host-network pod is its node's address; at another node's, it is nowhere.
+    let ambiguous = |ip: &std::net::IpAddr, pods: &[usize]| match nodes.get(ip) {
+        None => pods.len() > 1,
+        Some(names) => {
+            names.len() > 1 || pods.iter().any(|&i| !c.pods[i].host_network || c.pods[i].node.as_deref() != Some(names[0]))
+        }
+    };
+    let mut out: Vec<usize> = holders.into_iter().filter(|(ip, v)| ambiguous(ip, v)).flat_map(|(_, v)| v).collect();
     out.sort_unstable();
     out.dedup();
     out
