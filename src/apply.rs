@@ -497,6 +497,21 @@ fn apply_op(tables: &mut BTreeMap<String, Program>, table: &str, op: &Op) -> OpR
             Some(c) => c.rules.clear(),
             None => return missing("chain", name),
         },
+        Op::AddLimit { limit } => match p.limits.get(&limit.name) {
+            Some(l) if l == limit => {}
+            Some(_) => return Err((Reason::Exists, format!("limit {:?} exists with another rate", limit.name))),
+            None => p.add_limit(limit.clone()),
+        },
+        Op::DeleteLimit { name } => {
+            if !p.limits.contains_key(name) {
+                return missing("limit", name);
+            }
+            let named = |c: &&Chain| c.rules.iter().any(|r| r.matches.iter().any(|m| matches!(m, Match::Limit(l) if l == name)));
+            if let Some(c) = p.chains.values().find(named) {
+                return Err((Reason::Busy, format!("limit {name:?} is used by chain {:?}", c.name)));
+            }
+            p.limits.remove(name);
+        }
         Op::DeleteChain { name } => {
             let Some(c) = p.chains.get(name) else { return missing("chain", name) };
             if !c.rules.is_empty() {

@@ -160,7 +160,7 @@ impl Setup {
 
     /// Start the agent of `node`; with `path`, its PATH (for a fake nft).
     fn agent(&self, node: &str, path: Option<&Path>) -> Agent<'_> {
-        Agent::start(self, node, path)
+        Agent::start(self, node, path, &[])
     }
 
     /// Both nodes' agents, once ready.
@@ -246,7 +246,7 @@ struct Agent<'a> {
 }
 
 impl<'a> Agent<'a> {
-    fn start(s: &'a Setup, node: &str, path: Option<&Path>) -> Agent<'a> {
+    fn start(s: &'a Setup, node: &str, path: Option<&Path>, extra: &[&str]) -> Agent<'a> {
         let ns = s.ns(node);
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let log = s.scratch.path().join(format!("{node}-{}.log", STARTED.fetch_add(1, Ordering::Relaxed)));
@@ -255,6 +255,7 @@ impl<'a> Agent<'a> {
             .arg("--source")
             .arg(s.folder.path())
             .args(["--poll-interval", "100ms", "--max-retry-delay", "1s"])
+            .args(extra)
             .env("NETFENCE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -560,4 +561,61 @@ fn killing_and_restarting_the_agents_never_changes_a_verdict() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "table inet netfence\n", "{}", a.node);
     }
     s.check_matrix();
+}
+
+#[test]
+fn a_denied_probe_is_logged_once_naming_its_policy_and_an_allowed_one_not_at_all() {
+    let Some(s) = setup(&[]) else { return };
+    s.write("policy-x-deny.yaml", DENY_X);
+    let flags = ["--drop-log", "full", "--drop-log-rate", "5", "--log-format", "json"];
+    let agents = [Agent::start(&s, "node-1", None, &flags), Agent::start(&s, "node-2", None, &flags)];
+    for a in &agents {
+        a.wait_ready();
+    }
+    let drops = |a: &Agent| -> Vec<serde_json::Value> {
+        a.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "netfence::drop")
+            .collect()
+    };
+    let all = || agents.iter().flat_map(drops).collect::<Vec<_>>();
+    // One SYN: a single attempt, shorter than TCP's first retransmission.
+    let once = ProbeOptions { timeout: Duration::from_millis(400), attempts: 1, ..s.dp.options.clone() };
+
+    assert!(s.dp.probe_with(&[s.spec("y/b", "y/a")], &once).unwrap()[0].allowed, "y/b is a client of y/a");
+    assert!(!s.dp.probe_with(&[s.spec("x/b", "x/a")], &once).unwrap()[0].allowed, "nothing enters x");
+    let start = Instant::now();
+    while all().is_empty() {
+        assert!(start.elapsed() < BOUND, "no drop logged\n{}\n{}", agents[0].log_text(), agents[1].log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Anything late would have arrived by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = all();
+    assert_eq!(lines.len(), 1, "exactly one line, for the denied SYN and none for the allowed flow: {lines:#?}");
+    let l = &lines[0];
+    let field = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        [field("direction"), field("src_name"), field("dst_name"), field("protocol"), field("policies"), field("kind")],
+        ["ingress", "x/b", "x/a", "TCP", "x/deny-ingress", "isolated"].map(String::from),
+        "{l}"
+    );
+    assert_eq!(l["dport"], 80, "{l}");
+    assert_eq!(field("reason"), "denied: isolated by x/deny-ingress, and no ingress rule matches");
+    assert!(drops(&agents[1]).is_empty(), "x/a lives on node-1, which judged it");
+    let counted = r#"netfence_drops_logged_total{policy="x/deny-ingress",direction="ingress",kind="isolated"}"#;
+    assert_eq!(agents[0].metric(counted), 1.0, "{}", agents[0].get("/metrics").unwrap().1);
+
+    // A flood: 100 denied datagrams in a moment. The kernel's bucket (5 a
+    // second, as many in a burst) lets only a few lines through.
+    let udp = ProbeSpec { protocol: Protocol::Udp, ..s.spec("x/b", "x/a") };
+    let flood = ProbeOptions { timeout: Duration::from_millis(200), attempts: 1, parallel: 100 };
+    let started = Instant::now();
+    assert!(s.dp.probe_with(&vec![udp; 100], &flood).unwrap().iter().all(|r| !r.allowed));
+    std::thread::sleep(Duration::from_millis(500));
+    let logged = all().len() - 1;
+    let most = 5 + (5.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!((1..=most).contains(&logged), "{logged} lines for 100 drops in {:?}, at most {most}", started.elapsed());
+    eprintln!("flood: 100 drops, {logged} lines in {:?}", started.elapsed());
 }

@@ -177,3 +177,30 @@ fn session_applies_small_transactions_atomically() {
     session.apply(&diff(Some(&with_pod), &old)).unwrap();
     assert_eq!(reader.read_table(&old.table).unwrap().as_ref(), Some(&old));
 }
+
+/// The drop log's rules (a named limit, `numgen`, `log group`) as the
+/// kernel takes them: applied, listed back identical, switched between
+/// modes and rates and back off by diffs.
+#[test]
+fn drop_log_rules_apply_list_back_and_switch_off() {
+    use netfence::nft::drop_log::{instrument, DropLog, Mode};
+    let Some(ns) = Netns::new("drop_log_rules_apply") else { return };
+    let mut k = NftKernel::in_netns(&ns.name);
+    let files = ["fixtures/clusters/standard.yaml", "tests/golden/policies/mix.yaml"];
+    let logged = |cfg: DropLog| {
+        let cluster = netfence::model::load_paths(&files).unwrap().0;
+        let ir = netfence::ir::resolve(&cluster);
+        let (mut p, mut origins) = netfence::nft::compile_with_origins(&cluster, &ir, "node-1");
+        instrument(&mut p, &mut origins, &cfg);
+        p.validate().unwrap();
+        p
+    };
+    let off = compile(&files, "node-1");
+    let sampled = logged(DropLog { mode: Mode::Sampled { one_in: 100 }, group: 1706, per_second: 100 });
+    let full = logged(DropLog { mode: Mode::Full, group: 1706, per_second: 20 });
+    assert_eq!(logged(DropLog::OFF), off);
+    apply_and_verify(&mut k, &diff(None, &off), &off);
+    apply_and_verify(&mut k, &diff(Some(&off), &sampled), &sampled);
+    apply_and_verify(&mut k, &diff(Some(&sampled), &full), &full);
+    apply_and_verify(&mut k, &diff(Some(&full), &off), &off);
+}

@@ -179,6 +179,11 @@ impl Metrics {
     }
 
     /// Serve `counters` too (refreshed by the `/metrics` handler).
+    /// Register more series (the drop log's).
+    pub fn register_with(&mut self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry);
+    }
+
     pub fn attach_rule_counters(&mut self, counters: std::sync::Arc<RuleCounters>) {
         counters.register(&mut self.registry);
         self.rule_counters = Some(counters);

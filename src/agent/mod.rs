@@ -33,6 +33,7 @@
 
 pub mod conntrack;
 pub mod dataplane;
+pub mod drop_log;
 pub mod fake_api;
 pub mod http;
 pub mod index;
@@ -161,6 +162,9 @@ pub struct Config {
     /// Per-rule counters to serve in /metrics (the dataplane publishes to
     /// the same value).
     pub rule_counters: Option<Arc<rule_counters::RuleCounters>>,
+    /// The drop log (the dataplane adds its rules and tells it their
+    /// meaning; here it is read and told the cluster in force).
+    pub drop_log: Option<Arc<drop_log::DropLogger>>,
 }
 
 /// The index shared by the sources (writers) and the reconcile loop
@@ -277,6 +281,10 @@ pub async fn start(config: Config, dataplane: Box<dyn Dataplane>, conntrack: Opt
     if let Some(counters) = &config.rule_counters {
         metrics.attach_rule_counters(counters.clone());
     }
+    if let Some(d) = &config.drop_log {
+        metrics.register_with(|r| d.register(r));
+        d.spawn().context("--drop-log reads the kernel's NFLOG messages over netlink (CAP_NET_ADMIN)")?;
+    }
     let metrics = Arc::new(metrics);
     let store = Store::new(Index::new(metrics.invalid_objects.clone()));
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -295,7 +303,8 @@ pub async fn start(config: Config, dataplane: Box<dyn Dataplane>, conntrack: Opt
     tasks.extend(sources);
     tracing::info!(node = %config.node, %metrics_addr, "agent started");
 
-    let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, conntrack, store.clone(), metrics.clone());
+    let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, conntrack, store.clone(), metrics.clone())
+        .with_drop_log(config.drop_log.clone());
     let mut rx = shutdown_rx;
     let reconcile = tokio::spawn(reconciler.run(async move {
         let _ = rx.wait_for(|stop| *stop).await;

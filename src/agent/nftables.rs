@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::conntrack::Scope;
 use super::dataplane::{Changes, Dataplane, SyncError, SyncReport};
+use super::drop_log::DropLogger;
 use super::rule_counters::RuleCounters;
 use crate::apply::{apply_staged, Kernel};
 use crate::model::Cluster;
@@ -36,11 +37,19 @@ pub struct NftDataplane {
     committed: Option<Arc<Program>>,
     /// Told around every apply what the kernel holds (per-rule metrics).
     counters: Option<Arc<RuleCounters>>,
+    /// Adds the log rules to every program, and is told what they mean.
+    drop_log: Option<Arc<DropLogger>>,
 }
 
 impl NftDataplane {
     pub fn new(node: &str, kernel: Box<dyn Kernel + Send>) -> NftDataplane {
-        NftDataplane { node: node.to_string(), kernel, committed: None, counters: None }
+        NftDataplane { node: node.to_string(), kernel, committed: None, counters: None, drop_log: None }
+    }
+
+    /// Log drops as `drop_log` says ([`crate::nft::drop_log`]).
+    pub fn with_drop_log(mut self, drop_log: Arc<DropLogger>) -> NftDataplane {
+        self.drop_log = Some(drop_log);
+        self
     }
 
     /// Publish what each committed rule counts to `counters`
@@ -97,8 +106,12 @@ impl NftDataplane {
 impl Dataplane for NftDataplane {
     fn sync(&mut self, cluster: &Cluster, full: bool) -> Result<SyncReport, SyncError> {
         let ir = crate::ir::resolve(cluster);
-        let (program, origins) = nft::compile_with_origins(cluster, &ir, &self.node);
+        let (mut program, mut origins) = nft::compile_with_origins(cluster, &ir, &self.node);
+        if let Some(d) = &self.drop_log {
+            nft::drop_log::instrument(&mut program, &mut origins, d.config());
+        }
         program.validate().map_err(|e| SyncError::Compile(anyhow::Error::new(e)))?;
+        let drop_origins = self.drop_log.as_ref().map(|_| origins.clone());
         let counters = self.counters.clone();
         if let Some(c) = &counters {
             c.syncing();
@@ -108,6 +121,9 @@ impl Dataplane for NftDataplane {
             c.synced(applied.as_ref().ok().map(|(p, _, _, replaced)| (p.table.as_str(), origins, *replaced)));
         }
         let (program, ops, element_ops, _) = applied?;
+        if let (Some(d), Some(o)) = (&self.drop_log, &drop_origins) {
+            d.committed_program(o);
+        }
         let program = Arc::new(program);
         let report = SyncReport {
             ops,

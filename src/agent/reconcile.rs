@@ -166,6 +166,8 @@ pub(crate) struct Reconciler {
     need_full: bool,
     /// First change not yet applied (kept across failed attempts).
     pending_since: Option<Instant>,
+    /// Names drops after the cluster in force.
+    drop_log: Option<Arc<super::drop_log::DropLogger>>,
 }
 
 impl Reconciler {
@@ -190,7 +192,13 @@ impl Reconciler {
             next_resync: None,
             need_full: true,
             pending_since: None,
+            drop_log: None,
         }
+    }
+
+    pub(crate) fn with_drop_log(mut self, drop_log: Option<Arc<super::drop_log::DropLogger>>) -> Reconciler {
+        self.drop_log = drop_log;
+        self
     }
 
     /// Runs until `shutdown` resolves; an in-flight sync is finished first.
@@ -262,6 +270,9 @@ impl Reconciler {
         match result {
             Ok(report) => {
                 self.succeeded(&report, full, now);
+                if let Some(d) = &self.drop_log {
+                    d.committed_cluster(cluster.clone());
+                }
                 let old = self.committed.replace(cluster.clone());
                 if let Some(changes) = report.changes {
                     self.cut(old, cluster, changes).await?;

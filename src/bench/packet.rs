@@ -196,13 +196,14 @@ pub fn linearize(p: &Program) -> Program {
         .flat_map(|c| &c.rules)
         .filter_map(|r| match &r.action {
             Action::Vmap { map, .. } => p.maps.get(map),
-            Action::Verdict(_) => None,
+            Action::Verdict(_) | Action::Log { .. } => None,
         })
         .flat_map(|m| m.elements.keys())
         .filter_map(|e| if let Element::Addr(ip) = e { Some(*ip) } else { None })
         .collect();
     let on_ingress = reachable(p, &ingress_roots);
     let mut out = Program::new(&p.table);
+    out.limits = p.limits.clone();
     let mut extra = Vec::new();
     for c in p.chains.values() {
         let scope = on_ingress.contains(c.name.as_str()).then_some(&local);
@@ -227,6 +228,7 @@ fn reachable<'a>(p: &'a Program, roots: &[&'a Chain]) -> BTreeSet<&'a str> {
             let targets: Vec<&Verdict> = match &r.action {
                 Action::Verdict(v) => vec![v],
                 Action::Vmap { map, .. } => p.maps.get(map).map(|m| m.elements.values().collect()).unwrap_or_default(),
+                Action::Log { .. } => vec![],
             };
             for v in targets {
                 if let Verdict::Jump(t) = v {
@@ -299,7 +301,8 @@ fn expand(p: &Program, r: &Rule, local: Option<&BTreeSet<IpAddr>>, extra: &mut V
     }
     // The last stage carries the verdicts: the rule's own, or one per map key.
     let last: Vec<(Vec<Match>, Verdict)> = match &r.action {
-        Action::Verdict(_) if stages.is_empty() => return Rule { matches: plain, ..r.clone() },
+        Action::Verdict(_) | Action::Log { .. } if stages.is_empty() => return Rule { matches: plain, ..r.clone() },
+        Action::Log { .. } => return r.clone(),
         Action::Verdict(v) => stages.pop().unwrap_or_default().into_iter().map(|alt| (alt, v.clone())).collect(),
         Action::Vmap { family, field, map } => p
             .maps

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::agent::drop_log::DropLogger;
 use crate::agent::rule_counters::RuleCounters;
 use crate::agent::{self, Dataplane, DryRun, Established, NetlinkTable, ReconcileConfig, Source, Table};
 use crate::apply::NftKernel;
@@ -89,6 +90,30 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = RuleCounters::MAX_SERIES)]
     pub rule_counters_max_series: usize,
 
+    /// Log the packets netfence drops, one line each naming the source and
+    /// destination (pod or node), protocol, port, direction and what
+    /// decided it (the isolating policies of a default deny, in `explain`'s
+    /// words), and count them per policy in /metrics: `off`, `sampled` (one
+    /// drop in --drop-log-sample, at random) or `full`. The kernel selects
+    /// and rate-limits (--drop-log-rate for the whole node), so a flood of
+    /// denied packets costs the node at most that many messages a second;
+    /// every drop is still counted by the per-rule counters. Read over
+    /// NFLOG (netlink, in-process; CAP_NET_ADMIN).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = DropLogArg::Off)]
+    pub drop_log: DropLogArg,
+
+    /// With `--drop-log sampled`: log one drop in N.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub drop_log_sample: u32,
+
+    /// Most drop log lines per second for the whole node.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub drop_log_rate: u32,
+
+    /// The NFLOG group the drop log uses (one reader per group and node).
+    #[arg(long, value_name = "GROUP", default_value_t = 1706)]
+    pub drop_log_group: u16,
+
     /// Log format: human-readable `text`, or one JSON object per line.
     /// Verbosity follows NETFENCE_LOG (default `info`, e.g. `netfence=debug`).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -107,12 +132,30 @@ pub enum EstablishedArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DropLogArg {
+    Off,
+    Sampled,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
 impl Args {
+    /// `None` when off (or a dry run, which touches no nftables).
+    pub fn drop_log(&self) -> Option<crate::nft::drop_log::DropLog> {
+        use crate::nft::drop_log::{DropLog, Mode};
+        let mode = match (self.drop_log, self.dry_run) {
+            (DropLogArg::Off, _) | (_, true) => return None,
+            (DropLogArg::Sampled, false) => Mode::Sampled { one_in: self.drop_log_sample },
+            (DropLogArg::Full, false) => Mode::Full,
+        };
+        Some(DropLog { mode, group: self.drop_log_group, per_second: self.drop_log_rate })
+    }
+
     pub fn config(&self) -> agent::Config {
         let source = match (&self.source, &self.kubeconfig) {
             (Some(dir), _) => Source::Folder { dir: dir.clone(), poll: self.poll_interval },
@@ -134,13 +177,18 @@ impl Args {
             },
             metrics_addr: self.metrics_addr,
             rule_counters: None,
+            drop_log: None,
         }
     }
 }
 
 /// The dataplane the agent drives. The nftables one (compile, diff, apply
 /// through `apply::Kernel`) is plugged in here.
-fn dataplane(args: &Args, counters: Option<Arc<RuleCounters>>) -> anyhow::Result<Box<dyn Dataplane>> {
+fn dataplane(
+    args: &Args,
+    counters: Option<Arc<RuleCounters>>,
+    drop_log: Option<Arc<DropLogger>>,
+) -> anyhow::Result<Box<dyn Dataplane>> {
     if args.dry_run {
         return Ok(Box::new(DryRun));
     }
@@ -150,6 +198,9 @@ fn dataplane(args: &Args, counters: Option<Arc<RuleCounters>>) -> anyhow::Result
     let mut dp = crate::agent::NftDataplane::new(&args.node, Box::new(kernel));
     if let Some(c) = counters {
         dp = dp.with_rule_counters(c);
+    }
+    if let Some(d) = drop_log {
+        dp = dp.with_drop_log(d);
     }
     Ok(Box::new(dp))
 }
@@ -191,9 +242,10 @@ pub fn run(args: Args) -> i32 {
             let counters = (!args.dry_run).then(|| {
                 Arc::new(RuleCounters::new(Box::new(NftKernel::new()), args.rule_counters_interval, args.rule_counters_max_series))
             });
-            let dataplane = dataplane(&args, counters.clone())?;
+            let drop_log = args.drop_log().map(DropLogger::new);
+            let dataplane = dataplane(&args, counters.clone(), drop_log.clone())?;
             let conntrack = conntrack(&args)?;
-            let config = agent::Config { rule_counters: counters, ..args.config() };
+            let config = agent::Config { rule_counters: counters, drop_log, ..args.config() };
             agent::start(config, dataplane, conntrack).await
         };
         let running = match started.await {

@@ -34,6 +34,8 @@ pub fn diff(old: Option<&Program>, new: &Program) -> Transaction {
     let sets_gone: BTreeSet<&str> = old.sets.keys().map(String::as_str).filter(|n| set_gone(n)).collect();
     let maps_gone: BTreeSet<&str> = old.maps.keys().map(String::as_str).filter(|n| map_gone(n)).collect();
     let chains_gone: BTreeSet<&str> = old.chains.keys().map(String::as_str).filter(|n| chain_gone(n)).collect();
+    let limits_gone: BTreeSet<&str> =
+        old.limits.keys().map(String::as_str).filter(|n| new.limits.get(*n) != old.limits.get(*n)).collect();
 
     // Chains kept under the same declaration whose rules must be re-added:
     // their rules changed, or they refer to a set or map being re-created
@@ -42,7 +44,7 @@ pub fn diff(old: Option<&Program>, new: &Program) -> Transaction {
         .chains
         .values()
         .filter(|c| old.chains.contains_key(&c.name) && !chains_gone.contains(c.name.as_str()))
-        .filter(|c| c.rules != old.chains[&c.name].rules || refers_to(c, &sets_gone, &maps_gone))
+        .filter(|c| c.rules != old.chains[&c.name].rules || refers_to(c, &sets_gone, &maps_gone, &limits_gone))
         .map(|c| c.name.as_str())
         .collect();
 
@@ -82,8 +84,17 @@ pub fn diff(old: Option<&Program>, new: &Program) -> Transaction {
         tx.push(Op::DeleteSet { name: name.to_string() });
     }
 
+    // A limit whose rate changed is deleted and declared again (the chains
+    // naming it are rebuilt, above).
+    for name in &limits_gone {
+        tx.push(Op::DeleteLimit { name: name.to_string() });
+    }
+
     // 3. Declare what is new, fill it and the kept sets and maps, then add
     // the rules of new and rebuilt chains.
+    for l in new.limits.values().filter(|l| old.limits.get(&l.name) != Some(*l)) {
+        tx.push(Op::AddLimit { limit: (*l).clone() });
+    }
     for s in new.sets.values().filter(|s| !old.sets.contains_key(&s.name) || sets_gone.contains(s.name.as_str())) {
         tx.push(Op::AddSet { name: s.name.clone(), key: s.key, interval: s.interval });
     }
@@ -128,11 +139,12 @@ pub fn replace(new: &Program) -> Transaction {
     tx
 }
 
-fn refers_to(c: &Chain, sets: &BTreeSet<&str>, maps: &BTreeSet<&str>) -> bool {
+fn refers_to(c: &Chain, sets: &BTreeSet<&str>, maps: &BTreeSet<&str>, limits: &BTreeSet<&str>) -> bool {
     c.rules.iter().any(|r| {
         let vmap = matches!(&r.action, Action::Vmap { map, .. } if maps.contains(map.as_str()));
         vmap || r.matches.iter().any(|m| match m {
             Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => sets.contains(s.as_str()),
+            Match::Limit(l) => limits.contains(l.as_str()),
             _ => false,
         })
     })

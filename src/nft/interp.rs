@@ -283,6 +283,8 @@ fn run(host: Host<'_>, chain: &Chain, pkt: &Packet, path: &mut Vec<String>, dept
                     None => continue,
                 }
             }
+            // Logging decides nothing: the next rule runs.
+            Action::Log { .. } => continue,
         };
         path.push(format!("{}[{i}]", chain.name));
         let here = || Decision::Rule { chain: chain.name.clone(), rule: i, comment: rule.comment.clone() };
@@ -353,6 +355,9 @@ fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
         Match::FibSaddrLocal { negate } => host.addrs.contains(&pkt.src) != *negate,
         Match::NoRouteBack => host.no_route_back(pkt),
         Match::Ip6HopLimit255 => pkt.family() == Family::IPv6 && pkt.hop_limit == 255,
+        // Chance and rate only ever guard a log rule, which decides nothing
+        // (`nft::droplog`): taking them as matching changes no verdict.
+        Match::OneIn(_) | Match::Limit(_) => true,
     }
 }
 

@@ -140,14 +140,26 @@ fn op_to_json(table: &str, op: &Op) -> Value {
         Op::AddChain { name, base } => cmd(NfCmd::Add(NfListObject::Chain(chain_obj(table, name, base.as_ref())))),
         Op::FlushChain { name } => cmd(NfCmd::Flush(schema::FlushObject::Chain(chain_obj(table, name, None)))),
         Op::DeleteChain { name } => cmd(NfCmd::Delete(NfListObject::Chain(chain_obj(table, name, None)))),
-        Op::AddRule { chain, rule } => cmd(NfCmd::Add(NfListObject::Rule(schema::Rule {
-            family: NfFamily::INet,
-            table: table.into(),
-            chain: chain.into(),
-            expr: rule_stmts(rule).into(),
-            comment: rule.comment.as_deref().map(Cow::from),
-            ..Default::default()
-        }))),
+        Op::AddRule { chain, rule } => {
+            let mut v = cmd(NfCmd::Add(NfListObject::Rule(schema::Rule {
+                family: NfFamily::INet,
+                table: table.into(),
+                chain: chain.into(),
+                expr: Vec::new().into(),
+                comment: rule.comment.as_deref().map(Cow::from),
+                ..Default::default()
+            })));
+            // The crate has no statement naming a limit object: the
+            // statements are written as JSON values.
+            v["add"]["rule"]["expr"] = Value::Array(rule_stmts(rule));
+            sort_fib_flags(&mut v);
+            v
+        }
+        Op::AddLimit { limit } => {
+            json!({"add": {"limit": {"family": "inet", "table": table, "name": limit.name,
+                "rate": limit.per_second, "per": "second", "burst": limit.burst}}})
+        }
+        Op::DeleteLimit { name } => json!({"delete": {"limit": {"family": "inet", "table": table, "name": name}}}),
         Op::AddElements { set, elements } | Op::DeleteElements { set, elements } => {
             let obj = elements_obj(table, set, elements.iter().map(element_expr).collect());
             cmd(if matches!(op, Op::AddElements { .. }) { NfCmd::Add(obj) } else { NfCmd::Delete(obj) })
@@ -266,21 +278,42 @@ fn match_stmt(m: &Match) -> Statement<'static> {
             let fib = expr::Fib { result: expr::FibResult::Oif, flags: [expr::FibFlag::Saddr, expr::FibFlag::Iif].into() };
             matches(Expression::Named(NamedExpression::Fib(fib)), Operator::EQ, Expression::Boolean(false))
         }
+        Match::OneIn(n) => {
+            let ng = expr::Numgen { mode: expr::NgMode::Random, ng_mod: *n, offset: None };
+            matches(Expression::Named(NamedExpression::Numgen(ng)), Operator::EQ, Expression::Number(0))
+        }
+        Match::Limit(_) => unreachable!("a named limit is written by rule_stmts"),
     }
 }
 
-fn rule_stmts(r: &Rule) -> Vec<Statement<'static>> {
-    let mut out: Vec<Statement> = r.matches.iter().map(match_stmt).collect();
+fn rule_stmts(r: &Rule) -> Vec<Value> {
+    let value = |st: Statement<'static>| serde_json::to_value(st).expect("statements serialise");
+    let mut out: Vec<Value> = r
+        .matches
+        .iter()
+        .map(|m| match m {
+            Match::Limit(name) => json!({"limit": name}),
+            m => value(match_stmt(m)),
+        })
+        .collect();
     if r.counter {
-        out.push(Statement::Counter(stmt::Counter::Anonymous(None)));
+        out.push(value(Statement::Counter(stmt::Counter::Anonymous(None))));
     }
-    out.push(match &r.action {
+    out.push(value(match &r.action {
         Action::Verdict(v) => verdict_stmt(v),
         Action::Vmap { family, field, map } => Statement::VerdictMap(stmt::VerdictMap {
             key: payload(ip_proto(*family), field.name()),
             data: s(format!("@{map}")),
         }),
-    });
+        Action::Log { prefix, group } => Statement::Log(Some(stmt::Log {
+            prefix: Some(prefix.clone().into()),
+            group: Some((*group).into()),
+            snaplen: None,
+            queue_threshold: None,
+            level: None,
+            flags: None,
+        })),
+    }));
     out
 }
 
@@ -315,9 +348,13 @@ pub fn program_from_json(v: &Value) -> Result<Program, ParseError> {
         match kind.as_str() {
             "metainfo" => {}
             "table" => p = Some(Program::new(&name()?)),
-            "set" | "map" | "chain" | "rule" => {
+            "set" | "map" | "chain" | "rule" | "limit" => {
                 let Some(p) = p.as_mut() else { return perr("object before its table", o) };
                 match kind.as_str() {
+                    "limit" => {
+                        let limit = parse_limit(&name()?, body)?;
+                        p.add_limit(limit);
+                    }
                     "set" => {
                         let set = parse_set(&name()?, body)?;
                         p.add_set(set);
@@ -347,6 +384,16 @@ pub fn program_from_json(v: &Value) -> Result<Program, ParseError> {
         }
     }
     Ok(p)
+}
+
+fn parse_limit(name: &str, body: &Value) -> Result<Limit, ParseError> {
+    let n = |k: &str| body.get(k).and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());
+    let per_second = body.get("per").is_none_or(|p| p == "second");
+    let packets = body.get("unit").is_none_or(|u| u == "packets");
+    match (n("rate"), n("burst").or(Some(0)), per_second && packets) {
+        (Some(per_second), Some(burst), true) => Ok(Limit { name: name.to_string(), per_second, burst }),
+        _ => perr(format!("limit {name}"), body),
+    }
 }
 
 fn parse_key(v: Option<&Value>, ctx: &str) -> Result<KeyType, ParseError> {
@@ -480,6 +527,15 @@ fn parse_rule(body: &Value) -> Result<Rule, ParseError> {
         match k.as_str() {
             "match" if !last => matches.extend(parse_match(v).ok_or_else(|| ParseError { context: ctx.clone(), found: st.to_string() })?),
             "counter" if !last => counter = true,
+            "limit" if !last => match v.as_str() {
+                Some(name) => matches.push(Match::Limit(name.to_string())),
+                None => return perr(ctx, st),
+            },
+            "log" if last => {
+                let prefix = v.get("prefix").and_then(Value::as_str);
+                let group = v.get("group").and_then(Value::as_u64).and_then(|g| u16::try_from(g).ok());
+                action = prefix.zip(group).map(|(p, g)| Action::Log { prefix: p.to_string(), group: g });
+            }
             "accept" | "drop" | "jump" if last => action = parse_verdict(st).map(Action::Verdict),
             "vmap" if last => {
                 let (family, field) = parse_addr_payload(v.get("key").unwrap_or(&Value::Null)).ok_or_else(|| ParseError { context: ctx.clone(), found: st.to_string() })?;
@@ -536,6 +592,11 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
             AddrMatch::Nets([parse_net(right)?].into())
         };
         return Some(vec![Match::Addr { family, field, negate, rhs }]);
+    }
+    if let Some(ng) = left.get("numgen") {
+        let n = ng.get("mod")?.as_u64().and_then(|n| u32::try_from(n).ok())?;
+        let plain = ng.get("mode")? == "random" && ng.get("offset").is_none_or(|o| o == 0);
+        return (plain && op == "==" && right.as_u64() == Some(0)).then_some(vec![Match::OneIn(n)]);
     }
     if let Some(fib) = left.get("fib") {
         // nft prints one flag as a list or (older versions) a bare string.

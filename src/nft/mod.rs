@@ -2,7 +2,8 @@
 //! rendered as an `nft -f` script (its `Display`) and as libnftables JSON
 //! ([`json`]), compiled from the cluster ([`compile`]), interpreted packet by
 //! packet ([`interp`]) and diffed ([`diff`]) into the smallest
-//! [`transaction`]; [`counters`] says what each counted rule measures.
+//! [`transaction`]; [`counters`] says what each counted rule measures, and
+//! [`drop_log`] adds the rules that log what is dropped.
 //!
 //! Nothing here does I/O: only [`crate::apply`] touches the kernel.
 
@@ -13,6 +14,7 @@ pub mod compile;
 pub mod interp;
 pub mod diff;
 pub mod counters;
+pub mod drop_log;
 
 pub use compile::{compile, compile_all, compile_with_origins};
 pub use diff::diff;

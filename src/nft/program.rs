@@ -54,6 +54,17 @@ pub struct Program {
     pub sets: BTreeMap<String, Set>,
     pub maps: BTreeMap<String, Map>,
     pub chains: BTreeMap<String, Chain>,
+    /// Named token buckets (`limit NAME { ... }`): one budget shared by every
+    /// rule naming it, so many rules cannot add up to many budgets.
+    pub limits: BTreeMap<String, Limit>,
+}
+
+/// A named token bucket in packets per second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub name: String,
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 impl Default for Program {
@@ -229,6 +240,9 @@ pub enum Action {
     Verdict(Verdict),
     /// `ip daddr vmap @map`: no element, no verdict (the next rule runs).
     Vmap { family: Family, field: AddrField, map: String },
+    /// `log prefix "..." group N`: a copy of the packet to NFLOG group `group`
+    /// (read by the agent's drop log), no verdict (the next rule runs).
+    Log { prefix: String, group: u16 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -351,6 +365,10 @@ pub enum Match {
     /// neighbour discovery valid, RFC 4861; a forwarded packet has 254 or
     /// less here).
     Ip6HopLimit255,
+    /// `numgen random mod N 0`: one packet in N, at random.
+    OneIn(u32),
+    /// `limit name "NAME"`: while the named token bucket has tokens.
+    Limit(String),
 }
 
 /// Why a program would be refused by the kernel (or would not mean what it
@@ -379,11 +397,25 @@ pub enum ValidationError {
     Loop { chain: String },
     #[error("chain {chain:?} rule {rule}: an empty match list ({what})")]
     EmptyMatch { chain: String, rule: usize, what: &'static str },
+    #[error("chain {chain:?} rule {rule}: log prefix longer than {MAX_LOG_PREFIX} bytes or containing '\"'")]
+    BadLogPrefix { chain: String, rule: usize },
+    #[error("chain {chain:?} rule {rule}: {what}")]
+    BadSample { chain: String, rule: usize, what: &'static str },
 }
+
+/// The longest log prefix the kernel keeps (`NF_LOG_PREFIXLEN` is 128 with
+/// the terminating NUL).
+pub const MAX_LOG_PREFIX: usize = 127;
 
 impl Program {
     pub fn new(table: &str) -> Program {
-        Program { table: table.to_string(), sets: BTreeMap::new(), maps: BTreeMap::new(), chains: BTreeMap::new() }
+        Program {
+            table: table.to_string(),
+            sets: BTreeMap::new(),
+            maps: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            limits: BTreeMap::new(),
+        }
     }
 
     pub fn add_set(&mut self, set: Set) {
@@ -394,6 +426,9 @@ impl Program {
     }
     pub fn add_chain(&mut self, chain: Chain) {
         self.chains.insert(chain.name.clone(), chain);
+    }
+    pub fn add_limit(&mut self, limit: Limit) {
+        self.limits.insert(limit.name.clone(), limit);
     }
 
     /// Base chains on `hook`, in the order netfilter runs them (priority,
@@ -459,6 +494,12 @@ impl Program {
                 }
             }
         }
+        for (k, l) in &self.limits {
+            check_name("limit", &l.name)?;
+            if *k != l.name {
+                return Err(ValidationError::NameMismatch { what: "limit", key: k.clone(), name: l.name.clone() });
+            }
+        }
         for (k, c) in &self.chains {
             check_name("chain", &c.name)?;
             if *k != c.name {
@@ -513,6 +554,10 @@ impl Program {
                 Match::Proto { dport: Some(r), .. } if r.lo > r.hi => {
                     return Err(mismatch(format!("port range {}-{} is empty", r.lo, r.hi)))
                 }
+                Match::Limit(name) if !self.limits.contains_key(name) => return Err(dangling("limit", name)),
+                Match::OneIn(0) => {
+                    return Err(ValidationError::BadSample { chain: c.name.clone(), rule: i, what: "one packet in 0" })
+                }
                 _ => {}
             }
         }
@@ -530,7 +575,10 @@ impl Program {
                     return Err(mismatch(format!("{family} address looked up in map {map:?} of {}", key_type_name(m.key))));
                 }
             }
-            Action::Verdict(_) => {}
+            Action::Log { prefix, .. } if prefix.len() > MAX_LOG_PREFIX || prefix.contains('"') => {
+                return Err(ValidationError::BadLogPrefix { chain: c.name.clone(), rule: i })
+            }
+            Action::Verdict(_) | Action::Log { .. } => {}
         }
         Ok(())
     }
@@ -547,7 +595,7 @@ impl Program {
                     .flat_map(|m| m.elements.values())
                     .filter_map(|v| if let Verdict::Jump(t) = v { Some(t.as_str()) } else { None })
                     .collect(),
-                Action::Verdict(_) => vec![],
+                Action::Verdict(_) | Action::Log { .. } => vec![],
             }
         })
     }
@@ -746,6 +794,8 @@ impl fmt::Display for Match {
             Match::FibSaddrLocal { negate } => write!(f, "fib saddr type {}local", if *negate { "!= " } else { "" }),
             Match::NoRouteBack => f.write_str("fib saddr . iif oif missing"),
             Match::Ip6HopLimit255 => f.write_str("ip6 hoplimit 255"),
+            Match::OneIn(n) => write!(f, "numgen random mod {n} 0"),
+            Match::Limit(name) => write!(f, "limit name \"{name}\""),
         }
     }
 }
@@ -762,12 +812,18 @@ impl fmt::Display for Rule {
         match &self.action {
             Action::Verdict(v) => write!(f, "{v}")?,
             Action::Vmap { family, field, map } => write!(f, "{} {} vmap @{map}", ip_proto(*family), field.name())?,
+            Action::Log { prefix, group } => write!(f, "log prefix \"{prefix}\" group {group}")?,
         }
         if let Some(c) = &self.comment {
             write!(f, " comment \"{c}\"")?;
         }
         Ok(())
     }
+}
+
+/// `rate 100/second burst 100 packets`, as nft lists it.
+pub fn limit_spec(l: &Limit) -> String {
+    format!("rate {}/second burst {} packets", l.per_second, l.burst)
 }
 
 pub fn map_element(e: &Element, v: &Verdict) -> String {
@@ -785,6 +841,12 @@ impl fmt::Display for Program {
             }
             Ok(())
         };
+        for l in self.limits.values() {
+            sep(f)?;
+            writeln!(f, "\tlimit {} {{", l.name)?;
+            writeln!(f, "\t\t{}", limit_spec(l))?;
+            writeln!(f, "\t}}")?;
+        }
         for s in self.sets.values() {
             sep(f)?;
             writeln!(f, "\tset {} {{", s.name)?;

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use super::program::{
-    braced, map_element, render_element, BaseHook, Element, KeyType, Program, Rule, Verdict,
+    braced, limit_spec, map_element, render_element, BaseHook, Element, KeyType, Limit, Program, Rule, Verdict,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub enum Op {
     DeleteSet { name: String },
     AddMap { name: String, key: KeyType },
     DeleteMap { name: String },
+    AddLimit { limit: Limit },
+    DeleteLimit { name: String },
     AddChain { name: String, base: Option<BaseHook> },
     FlushChain { name: String },
     DeleteChain { name: String },
@@ -97,6 +99,9 @@ impl Transaction {
     /// Declarations of the sets, maps and chains of `p` (chains for which
     /// `chains` holds).
     pub(crate) fn declare_all(&mut self, p: &Program, chains: impl Fn(&super::Chain) -> bool) {
+        for l in p.limits.values() {
+            self.push(Op::AddLimit { limit: l.clone() });
+        }
         for s in p.sets.values() {
             self.push(Op::AddSet { name: s.name.clone(), key: s.key, interval: s.interval });
         }
@@ -154,6 +159,8 @@ impl fmt::Display for OpLine<'_> {
                 write!(f, "add map inet {t} {name} {{ type {} : verdict; }}", super::program::key_type_name(*key))
             }
             Op::DeleteMap { name } => write!(f, "delete map inet {t} {name}"),
+            Op::AddLimit { limit } => write!(f, "add limit inet {t} {} {{ {}; }}", limit.name, limit_spec(limit)),
+            Op::DeleteLimit { name } => write!(f, "delete limit inet {t} {name}"),
             Op::AddChain { name, base: None } => write!(f, "add chain inet {t} {name}"),
             Op::AddChain { name, base: Some(b) } => write!(f, "add chain inet {t} {name} {{ {b} }}"),
             Op::FlushChain { name } => write!(f, "flush chain inet {t} {name}"),
