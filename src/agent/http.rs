@@ -1,6 +1,10 @@
 //! The health and metrics endpoints: `/healthz` (the process serves
 //! requests), `/readyz` (200 only after the first successful sync and while
 //! the last sync succeeded), `/metrics` (Prometheus, OpenMetrics text).
+//!
+//! Served from a thread and runtime of their own: the agent's runtime can
+//! be busy for seconds decoding the first list of a large cluster, and a
+//! kubelet probe that times out meanwhile would restart a healthy agent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,8 +36,11 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             get(move || async move {
                 if let Some(counters) = metrics.rule_counters() {
                     // Reads the kernel at most once per interval; off the
-                    // async threads, since it runs nft.
-                    let _ = tokio::task::spawn_blocking(move || counters.refresh()).await;
+                    // async threads, since it runs nft. A slow read (a
+                    // large table) finishes in the background: this scrape
+                    // serves the last values rather than time out.
+                    let read = tokio::task::spawn_blocking(move || counters.refresh());
+                    let _ = tokio::time::timeout(COUNTERS_WAIT, read).await;
                 }
                 let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                 ([(header::CONTENT_TYPE, ct)], metrics.render()).into_response()
@@ -41,15 +48,36 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         )
 }
 
-/// Bind `addr` (port 0 picks one) and serve until the task is aborted.
+/// Longest a scrape waits for the rule counters to be read.
+const COUNTERS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bind `addr` (port 0 picks one, in the calling thread's network
+/// namespace) and serve on a thread of its own until the returned task is
+/// aborted.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let app = router(metrics);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
+        runtime.block_on(async move {
+            let served = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => axum::serve(l, app).with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                }),
+                Err(e) => return tracing::error!(error = %e, "metrics server cannot start"),
+            };
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        })
+    })?;
+    // Aborting this task drops `stop`, which ends the server.
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
+        let _stop = stop;
+        std::future::pending::<()>().await
     });
     Ok((bound, task))
 }
