@@ -279,12 +279,15 @@ fn write(dir: &Path, name: &str, text: &str) {
 }
 
 async fn start_agent(lab: &Lab, dir: &Path) -> Running {
+    start_agent_with(lab, dir, NftDataplane::new("node-1", Box::new(NftKernel::in_netns(lab.node.name()))), ReconcileConfig::default()).await
+}
+
+async fn start_agent_with(lab: &Lab, dir: &Path, dataplane: NftDataplane, reconcile: ReconcileConfig) -> Running {
     let table = lab.node.run(NetlinkTable::open).unwrap().expect("open the node's conntrack table");
-    let dataplane = NftDataplane::new("node-1", Box::new(NftKernel::in_netns(lab.node.name())));
     let config = agent::Config {
         node: "node-1".into(),
         source: Source::Folder { dir: dir.to_path_buf(), poll: Duration::from_millis(50) },
-        reconcile: ReconcileConfig { established: Established::Cut, ..Default::default() },
+        reconcile: ReconcileConfig { established: Established::Cut, ..reconcile },
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         rule_counters: None,
         drop_log: None,
@@ -360,6 +363,56 @@ async fn a_policy_change_cuts_the_connections_it_denies() {
     assert!(metric(&running, "netfence_conntrack_cut_entries_total{reason=\"gone\"}") >= 3);
     assert!(!echoes(&mut to_c, "gone"), "a -> c goes on after c is gone");
     assert_eq!(metric(&running, "netfence_conntrack_errors_total"), 0);
+    running.stop().await.unwrap();
+}
+
+/// Full syncs of a program too large for one transaction are built under
+/// the other table name and switched to in one transaction (issue: a
+/// staged swap must neither drop allowed connections nor let a denied one
+/// through). Here every full sync is staged and one runs every 200 ms:
+/// connections open across many swaps keep their entries and their
+/// packets; after a policy change the denied ones are cut and stay cut
+/// through later swaps, and a new denied connection cannot open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_full_syncs_keep_allowed_connections_and_no_denied_one() {
+    if let Err(why) = netns::check_privileges() {
+        eprintln!("SKIPPED staged_full_syncs_keep_allowed_connections_and_no_denied_one: {why}");
+        return;
+    }
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cluster.yaml", CLUSTER);
+    write(dir.path(), "c.yaml", POD_C);
+    let dataplane = NftDataplane::new("node-1", Box::new(NftKernel::in_netns(lab.node.name()))).with_staged_above(0);
+    let reconcile = ReconcileConfig { resync: Duration::from_millis(200), ..Default::default() };
+    let running = start_agent_with(&lab, dir.path(), dataplane, reconcile).await;
+    wait_until("the first sync", || running.is_ready());
+    let full = |r: &Running| metric(r, "netfence_syncs_total{mode=\"full\"}");
+
+    let mut to_b = lab.tcp("10.244.1.12:80");
+    let mut to_c = lab.tcp("10.244.1.13:80");
+    let udp_c = lab.udp("10.244.1.13:53");
+    let port = |s: &TcpStream| s.local_addr().unwrap().port();
+    let before = lab.entries();
+    let swaps = full(&running);
+    wait_until("three staged swaps", || full(&running) >= swaps + 3);
+    assert!(echoes(&mut to_b, "across swaps") && echoes(&mut to_c, "across swaps"), "an allowed connection broke");
+    assert!(udp_echoes(&udp_c, "across swaps"), "an allowed UDP flow broke");
+    let now = lab.entries();
+    for s in [&to_b, &to_c] {
+        let (was, is) = (entry_of(&before, IPPROTO_TCP, port(s)), entry_of(&now, IPPROTO_TCP, port(s)));
+        assert!(was.is_some() && was == is, "a swap changed an entry: {was:?} -> {is:?}");
+    }
+
+    write(dir.path(), "policies.yaml", POLICIES);
+    wait_until("the denied connection's entry is deleted", || entry_of(&lab.entries(), IPPROTO_TCP, port(&to_b)).is_none());
+    let swaps = full(&running);
+    wait_until("three more staged swaps", || full(&running) >= swaps + 3);
+    assert!(!echoes(&mut to_b, "after"), "a -> b goes on across staged swaps");
+    assert!(echoes(&mut to_c, "after") && udp_echoes(&udp_c, "after"), "a -> c was cut by a swap");
+    let refused = lab.pod_a().run(|| TcpStream::connect_timeout(&"10.244.1.12:80".parse().unwrap(), Duration::from_millis(500)));
+    assert!(!matches!(refused, Ok(Ok(_))), "a new connection to b opened during staged swaps");
+    assert_eq!(metric(&running, "netfence_apply_failures_total{mode=\"full\"}"), 0);
     running.stop().await.unwrap();
 }
 

@@ -39,11 +39,19 @@ pub struct NftDataplane {
     counters: Option<Arc<RuleCounters>>,
     /// Adds the log rules to every program, and is told what they mean.
     drop_log: Option<Arc<DropLogger>>,
+    /// Full syncs of programs with more elements are staged.
+    staged_above: usize,
 }
 
 impl NftDataplane {
     pub fn new(node: &str, kernel: Box<dyn Kernel + Send>) -> NftDataplane {
-        NftDataplane { node: node.to_string(), kernel, committed: None, counters: None, drop_log: None }
+        NftDataplane { node: node.to_string(), kernel, committed: None, counters: None, drop_log: None, staged_above: STAGED_ABOVE }
+    }
+
+    /// Stage full syncs of programs over `elements` (tests stage small ones).
+    pub fn with_staged_above(mut self, elements: usize) -> NftDataplane {
+        self.staged_above = elements;
+        self
     }
 
     /// Log drops as `drop_log` says ([`crate::nft::drop_log`]).
@@ -66,7 +74,7 @@ impl NftDataplane {
 
     fn full(&mut self, mut program: Program) -> Result<(Program, usize), SyncError> {
         let apply_err = |e: crate::apply::ApplyError| SyncError::Apply(anyhow::Error::new(e));
-        if element_count(&program) > STAGED_ABOVE {
+        if element_count(&program) > self.staged_above {
             let names = self.kernel.table_names().map_err(apply_err)?;
             let live = [TABLE, ALT_TABLE].into_iter().find(|t| names.iter().any(|n| n == t));
             program.table = nft::other_table(live.unwrap_or(ALT_TABLE)).to_string();
