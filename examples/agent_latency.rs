@@ -28,24 +28,21 @@
 //! agent is this example re-run as `agent_latency agent ...` (the same code
 //! as `netfence agent`), so its memory is read from /proc/PID/status.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use netfence::agent::fake_api::FakeApi;
-use netfence::agent::{http, Key, Kind};
+use netfence::agent::{Key, Kind};
+use netfence::bench::agent::AgentProcess;
 use netfence::gen::{Plan, Size};
 use netfence::model::load::{manifest_files, parse_docs};
 use netfence::model::{load_paths, Pod};
 use netfence::netns::{self, Netns};
 use serde_json::{json, Value};
-
-const METRICS: &str = "127.0.0.1:9964";
 
 fn main() {
     // Re-run as the agent itself.
@@ -137,7 +134,7 @@ fn measure_feed(ns: &Netns, feed: &Feed, events: &Events, runs: usize, poll: &st
     feed.put(POLICY_FILE, &events.policy(8080))?;
     let log = tempfile::NamedTempFile::new()?;
     let started = Instant::now();
-    let agent = Agent::start(ns, &events.node, feed.args(poll), log.path())?;
+    let agent = AgentProcess::start(ns, &std::env::current_exe()?, &events.node, &feed.args(poll), log.path())?;
     agent.wait(Duration::from_secs(300), |a| Ok(a.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)))?;
     println!(
         "first full sync: ready {:.2?} after start ({} rules, {} sets, {} elements); memory {}",
@@ -145,24 +142,24 @@ fn measure_feed(ns: &Netns, feed: &Feed, events: &Events, runs: usize, poll: &st
         agent.metric("netfence_ruleset_rules")?,
         agent.metric("netfence_ruleset_sets")?,
         agent.metric("netfence_ruleset_elements")?,
-        agent.memory()?
+        memory(&agent)?
     );
     let (mut add, mut delete, mut policy) = (Samples::default(), Samples::default(), Samples::default());
     for run in 0..runs {
         let (pod, ip) = events.pod(run);
         let elements = agent.metric("netfence_ruleset_elements")?;
-        add.push(agent.event(|| feed.put(POD_FILE, &pod))?);
+        add.push(event(&agent, || feed.put(POD_FILE, &pod))?);
         anyhow::ensure!(agent.metric("netfence_ruleset_elements")? > elements, "the pod add added no element");
         if run == 0 {
             let out = ns.command("nft")?.args(["list", "ruleset"]).output()?;
             anyhow::ensure!(String::from_utf8_lossy(&out.stdout).contains(&ip.to_string()), "{ip} is not in the kernel's ruleset");
         }
-        delete.push(agent.event(|| feed.remove(POD_FILE, &pod))?);
+        delete.push(event(&agent, || feed.remove(POD_FILE, &pod))?);
         anyhow::ensure!(agent.metric("netfence_ruleset_elements")? == elements, "the pod delete left elements");
         let port = if run % 2 == 0 { 8081 } else { 8080 };
-        policy.push(agent.event(|| feed.put(POLICY_FILE, &events.policy(port)))?);
+        policy.push(event(&agent, || feed.put(POLICY_FILE, &events.policy(port)))?);
         if run % 10 == 9 {
-            println!("memory after {} events: {}", 3 * (run + 1), agent.memory()?);
+            println!("memory after {} events: {}", 3 * (run + 1), memory(&agent)?);
         }
     }
     anyhow::ensure!(agent.metric("netfence_apply_failures_total{mode=\"delta\"}")? == 0.0, "a delta failed; see the log");
@@ -274,92 +271,38 @@ impl Samples {
     }
 }
 
-struct Agent<'a> {
-    ns: &'a Netns,
-    child: RefCell<Child>,
+/// Cause one change with `change`, wait for the delta sync that applies
+/// it, and measure.
+fn event(agent: &AgentProcess, change: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Run> {
+    let delta = "netfence_syncs_total{mode=\"delta\"}";
+    let before = [
+        agent.metric(delta)?,
+        agent.metric("netfence_event_to_applied_seconds_sum")?,
+        agent.metric("netfence_sync_duration_seconds_sum{mode=\"delta\"}")?,
+        agent.metric("netfence_transaction_ops_sum")?,
+        agent.metric("netfence_transaction_element_ops_sum")?,
+    ];
+    // Let the agent's next poll start from a quiet folder.
+    std::thread::sleep(Duration::from_millis(300));
+    let written = SystemTime::now();
+    change()?;
+    agent.wait(Duration::from_secs(60), |a| Ok(a.metric(delta)? > before[0]))?;
+    let committed = agent.metric("netfence_last_successful_sync_timestamp_seconds")?;
+    let unix = written.duration_since(SystemTime::UNIX_EPOCH)?.as_secs_f64();
+    anyhow::ensure!(agent.metric(delta)? == before[0] + 1.0, "one change became several syncs");
+    Ok(Run {
+        e2e: committed - unix,
+        agent: agent.metric("netfence_event_to_applied_seconds_sum")? - before[1],
+        sync: agent.metric("netfence_sync_duration_seconds_sum{mode=\"delta\"}")? - before[2],
+        ops: agent.metric("netfence_transaction_ops_sum")? - before[3],
+        element_ops: agent.metric("netfence_transaction_element_ops_sum")? - before[4],
+    })
 }
 
-impl<'a> Agent<'a> {
-    fn start(ns: &'a Netns, node: &str, source: Vec<OsString>, log: &Path) -> anyhow::Result<Agent<'a>> {
-        let child = ns
-            .command(std::env::current_exe()?)?
-            .args(["agent", "--node", node, "--metrics-addr", METRICS])
-            .args(source)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log)?)
-            .spawn()?;
-        Ok(Agent { ns, child: RefCell::new(child) })
-    }
-
-    fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        let addr = METRICS.parse().expect("a socket address");
-        self.ns.run(|| http::get_text_blocking(addr, path, Duration::from_secs(5)))?
-    }
-
-    /// A sample of /metrics; 0 when absent.
-    fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let (_, text) = self.get("/metrics")?;
-        let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
-        Ok(value.map_or(Ok(0.0), str::parse)?)
-    }
-
-    fn wait(&self, bound: Duration, mut done: impl FnMut(&Self) -> anyhow::Result<bool>) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while !done(self)? {
-            if let Some(status) = self.child.borrow_mut().try_wait()? {
-                anyhow::bail!("the agent exited: {status}");
-            }
-            anyhow::ensure!(start.elapsed() < bound, "no answer within {bound:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(())
-    }
-
-    /// Cause one change with `change`, wait for the delta sync that
-    /// applies it, and measure.
-    fn event(&self, change: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Run> {
-        let delta = "netfence_syncs_total{mode=\"delta\"}";
-        let before = [
-            self.metric(delta)?,
-            self.metric("netfence_event_to_applied_seconds_sum")?,
-            self.metric("netfence_sync_duration_seconds_sum{mode=\"delta\"}")?,
-            self.metric("netfence_transaction_ops_sum")?,
-            self.metric("netfence_transaction_element_ops_sum")?,
-        ];
-        // Let the agent's next poll start from a quiet folder.
-        std::thread::sleep(Duration::from_millis(300));
-        let written = SystemTime::now();
-        change()?;
-        self.wait(Duration::from_secs(60), |a| Ok(a.metric(delta)? > before[0]))?;
-        let committed = self.metric("netfence_last_successful_sync_timestamp_seconds")?;
-        let unix = written.duration_since(SystemTime::UNIX_EPOCH)?.as_secs_f64();
-        anyhow::ensure!(self.metric(delta)? == before[0] + 1.0, "one change became several syncs");
-        Ok(Run {
-            e2e: committed - unix,
-            agent: self.metric("netfence_event_to_applied_seconds_sum")? - before[1],
-            sync: self.metric("netfence_sync_duration_seconds_sum{mode=\"delta\"}")? - before[2],
-            ops: self.metric("netfence_transaction_ops_sum")? - before[3],
-            element_ops: self.metric("netfence_transaction_element_ops_sum")? - before[4],
-        })
-    }
-
-    /// VmRSS and VmHWM of the agent process.
-    fn memory(&self) -> anyhow::Result<String> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.borrow().id()))?;
-        let field = |name: &str| {
-            status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
-        };
-        Ok(format!("VmRSS {}, VmHWM {}", field("VmRSS:"), field("VmHWM:")))
-    }
-}
-
-impl Drop for Agent<'_> {
-    fn drop(&mut self) {
-        let child = self.child.get_mut();
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+/// VmRSS and VmHWM of the agent process.
+fn memory(agent: &AgentProcess) -> anyhow::Result<String> {
+    let (rss, hwm) = agent.memory()?;
+    Ok(format!("VmRSS {rss} kB, VmHWM {hwm} kB"))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {

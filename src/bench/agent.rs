@@ -96,7 +96,7 @@ pub fn run(dir: &Path, cluster: &Cluster, node: &str, template: &Pod, opts: &Age
     )?;
     let log = tempfile_in_tmp("agent-log")?;
     let started = Instant::now();
-    let agent = AgentProcess::start(&ns, &opts.exe, node, &kubeconfig.0, &log.0)?;
+    let agent = AgentProcess::start(&ns, &opts.exe, node, &["--kubeconfig".into(), kubeconfig.0.clone().into()], &log.0)?;
     let ready = agent.wait(Duration::from_secs(900), |a| Ok(a.get("/readyz").is_ok_and(|(s, _)| s == 200)));
     if let Err(e) = ready {
         let tail = std::fs::read_to_string(&log.0).unwrap_or_default();
@@ -168,26 +168,23 @@ fn tempfile_in_tmp(what: &str) -> anyhow::Result<TempPath> {
     Ok(TempPath(p))
 }
 
-/// The agent process inside the scratch namespace; killed on drop.
-struct AgentProcess<'a> {
+/// `netfence agent` as a child process inside a namespace, serving on that
+/// namespace's loopback; killed and reaped on drop. Also what
+/// examples/agent_latency.rs measures with.
+pub struct AgentProcess<'a> {
     ns: &'a Netns,
     child: std::cell::RefCell<Child>,
 }
 
 impl<'a> AgentProcess<'a> {
-    fn start(ns: &'a Netns, exe: &Path, node: &str, kubeconfig: &Path, log: &Path) -> anyhow::Result<AgentProcess<'a>> {
-        let args: Vec<OsString> = vec![
-            "agent".into(),
-            "--node".into(),
-            node.into(),
-            "--metrics-addr".into(),
-            METRICS.into(),
-            "--kubeconfig".into(),
-            kubeconfig.into(),
-        ];
+    /// `exe agent --node NODE` with `source` (`--kubeconfig PATH` or
+    /// `--source DIR ...`), its log in `log`.
+    pub fn start(ns: &'a Netns, exe: &Path, node: &str, source: &[OsString], log: &Path) -> anyhow::Result<AgentProcess<'a>> {
+        let args: Vec<OsString> = vec!["agent".into(), "--node".into(), node.into(), "--metrics-addr".into(), METRICS.into()];
         let child = ns
             .command(exe)?
             .args(args)
+            .args(source)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
@@ -196,19 +193,20 @@ impl<'a> AgentProcess<'a> {
         Ok(AgentProcess { ns, child: std::cell::RefCell::new(child) })
     }
 
-    fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
         let addr: SocketAddr = METRICS.parse().expect("a socket address");
         self.ns.run(|| http::get_text_blocking(addr, path, Duration::from_secs(5)))?
     }
 
     /// A sample of /metrics; 0 when absent.
-    fn metric(&self, name: &str) -> anyhow::Result<f64> {
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
         let (_, text) = self.get("/metrics")?;
         let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
         Ok(value.map_or(Ok(0.0), str::parse)?)
     }
 
-    fn wait(&self, bound: Duration, mut done: impl FnMut(&Self) -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    /// Poll `done` until it holds; an error if the agent exits or `bound` passes.
+    pub fn wait(&self, bound: Duration, mut done: impl FnMut(&Self) -> anyhow::Result<bool>) -> anyhow::Result<()> {
         let start = Instant::now();
         while !done(self)? {
             if let Some(status) = self.child.borrow_mut().try_wait()? {
@@ -221,7 +219,7 @@ impl<'a> AgentProcess<'a> {
     }
 
     /// (VmRSS, VmHWM) of the agent, kB.
-    fn memory(&self) -> anyhow::Result<(u64, u64)> {
+    pub fn memory(&self) -> anyhow::Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.borrow().id()))?;
         let field = |name: &str| -> u64 {
             let v = status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default();
