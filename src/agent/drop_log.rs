@@ -25,7 +25,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -305,20 +304,8 @@ impl Reader {
     fn open(group: u16) -> io::Result<Reader> {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
-        let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
-        // SAFETY: a valid socket and a correctly sized timeval.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // A recv never blocks for good: callers read for a bounded time.
+        socket2::SockRef::from(&socket).set_read_timeout(Some(Duration::from_secs(1)))?;
         let mut r = Reader { socket, buf: vec![0; 1 << 16] };
         // The kernel batches up to 100 messages or a second by default: a
         // drop is worth its line at once (the rate is bounded anyway).

@@ -13,7 +13,6 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -92,20 +91,7 @@ fn open_socket(protocol: isize, what: &'static str) -> Result<Socket, TableError
     let mut s = Socket::new(protocol).map_err(io_err(what))?;
     s.bind_auto().map_err(io_err(what))?;
     s.connect(&SocketAddr::new(0, 0)).map_err(io_err(what))?;
-    let tv = libc::timeval { tv_sec: TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-    // SAFETY: a valid socket and a correctly sized timeval.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(TableError::Io { what, source: io::Error::last_os_error() });
-    }
+    socket2::SockRef::from(&s).set_read_timeout(Some(TIMEOUT)).map_err(io_err(what))?;
     // Short acknowledgements: the error code and our header, not our request back.
     s.set_cap_ack(true).map_err(io_err(what))?;
     Ok(s)
