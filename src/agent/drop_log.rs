@@ -89,7 +89,8 @@ impl Record {
             dst = %self.dst,
             dst_name = %name(&self.dst_name),
             protocol = %self.protocol,
-            dport = self.dport.map(i64::from).unwrap_or(-1),
+            // Absent for protocols without ports (ICMP).
+            dport = self.dport.map(u64::from),
             policies = %self.policies.join(","),
             kind = %self.kind,
             reason = %self.reason,
@@ -104,6 +105,8 @@ impl Record {
 pub struct DropLogger {
     cfg: DropLog,
     state: Mutex<State>,
+    /// Only the reader uses it: indexing never holds up a sync.
+    names: Mutex<Names>,
     dropped: Family<DropLabels, Counter>,
     lost: Counter,
 }
@@ -113,7 +116,12 @@ struct State {
     /// Drop rules of the committed program by (chain, position).
     origins: BTreeMap<(String, usize), Origin>,
     cluster: Option<Arc<Cluster>>,
-    /// Addresses of `indexed` (an older cluster at most `REINDEX_EVERY`).
+}
+
+/// Addresses of `indexed` (a cluster older than the committed one by at
+/// most `REINDEX_EVERY`).
+#[derive(Default)]
+struct Names {
     names: HashMap<IpAddr, String>,
     indexed: Option<(Arc<Cluster>, Instant)>,
 }
@@ -126,7 +134,13 @@ impl std::fmt::Debug for DropLogger {
 
 impl DropLogger {
     pub fn new(cfg: DropLog) -> Arc<DropLogger> {
-        Arc::new(DropLogger { cfg, state: Mutex::default(), dropped: Family::default(), lost: Counter::default() })
+        Arc::new(DropLogger {
+            cfg,
+            state: Mutex::default(),
+            names: Mutex::default(),
+            dropped: Family::default(),
+            lost: Counter::default(),
+        })
     }
 
     pub fn config(&self) -> &DropLog {
@@ -171,12 +185,15 @@ impl DropLogger {
     pub fn record(&self, prefix: &str, packet: &[u8]) -> Option<Record> {
         let at = Prefix::parse(prefix)?;
         let pkt = Headers::parse(packet)?;
-        let mut st = self.lock();
-        let origin = st.origins.get(&(at.chain.clone(), at.position)).filter(|o| drop_log::kind(o) == at.kind).cloned();
-        st.reindex();
-        let name = |ip: &IpAddr| st.names.get(ip).cloned();
-        let (src_name, dst_name) = (name(&pkt.src), name(&pkt.dst));
-        drop(st);
+        let (origin, cluster) = {
+            let st = self.lock();
+            let origin = st.origins.get(&(at.chain.clone(), at.position)).filter(|o| drop_log::kind(o) == at.kind).cloned();
+            (origin, st.cluster.clone())
+        };
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.refresh(cluster);
+        let (src_name, dst_name) = (names.names.get(&pkt.src).cloned(), names.names.get(&pkt.dst).cloned());
+        drop(names);
         let direction = origin.as_ref().and_then(Origin::direction).map(|d| d.to_string()).unwrap_or_default();
         let (policies, reason) = match &origin {
             Some(Origin::Isolated { policies, dir }) => {
@@ -233,11 +250,11 @@ impl DropLogger {
     }
 }
 
-impl State {
-    fn reindex(&mut self) {
-        let Some(cluster) = &self.cluster else { return };
+impl Names {
+    fn refresh(&mut self, cluster: Option<Arc<Cluster>>) {
+        let Some(cluster) = cluster else { return };
         let fresh = match &self.indexed {
-            Some((c, _)) if Arc::ptr_eq(c, cluster) => true,
+            Some((c, _)) if Arc::ptr_eq(c, &cluster) => true,
             Some((_, at)) => at.elapsed() < REINDEX_EVERY,
             None => false,
         };
@@ -257,7 +274,7 @@ impl State {
             }
         }
         self.names = names;
-        self.indexed = Some((cluster.clone(), Instant::now()));
+        self.indexed = Some((cluster, Instant::now()));
     }
 }
 
