@@ -217,10 +217,6 @@ impl Objects {
                         }
                     }
                 }
-                self.notices.push(format!(
-                    "{file}:{}: {kind} {:?} read and validated, not yet enforced (netfence judges NetworkPolicies only)",
-                    doc.start.line, policy.name
-                ));
                 self.cluster_policies.push(policy);
             }
             other => {

@@ -289,6 +289,7 @@ fn run(host: Host<'_>, chain: &Chain, pkt: &Packet, path: &mut Vec<String>, dept
         match verdict {
             Verdict::Accept => return Outcome::Verdict(true, here()),
             Verdict::Drop => return Outcome::Verdict(false, here()),
+            Verdict::Return => return Outcome::Return,
             Verdict::Jump(target) => {
                 let Some(next) = p.chains.get(target).filter(|_| depth < MAX_DEPTH) else {
                     return Outcome::Verdict(false, here());

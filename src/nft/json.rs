@@ -202,6 +202,7 @@ fn verdict_stmt(v: &Verdict) -> Statement<'static> {
         Verdict::Accept => Statement::Accept(None),
         Verdict::Drop => Statement::Drop(None),
         Verdict::Jump(t) => Statement::Jump(stmt::JumpTarget { target: t.clone().into() }),
+        Verdict::Return => Statement::Return(None),
     }
 }
 
@@ -449,6 +450,7 @@ fn parse_verdict(v: &Value) -> Option<Verdict> {
         "accept" => Some(Verdict::Accept),
         "drop" => Some(Verdict::Drop),
         "jump" => Some(Verdict::Jump(body.get("target")?.as_str()?.to_string())),
+        "return" => Some(Verdict::Return),
         _ => None,
     }
 }
@@ -480,7 +482,7 @@ fn parse_rule(body: &Value) -> Result<Rule, ParseError> {
         match k.as_str() {
             "match" if !last => matches.extend(parse_match(v).ok_or_else(|| ParseError { context: ctx.clone(), found: st.to_string() })?),
             "counter" if !last => counter = true,
-            "accept" | "drop" | "jump" if last => action = parse_verdict(st).map(Action::Verdict),
+            "accept" | "drop" | "jump" | "return" if last => action = parse_verdict(st).map(Action::Verdict),
             "vmap" if last => {
                 let (family, field) = parse_addr_payload(v.get("key").unwrap_or(&Value::Null)).ok_or_else(|| ParseError { context: ctx.clone(), found: st.to_string() })?;
                 let map = v.get("data").and_then(Value::as_str).and_then(|d| d.strip_prefix('@'));
