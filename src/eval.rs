@@ -24,8 +24,11 @@ pub enum Endpoint {
     /// A pod that takes part (host-network pods included: they are their
     /// node's address, see [`Cluster`] semantics).
     Pod(PodId),
-    /// A node's own address.
+    /// A node's own address (its InternalIP in each family).
     Node(String),
+    /// A node at one of its addresses (InternalIP or ExternalIP), written
+    /// as that IP literal: only in that address's family.
+    NodeAddr(String, IpAddr),
     /// An address outside the cluster's pods and nodes.
     Ip(IpAddr),
 }
@@ -55,7 +58,7 @@ impl Endpoint {
     pub fn parse(cluster: &Cluster, s: &str) -> Result<Endpoint, EndpointError> {
         if let Ok(ip) = s.parse::<IpAddr>() {
             if let Some(node) = cluster.node_by_ip(ip) {
-                return Ok(Endpoint::Node(node.name.clone()));
+                return Ok(Endpoint::NodeAddr(node.name.clone(), ip));
             }
             if let Some(pod) = cluster.pod_by_ip(ip) {
                 return Err(EndpointError::IpOfPod(ip, cluster.pods[pod].key()));
@@ -88,7 +91,9 @@ impl Endpoint {
         match self {
             Endpoint::Pod(id) => cluster.pods[*id].key(),
             Endpoint::Node(n) => format!("node/{n}"),
-            Endpoint::Ip(ip) => ip.to_string(),
+            // As before for the InternalIP of the family; else the literal.
+            Endpoint::NodeAddr(n, ip) if cluster.nodes.get(n).and_then(|n| n.ip(Family::of(ip))) == Some(*ip) => format!("node/{n}"),
+            Endpoint::NodeAddr(_, ip) | Endpoint::Ip(ip) => ip.to_string(),
         }
     }
 
@@ -97,7 +102,7 @@ impl Endpoint {
         match self {
             Endpoint::Pod(id) => cluster.pods[*id].ip(family),
             Endpoint::Node(n) => cluster.nodes.get(n).and_then(|n| n.ip(family)),
-            Endpoint::Ip(ip) => (Family::of(ip) == family).then_some(*ip),
+            Endpoint::NodeAddr(_, ip) | Endpoint::Ip(ip) => (Family::of(ip) == family).then_some(*ip),
         }
     }
 
@@ -325,7 +330,7 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
         let Some(pod) = me.policy_pod(self.cluster) else {
             let what = match me {
                 Endpoint::Pod(_) => "a host-network pod",
-                Endpoint::Node(_) => "a node",
+                Endpoint::Node(_) | Endpoint::NodeAddr(..) => "a node",
                 Endpoint::Ip(_) => "an address outside the cluster",
             };
             return Side::new(true, SideReason::NotAPod { what });
@@ -535,7 +540,7 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
                     None => {
                         let what = match who {
                             Endpoint::Pod(_) => "a host-network pod (its address is its node's; only an ipBlock can match it)",
-                            Endpoint::Node(_) => "a node (only an ipBlock can match it)",
+                            Endpoint::Node(_) | Endpoint::NodeAddr(..) => "a node (only an ipBlock can match it)",
                             Endpoint::Ip(_) => "not a pod (only an ipBlock can match it)",
                         };
                         return format!("peer {i}: selects pods, but {name} is {what}");
@@ -705,7 +710,7 @@ status: {podIP: 10.0.0.3}
         let c = b.finish().0;
         assert_eq!(Endpoint::parse(&c, "x/zz"), Err(EndpointError::NoSuchPod("x/zz".into())));
         assert!(matches!(Endpoint::parse(&c, "10.0.0.1"), Err(EndpointError::IpOfPod(..))));
-        assert_eq!(Endpoint::parse(&c, "172.18.0.2"), Ok(Endpoint::Node("n1".into())));
+        assert_eq!(Endpoint::parse(&c, "172.18.0.2"), Ok(Endpoint::NodeAddr("n1".into(), "172.18.0.2".parse().unwrap())));
         assert!(matches!(Endpoint::parse(&c, "nonsense"), Err(EndpointError::Syntax(_))));
     }
 }

@@ -64,7 +64,8 @@ pub fn node(node: &K8sNode) -> Result<Node, FieldError> {
     for (i, c) in cidrs.iter().enumerate() {
         pod_cidrs.push(parse_cidr(c, &format!("spec.podCIDRs[{i}]"))?);
     }
-    Ok(Node { name, labels, internal_ips, external_ips, pod_cidrs })
+    let addresses = internal_ips.iter().chain(&external_ips).copied().collect();
+    Ok(Node { name, labels, internal_ips, external_ips, addresses, pod_cidrs })
 }
 
 pub fn pod(pod: &K8sPod) -> Result<Pod, FieldError> {

@@ -214,6 +214,9 @@ pub struct Node {
     /// ExternalIP addresses: a `nodes` peer means them too, and traffic
     /// from them to the node's own pods is the node's.
     pub external_ips: Vec<IpAddr>,
+    /// Every address: InternalIP, then ExternalIP (one slice for those
+    /// that borrow the node's addresses).
+    pub addresses: Vec<IpAddr>,
     pub pod_cidrs: Vec<IpNet>,
 }
 
@@ -222,13 +225,8 @@ impl Node {
         self.internal_ips.iter().copied().find(|ip| Family::of(ip) == family)
     }
 
-    /// Every address of the node: InternalIP, then ExternalIP.
-    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.internal_ips.iter().chain(&self.external_ips).copied()
-    }
-
     pub fn has_address(&self, ip: IpAddr) -> bool {
-        self.addresses().any(|a| a == ip)
+        self.addresses.contains(&ip)
     }
 }
 

@@ -453,7 +453,7 @@ impl Compiler<'_> {
                     .nodes
                     .values()
                     .filter(|n| sel.matches(&n.labels))
-                    .flat_map(|n| n.addresses())
+                    .flat_map(|n| n.addresses.iter().copied())
                     .filter(|ip| Family::of(ip) == f)
                     .map(Element::Addr)
                     .collect();
