@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::ir::{Resolution, RuleRef};
+use crate::model::cluster_policy::{self, Action, ClusterPeer, Tier};
 use crate::model::{Cluster, Direction, Family, Peer, PodId, PolicyId, PortRef, PortSpec, Protocol};
 
 /// One end of a flow, as the test format and explain name it.
@@ -23,8 +24,11 @@ pub enum Endpoint {
     /// A pod that takes part (host-network pods included: they are their
     /// node's address, see [`Cluster`] semantics).
     Pod(PodId),
-    /// A node's own address.
+    /// A node's own address (its InternalIP in each family).
     Node(String),
+    /// A node at one of its addresses (InternalIP or ExternalIP), written
+    /// as that IP literal: only in that address's family.
+    NodeAddr(String, IpAddr),
     /// An address outside the cluster's pods and nodes.
     Ip(IpAddr),
 }
@@ -54,7 +58,7 @@ impl Endpoint {
     pub fn parse(cluster: &Cluster, s: &str) -> Result<Endpoint, EndpointError> {
         if let Ok(ip) = s.parse::<IpAddr>() {
             if let Some(node) = cluster.node_by_ip(ip) {
-                return Ok(Endpoint::Node(node.name.clone()));
+                return Ok(Endpoint::NodeAddr(node.name.clone(), ip));
             }
             if let Some(pod) = cluster.pod_by_ip(ip) {
                 return Err(EndpointError::IpOfPod(ip, cluster.pods[pod].key()));
@@ -87,7 +91,9 @@ impl Endpoint {
         match self {
             Endpoint::Pod(id) => cluster.pods[*id].key(),
             Endpoint::Node(n) => format!("node/{n}"),
-            Endpoint::Ip(ip) => ip.to_string(),
+            // As before for the InternalIP of the family; else the literal.
+            Endpoint::NodeAddr(n, ip) if cluster.nodes.get(n).and_then(|n| n.ip(Family::of(ip))) == Some(*ip) => format!("node/{n}"),
+            Endpoint::NodeAddr(_, ip) | Endpoint::Ip(ip) => ip.to_string(),
         }
     }
 
@@ -96,7 +102,7 @@ impl Endpoint {
         match self {
             Endpoint::Pod(id) => cluster.pods[*id].ip(family),
             Endpoint::Node(n) => cluster.nodes.get(n).and_then(|n| n.ip(family)),
-            Endpoint::Ip(ip) => (Family::of(ip) == family).then_some(*ip),
+            Endpoint::NodeAddr(_, ip) | Endpoint::Ip(ip) => (Family::of(ip) == family).then_some(*ip),
         }
     }
 
@@ -168,6 +174,54 @@ pub struct Side {
     pub allowed: bool,
     #[serde(flatten)]
     pub reason: SideReason,
+    /// The cluster-policy tiers walked for this side, in order (Admin, then
+    /// Baseline when reached); empty when no cluster policy exists.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierStep>,
+}
+
+impl Side {
+    fn new(allowed: bool, reason: SideReason) -> Side {
+        Side { allowed, reason, tiers: Vec::new() }
+    }
+}
+
+/// One cluster-policy tier's walk for one side.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierStep {
+    pub tier: Tier,
+    /// The first rule (by policy order, then rule order) whose peer and
+    /// protocol match; `None`: no rule of a policy whose subject is the
+    /// pod matched, and the next tier decides.
+    pub matched: Option<ClusterMatch>,
+    /// Rules before the match (or all, without one) of policies whose
+    /// subject is the pod, that did not match: nearest first.
+    pub misses: Vec<ClusterMiss>,
+}
+
+/// Which rule of which cluster policy (index in `Cluster::cluster_policies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClusterRuleRef {
+    pub policy: usize,
+    pub direction: Direction,
+    pub rule: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterMatch {
+    pub rule: ClusterRuleRef,
+    pub action: Action,
+    pub peer: usize,
+    /// `None`: the rule has no protocols (every protocol and port).
+    pub port: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterMiss {
+    pub rule: ClusterRuleRef,
+    pub peer_matches: bool,
+    pub port_matches: bool,
+    pub why: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -185,6 +239,9 @@ pub enum SideReason {
     Allowed { isolated_by: Vec<PolicyId>, matches: Vec<RuleMatch> },
     /// Isolated, and no rule matched.
     Denied { isolated_by: Vec<PolicyId>, misses: Vec<RuleMiss> },
+    /// A cluster policy rule decided (Accept or Deny) in its tier; the
+    /// match is the last of `Side::tiers`.
+    ClusterRule { tier: Tier, policy: usize, rule: usize, action: Action },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -230,7 +287,7 @@ fn evaluate_family<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, flow: &Flo
     // `families()` checked that both endpoints have an address in `family`.
     let src_ip = flow.src.ip(cluster, family).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let dst_ip = flow.dst.ip(cluster, family).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let same = |reason| Side { allowed: true, reason };
+    let same = |reason| Side::new(true, reason);
     if flow.src == flow.dst && flow.src.policy_pod(cluster).is_some() {
         return FamilyVerdict {
             family,
@@ -273,23 +330,139 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
         let Some(pod) = me.policy_pod(self.cluster) else {
             let what = match me {
                 Endpoint::Pod(_) => "a host-network pod",
-                Endpoint::Node(_) => "a node",
+                Endpoint::Node(_) | Endpoint::NodeAddr(..) => "a node",
                 Endpoint::Ip(_) => "an address outside the cluster",
             };
-            return Side { allowed: true, reason: SideReason::NotAPod { what } };
+            return Side::new(true, SideReason::NotAPod { what });
         };
         if dir == Direction::Ingress {
             if let Some(node) = &self.cluster.pods[pod].node {
-                let node_ips = self.cluster.nodes.get(node).map(|n| n.internal_ips.as_slice()).unwrap_or_default();
-                if node_ips.contains(&peer_ip) {
-                    return Side { allowed: true, reason: SideReason::NodeLocal { node: node.clone() } };
+                // Any of the node's addresses: InternalIP or ExternalIP.
+                if self.cluster.nodes.get(node).is_some_and(|n| n.has_address(peer_ip)) {
+                    return Side::new(true, SideReason::NodeLocal { node: node.clone() });
                 }
             }
         }
+        // Without a cluster policy whose subject is this pod in this
+        // direction, only NetworkPolicies can decide (and the trace says
+        // nothing of tiers).
+        let c = self.cluster;
+        if !c.cluster_policies.iter().any(|p| !p.rules(dir).is_empty() && p.subject.selects(c, pod)) {
+            return self.network_policies(dir, pod, peer, peer_ip);
+        }
+        // Admin tier, then NetworkPolicies, then Baseline, then allowed.
+        let mut tiers = Vec::new();
+        let admin = self.tier(Tier::Admin, dir, pod, peer, peer_ip);
+        let decided = |t: &TierStep| t.matched.as_ref().filter(|m| m.action != Action::Pass).map(|m| (m.rule, m.action));
+        let by_rule = |tier, (r, action): (ClusterRuleRef, Action), tiers| Side {
+            allowed: action == Action::Accept,
+            reason: SideReason::ClusterRule { tier, policy: r.policy, rule: r.rule, action },
+            tiers,
+        };
+        let d = decided(&admin);
+        tiers.push(admin);
+        if let Some(d) = d {
+            return by_rule(Tier::Admin, d, tiers);
+        }
+        let mut np = self.network_policies(dir, pod, peer, peer_ip);
+        if !matches!(np.reason, SideReason::NotIsolated) {
+            np.tiers = tiers;
+            return np;
+        }
+        let baseline = self.tier(Tier::Baseline, dir, pod, peer, peer_ip);
+        let d = decided(&baseline);
+        tiers.push(baseline);
+        if let Some(d) = d {
+            return by_rule(Tier::Baseline, d, tiers);
+        }
+        Side { allowed: true, reason: SideReason::NotIsolated, tiers }
+    }
+
+    /// Why cluster peer `p` does (`Ok`) or does not (`Err`) match `who` at `ip`.
+    fn cluster_peer(&self, p: &ClusterPeer, who: &Endpoint, ip: IpAddr) -> Result<(), String> {
+        let c = self.cluster;
+        let name = who.display(c);
+        let pod = who.policy_pod(c).map(|id| &c.pods[id]);
+        match p {
+            ClusterPeer::Namespaces(sel) | ClusterPeer::Pods { namespaces: sel, .. } => {
+                let Some(pod) = pod else {
+                    return Err(format!("selects pods, but {name} is not a pod with its own address (only nodes and networks peers match it)"));
+                };
+                if !c.namespace_labels(&pod.namespace).is_some_and(|l| sel.matches(l)) {
+                    return Err(format!("namespaces {sel} does not match namespace {} of {name}", pod.namespace));
+                }
+                if let ClusterPeer::Pods { pods, .. } = p {
+                    if !pods.matches(&pod.labels) {
+                        return Err(format!("podSelector {pods} does not match the labels of {name}"));
+                    }
+                }
+                Ok(())
+            }
+            ClusterPeer::Nodes(sel) => {
+                let node = c.nodes.values().find(|n| n.has_address(ip));
+                match node {
+                    Some(n) if sel.matches(&n.labels) => Ok(()),
+                    Some(n) => Err(format!("nodes {sel} does not match the labels of node {}", n.name)),
+                    None => Err(format!("nodes {sel}: {ip} is no node's address")),
+                }
+            }
+            ClusterPeer::Networks(nets) => {
+                if nets.iter().any(|n| n.contains(&ip)) {
+                    Ok(())
+                } else {
+                    let list = nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                    Err(format!("networks [{list}] do not contain {ip}"))
+                }
+            }
+            ClusterPeer::DomainNames(_) => Err("domainNames cannot be judged offline: matches nothing".into()),
+        }
+    }
+
+    /// Walk one tier's policies selecting `pod` for `dir`: the first
+    /// matching rule, and the misses before it.
+    fn tier(&self, tier: Tier, dir: Direction, pod: PodId, peer: &Endpoint, peer_ip: IpAddr) -> TierStep {
+        let c = self.cluster;
+        let dst = self.flow.dst.policy_pod(c).map(|id| &c.pods[id]);
+        let mut misses = Vec::new();
+        let mut matched = None;
+        'policies: for (pi, policy) in c.cluster_policies.iter().enumerate() {
+            if policy.tier != tier || policy.rules(dir).is_empty() || !policy.subject.selects(c, pod) {
+                continue;
+            }
+            for (ri, rule) in policy.rules(dir).iter().enumerate() {
+                let r = ClusterRuleRef { policy: pi, direction: dir, rule: ri };
+                let peers: Vec<Result<(), String>> = rule.peers.iter().map(|p| self.cluster_peer(p, peer, peer_ip)).collect();
+                let peer_m = peers.iter().position(Result::is_ok);
+                let port_m = cluster_policy::ports_match(&rule.ports, dst, self.flow.protocol, self.flow.port);
+                match (peer_m, port_m) {
+                    (Some(peer), Some(port)) => {
+                        matched = Some(ClusterMatch { rule: r, action: rule.action, peer, port });
+                        break 'policies;
+                    }
+                    _ => {
+                        let mut why: Vec<String> = Vec::new();
+                        if peer_m.is_none() {
+                            why.extend(peers.into_iter().enumerate().filter_map(|(i, p)| p.err().map(|e| format!("peer {i}: {e}"))));
+                        }
+                        if port_m.is_none() {
+                            let list = rule.ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                            why.push(format!("port {}/{} not in [{list}]", self.flow.port, self.flow.protocol));
+                        }
+                        misses.push(ClusterMiss { rule: r, peer_matches: peer_m.is_some(), port_matches: port_m.is_some(), why });
+                    }
+                }
+            }
+        }
+        misses.sort_by_key(|m| std::cmp::Reverse(m.peer_matches as u8 + m.port_matches as u8));
+        TierStep { tier, matched, misses }
+    }
+
+    /// The NetworkPolicy verdict of policy pod `pod` in `dir`.
+    fn network_policies(&self, dir: Direction, pod: PodId, peer: &Endpoint, peer_ip: IpAddr) -> Side {
         let isolated_by: Vec<PolicyId> =
             self.ir.selecting(pod).iter().copied().filter(|&p| self.cluster.policies[p].isolates(dir)).collect();
         if isolated_by.is_empty() {
-            return Side { allowed: true, reason: SideReason::NotIsolated };
+            return Side::new(true, SideReason::NotIsolated);
         }
         let mut matches = Vec::new();
         let mut misses = Vec::new();
@@ -329,9 +502,9 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
         }
         if matches.is_empty() {
             misses.sort_by_key(|m| std::cmp::Reverse(m.closeness()));
-            Side { allowed: false, reason: SideReason::Denied { isolated_by, misses } }
+            Side::new(false, SideReason::Denied { isolated_by, misses })
         } else {
-            Side { allowed: true, reason: SideReason::Allowed { isolated_by, matches } }
+            Side::new(true, SideReason::Allowed { isolated_by, matches })
         }
     }
 
@@ -367,7 +540,7 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
                     None => {
                         let what = match who {
                             Endpoint::Pod(_) => "a host-network pod (its address is its node's; only an ipBlock can match it)",
-                            Endpoint::Node(_) => "a node (only an ipBlock can match it)",
+                            Endpoint::Node(_) | Endpoint::NodeAddr(..) => "a node (only an ipBlock can match it)",
                             Endpoint::Ip(_) => "not a pod (only an ipBlock can match it)",
                         };
                         return format!("peer {i}: selects pods, but {name} is {what}");
@@ -537,7 +710,7 @@ status: {podIP: 10.0.0.3}
         let c = b.finish().0;
         assert_eq!(Endpoint::parse(&c, "x/zz"), Err(EndpointError::NoSuchPod("x/zz".into())));
         assert!(matches!(Endpoint::parse(&c, "10.0.0.1"), Err(EndpointError::IpOfPod(..))));
-        assert_eq!(Endpoint::parse(&c, "172.18.0.2"), Ok(Endpoint::Node("n1".into())));
+        assert_eq!(Endpoint::parse(&c, "172.18.0.2"), Ok(Endpoint::NodeAddr("n1".into(), "172.18.0.2".parse().unwrap())));
         assert!(matches!(Endpoint::parse(&c, "nonsense"), Err(EndpointError::Syntax(_))));
     }
 }

@@ -11,8 +11,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::eval::{Flow, FlowVerdict, RuleMatch, RuleMiss, Side, SideReason};
+use crate::eval::{ClusterRuleRef, Flow, FlowVerdict, RuleMatch, RuleMiss, Side, SideReason, TierStep};
 use crate::ir::RuleRef;
+use crate::model::cluster_policy::{Action, ClusterPeer, Tier};
 use crate::model::{Cluster, Direction, Family, Peer, PolicyId, Protocol};
 
 /// A flow's explanation (the JSON of `netfence explain -o json`).
@@ -41,7 +42,8 @@ pub struct SideReport {
     /// The endpoint whose side this is (the source for egress).
     pub endpoint: String,
     pub allowed: bool,
-    /// `not_a_pod`, `same_pod`, `not_isolated`, `node_local`, `allowed`, `denied`.
+    /// `not_a_pod`, `same_pod`, `not_isolated`, `node_local`, `allowed`,
+    /// `denied`, `cluster_rule` (a cluster policy's Accept or Deny decided).
     pub reason: &'static str,
     /// One sentence saying why.
     pub summary: String,
@@ -51,6 +53,40 @@ pub struct SideReport {
     pub allowed_by: Vec<RuleReport>,
     /// Rules of the isolating policies that did not match, nearest first.
     pub misses: Vec<RuleReport>,
+    /// The cluster-policy tiers walked, in order (absent without cluster
+    /// policies).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierReport>,
+}
+
+/// One cluster-policy tier of a side's walk.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierReport {
+    pub tier: Tier,
+    /// `accept`, `deny`, `pass` (a rule matched) or `no_match`.
+    pub outcome: &'static str,
+    /// The matching rule, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<ClusterRuleReport>,
+    /// Rules of policies whose subject is the endpoint that did not match
+    /// (before the match), nearest first.
+    pub misses: Vec<ClusterRuleReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterRuleReport {
+    /// The policy's name (`anp:NAME`, `banp:default` for the older kinds).
+    pub policy: String,
+    pub kind: &'static str,
+    pub priority: u32,
+    pub source: String,
+    pub direction: Direction,
+    pub rule: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub action: Action,
+    /// What matched, or each reason it did not.
+    pub details: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +146,7 @@ fn side(c: &Cluster, dir: Direction, endpoint: &str, s: &Side) -> SideReport {
         isolated_by: Vec::new(),
         allowed_by: Vec::new(),
         misses: Vec::new(),
+        tiers: s.tiers.iter().map(|t| tier_report(c, t)).collect(),
     };
     let isolated = |ids: &[PolicyId]| -> Vec<PolicyRef> {
         ids.iter()
@@ -159,8 +196,90 @@ fn side(c: &Cluster, dir: Direction, endpoint: &str, s: &Side) -> SideReport {
                 format!("denied: isolated by {names}, and no {dir} rule matches")
             };
         }
+        SideReason::ClusterRule { action, .. } => {
+            r.reason = "cluster_rule";
+            r.summary = format!("{} by a cluster policy", if *action == Action::Accept { "accepted" } else { "denied" });
+        }
+    }
+    if !r.tiers.is_empty() {
+        r.summary = walk_summary(&r, s);
     }
     r
+}
+
+/// `Admin: no match → NetworkPolicy: not isolated → Baseline: p rule 0 Accept`.
+fn walk_summary(r: &SideReport, s: &Side) -> String {
+    let mut parts = Vec::new();
+    for t in &r.tiers {
+        parts.push(match &t.rule {
+            None => format!("{}: no match", t.tier),
+            Some(m) => format!("{}: {}", t.tier, describe_cluster_rule(m)),
+        });
+        if t.tier == Tier::Admin && t.outcome != "accept" && t.outcome != "deny" {
+            parts.push(match &s.reason {
+                SideReason::NotIsolated => "NetworkPolicy: not isolated".to_string(),
+                _ => format!("NetworkPolicy: {}", r.summary),
+            });
+        }
+    }
+    if matches!(s.reason, SideReason::NotIsolated) {
+        parts.push("allowed (default)".into());
+    }
+    parts.join(" → ")
+}
+
+/// `guardrails (priority 10) ingress rule 2 `deny-tenants` Deny — peer 0 namespaces tenant=*`.
+pub fn describe_cluster_rule(m: &ClusterRuleReport) -> String {
+    let name = m.name.as_ref().map(|n| format!(" `{n}`")).unwrap_or_default();
+    format!("{} (priority {}) {} rule {}{name} {} — {}", m.policy, m.priority, m.direction, m.rule, m.action, m.details.join(", "))
+}
+
+fn tier_report(c: &Cluster, t: &TierStep) -> TierReport {
+    let rule = t.matched.as_ref().map(|m| {
+        let cp = &c.cluster_policies[m.rule.policy];
+        let rule = &cp.rules(m.rule.direction)[m.rule.rule];
+        let peer = format!("peer {} {}", m.peer, describe_cluster_peer(&rule.peers[m.peer]));
+        let port = match m.port {
+            None => "any protocol".to_string(),
+            Some(i) => format!("protocol {i} {}", rule.ports[i]),
+        };
+        cluster_rule_report(c, m.rule, vec![peer, port])
+    });
+    let outcome = match t.matched.as_ref().map(|m| m.action) {
+        None => "no_match",
+        Some(Action::Accept) => "accept",
+        Some(Action::Deny) => "deny",
+        Some(Action::Pass) => "pass",
+    };
+    let misses = t.misses.iter().map(|m| cluster_rule_report(c, m.rule, m.why.clone())).collect();
+    TierReport { tier: t.tier, outcome, rule, misses }
+}
+
+fn cluster_rule_report(c: &Cluster, r: ClusterRuleRef, details: Vec<String>) -> ClusterRuleReport {
+    let cp = &c.cluster_policies[r.policy];
+    let rule = &cp.rules(r.direction)[r.rule];
+    ClusterRuleReport {
+        policy: cp.key(),
+        kind: cp.kind.name(),
+        priority: cp.priority,
+        source: cp.origin.to_string(),
+        direction: r.direction,
+        rule: r.rule,
+        name: rule.name.clone(),
+        action: rule.action,
+        details,
+    }
+}
+
+/// A cluster policy peer in words: `namespaces tenant=*`, `nodes role=infra`.
+pub fn describe_cluster_peer(p: &ClusterPeer) -> String {
+    match p {
+        ClusterPeer::Namespaces(s) => format!("namespaces {s}"),
+        ClusterPeer::Pods { namespaces, pods } => format!("pods namespaceSelector {namespaces} AND podSelector {pods}"),
+        ClusterPeer::Nodes(s) => format!("nodes {s}"),
+        ClusterPeer::Networks(n) => format!("networks {}", n.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+        ClusterPeer::DomainNames(d) => format!("domainNames {}", d.join(", ")),
+    }
 }
 
 fn matched(c: &Cluster, m: &RuleMatch) -> RuleReport {
@@ -235,6 +354,23 @@ pub fn render_text(r: &Report) -> String {
             for (i, m) in s.misses.iter().enumerate() {
                 let nearest = if i == 0 { " (nearest miss)" } else { "" };
                 let _ = writeln!(out, "      {} {} rule {}{nearest}: {}", m.policy, m.direction, m.rule, m.details.join("; "));
+            }
+            for t in &s.tiers {
+                for (i, m) in t.misses.iter().enumerate().take(3) {
+                    let nearest = if i == 0 { " (nearest miss)" } else { "" };
+                    let name = m.name.as_ref().map(|n| format!(" `{n}`")).unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "      {}: {} (priority {}) {} rule {}{name} {}{nearest}: {}",
+                        t.tier,
+                        m.policy,
+                        m.priority,
+                        m.direction,
+                        m.rule,
+                        m.action,
+                        m.details.join("; ")
+                    );
+                }
             }
             for m in s.allowed_by.iter().skip(1) {
                 let _ = writeln!(out, "      also allowed by {} {} rule {}: {}", m.policy, m.direction, m.rule, m.details.join(", "));

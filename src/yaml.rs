@@ -235,11 +235,12 @@ pub fn parse_each(text: &str, mut f: impl FnMut(Doc)) -> Result<(), SyntaxError>
 /// Run `b` over `text`, handing finished documents to `f`.
 fn drive(text: &str, b: &mut Builder, mut f: impl FnMut(Built)) -> Result<(), SyntaxError> {
     let mut parser = Parser::new_from_str(text);
+    b.lines = lone_cr_lines(text);
     // Events one at a time: yaml-rust2's `load` recurses once per nesting
     // level, which a deep enough document turns into a stack overflow.
     loop {
         let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
-            pos: clamp(text, Pos { line: e.marker().line(), col: e.marker().col() + 1 }),
+            pos: clamp(text, pos_of(b.lines.as_deref(), *e.marker())),
             path: String::new(),
             message: format!("invalid YAML: {}", e.info()),
         })?;
@@ -303,6 +304,8 @@ struct Built {
 /// what loading needs and leaves positions to a recording pass.
 struct Builder {
     record: bool,
+    /// See [`pos_of`]: set by [`drive`] for a text with a lone `\r`.
+    lines: Option<Vec<usize>>,
     /// `error` is about a field, which only a recording pass names.
     refused: bool,
     done: Option<Built>,
@@ -319,14 +322,37 @@ struct Builder {
     error: Option<(Pos, String, String)>,
 }
 
-fn pos_of(m: Marker) -> Pos {
-    Pos { line: m.line(), col: m.col() + 1 }
+/// Where a scanner mark is, as `file:line:col` readers count: lines end at
+/// `\n` only. The scanner also ends a line at a lone `\r`, so for a text
+/// that has one, `lines` holds the char index where each `\n` line starts
+/// and the mark's char index is placed by it.
+fn pos_of(lines: Option<&[usize]>, m: Marker) -> Pos {
+    match lines {
+        None => Pos { line: m.line(), col: m.col() + 1 },
+        Some(starts) => {
+            let line = starts.partition_point(|&s| s <= m.index()).max(1);
+            Pos { line, col: m.index() - starts[line - 1] + 1 }
+        }
+    }
+}
+
+/// The `\n` line starts of `text` (char indices), if it has a `\r` that
+/// does not end a `\r\n`; else `None` (the scanner's count is right).
+fn lone_cr_lines(text: &str) -> Option<Vec<usize>> {
+    let b = text.as_bytes();
+    if !b.iter().enumerate().any(|(i, &c)| c == b'\r' && b.get(i + 1) != Some(&b'\n')) {
+        return None;
+    }
+    let mut starts = vec![0];
+    starts.extend(text.chars().enumerate().filter(|(_, c)| *c == '\n').map(|(i, _)| i + 1));
+    Some(starts)
 }
 
 impl Builder {
     fn new(record: bool) -> Builder {
         Builder {
             record,
+            lines: None,
             refused: false,
             done: None,
             roots: Vec::new(),
@@ -456,7 +482,7 @@ impl Builder {
     }
 
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = pos_of(mark);
+        let pos = pos_of(self.lines.as_deref(), mark);
         let in_key = matches!(self.stack.last(), Some(Frame { kind: FrameKind::Map { key: None, .. }, .. }));
         match ev {
             Event::DocumentStart => {
@@ -638,6 +664,15 @@ mod tests {
         let items = docs[1].value["items"].clone();
         let sub = docs[1].sub("items[1]", items[1].clone());
         assert_eq!(sub.pos("x"), Pos { line: 5, col: 3 });
+    }
+
+    #[test]
+    fn a_lone_carriage_return_does_not_end_a_line() {
+        // The scanner ends a line at a lone CR; `file:line:col` readers do not.
+        let docs = parse("#c\n\r \nkind: x\nspec:\n  a: {b c: 1}\n").unwrap();
+        assert_eq!(docs[0].pos("spec.a.b c"), Pos { line: 5, col: 7 });
+        let e = parse("a: 1\rb: [").unwrap_err();
+        assert_eq!(e.pos.line, 1, "{e}");
     }
 
     #[test]

@@ -400,6 +400,57 @@ fn policies_written_to_the_folder_are_enforced_within_a_bound() {
     }
 }
 
+/// Admin tier: nothing from y enters x, x/a may not reach z/b.
+const CNP_ADMIN: &str = "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: x-guard}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: \"y\"}}}]}]
+  egress: [{action: Deny, to: [{pods: {namespaceSelector: {matchLabels: {ns: z}}, podSelector: {matchLabels: {pod: b}}}}]}]
+";
+
+/// Baseline tier: nothing from z enters pods no NetworkPolicy isolates.
+const CNP_BASELINE: &str = "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-z}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {}}
+  ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}]}]
+";
+
+/// Cluster policies written at run time are enforced in packets (against
+/// the reference on every pair), as deltas, and go away when removed.
+#[test]
+fn cluster_policies_written_at_run_time_are_enforced() {
+    let Some(s) = setup(&[]) else { return };
+    let agents = s.agents();
+    s.check_matrix();
+    let written = Instant::now();
+    s.write("cnp-admin.yaml", CNP_ADMIN);
+    let admin = s.wait_verdict("y/b", "x/a", false, written);
+    s.check_matrix();
+    let written = Instant::now();
+    s.write("cnp-baseline.yaml", CNP_BASELINE);
+    let baseline = s.wait_verdict("z/a", "y/b", false, written);
+    s.check_matrix();
+    s.remove("cnp-admin.yaml");
+    s.remove("cnp-baseline.yaml");
+    let removed = Instant::now();
+    s.wait_verdict("y/b", "x/a", true, removed);
+    s.wait_verdict("z/a", "y/b", true, removed);
+    s.check_matrix();
+    eprintln!("Admin CNP denied in packets within {admin:?}, Baseline CNP within {baseline:?}");
+    for a in &agents {
+        assert_eq!(a.metric("netfence_apply_failures_total{mode=\"delta\"}"), 0.0, "{}", a.log_text());
+        assert_eq!(a.metric("netfence_syncs_total{mode=\"full\"}"), 1.0, "every change a delta");
+    }
+}
+
 #[test]
 fn a_new_pod_or_a_relabel_is_element_operations_only() {
     let Some(s) = setup(&["pod-z-c.yaml"]) else { return };

@@ -322,7 +322,7 @@ fn witnessed(node: &Netns) -> Vec<Hook> {
 /// (the gateway address, a Service, an address no pod holds).
 fn endpoint(c: &Cluster, addr: IpAddr) -> Option<Endpoint> {
     match Endpoint::parse(c, &addr.to_string()) {
-        Ok(e @ Endpoint::Node(_)) => Some(e),
+        Ok(e @ (Endpoint::Node(_) | Endpoint::NodeAddr(..))) => Some(e),
         Err(EndpointError::IpOfPod(_, key)) => Endpoint::parse(c, &key).ok(),
         _ => None,
     }

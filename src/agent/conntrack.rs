@@ -354,8 +354,8 @@ impl<'a> Judge<'a> {
             }
         }
         for n in now.cluster.nodes.values() {
-            for ip in &n.internal_ips {
-                endpoints.insert(*ip, Endpoint::Node(n.name.clone()));
+            for ip in &n.addresses {
+                endpoints.insert(*ip, Endpoint::NodeAddr(n.name.clone(), *ip));
             }
         }
         let mut addrs: Vec<IpAddr> = Host::of(now.cluster, now.node, now.program).addrs.to_vec();

@@ -54,7 +54,8 @@ pub struct DropLabels {
     pub policy: String,
     /// `ingress`, `egress`, or empty (anti-spoofing comes before both).
     pub direction: String,
-    /// `isolated`, `invalid`, `fail-closed`, `antispoof`.
+    /// `isolated`, `cluster` (a cluster policy's Deny), `invalid`,
+    /// `fail-closed`, `antispoof`.
     pub kind: String,
 }
 
@@ -198,6 +199,9 @@ impl DropLogger {
         let (policies, reason) = match &origin {
             Some(Origin::Isolated { policies, dir }) => {
                 (policies.clone(), format!("denied: isolated by {}, and no {dir} rule matches", policies.join(", ")))
+            }
+            Some(Origin::Cluster { policy, dir, rule, action }) => {
+                (vec![policy.clone()], format!("denied by cluster policy {policy} {dir} rule {rule} ({action})"))
             }
             Some(Origin::Invalid { .. }) => (vec![], "dropped: part of no connection (ct state invalid)".into()),
             Some(Origin::FailClosed { .. }) => (vec![], "dropped: an address of the node's pod CIDRs that no programmed pod holds (fail closed)".into()),

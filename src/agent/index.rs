@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 use super::metrics::InvalidObjects;
 use crate::model::convert::{self, FieldError};
-use crate::model::{Cluster, Namespace, Node, Origin, Pod, Policy};
+use crate::model::{Cluster, ClusterPolicy, Namespace, Node, Origin, Pod, Policy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -167,6 +167,10 @@ pub struct Index {
     /// Per kind: has a full listing been seen (reset or replace)?
     listed: [bool; 4],
     invalid: InvalidObjects,
+    /// Cluster-scoped policies, from the folder source only: the API
+    /// watchers do not list them yet, so they are no watched kind and
+    /// readiness never waits for them.
+    cluster_policies: Vec<ClusterPolicy>,
 }
 
 impl Index {
@@ -249,6 +253,8 @@ impl Index {
         changed |= self.reset_converted(Kind::Node, nodes.collect());
         changed |= self.reset_converted(Kind::Pod, pods.collect());
         changed |= self.reset_converted(Kind::NetworkPolicy, pols.collect());
+        changed |= cluster.cluster_policies != self.cluster_policies;
+        self.cluster_policies = cluster.cluster_policies;
         changed
     }
 
@@ -266,7 +272,7 @@ impl Index {
     }
 
     pub fn snapshot(&self) -> Cluster {
-        let mut c = Cluster::default();
+        let mut c = Cluster { cluster_policies: self.cluster_policies.clone(), ..Cluster::default() };
         for entry in self.entries.iter().flat_map(BTreeMap::values) {
             match entry.clone() {
                 Entry::Namespace(n) => {
@@ -370,12 +376,13 @@ mod tests {
     #[test]
     fn replace_loads_a_whole_cluster() {
         let mut b = crate::model::load::ClusterBuilder::new();
-        b.add_text("c.yaml", "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}\n")
+        b.add_text("c.yaml", "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n")
             .unwrap();
         let (cluster, _) = b.finish();
         let mut ix = Index::default();
         assert!(ix.replace(cluster.clone()));
         assert!(ix.is_listed());
+        assert_eq!(ix.snapshot().cluster_policies.len(), 1);
         assert_eq!(ix.snapshot(), cluster);
         assert!(!ix.replace(cluster));
         assert!(ix.replace(Cluster::default()));

@@ -45,6 +45,11 @@ pub fn run(args: Args) -> i32 {
             return 2;
         }
     };
+    for c in [&before, &after] {
+        if let Err(code) = super::refuse_cluster_policies(c, "diff") {
+            return code;
+        }
+    }
     let t = std::time::Instant::now();
     let (ib, ia) = (crate::ir::resolve(&before), crate::ir::resolve(&after));
     let found = impact::impact((&before, &ib), (&after, &ia));

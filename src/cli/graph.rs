@@ -46,6 +46,7 @@ pub enum Format {
 pub(super) fn load_graph(files: &[PathBuf]) -> Result<(Cluster, Ir, AllowGraph), i32> {
     let t = Instant::now();
     let cluster = super::load(files)?;
+    super::refuse_cluster_policies(&cluster, "the allow graph and its queries")?;
     let loaded = t.elapsed();
     let ir = crate::ir::resolve(&cluster);
     let g = AllowGraph::build(&cluster, &ir);

@@ -138,3 +138,21 @@ pub(crate) fn load(files: &[std::path::PathBuf]) -> Result<crate::model::Cluster
         }
     }
 }
+
+/// The allow graph, its queries and `diff` judge NetworkPolicies only: on a
+/// cluster with cluster-scoped policies their answers would be wrong, so
+/// they refuse it (exit 2) rather than answer. `test` and `explain` judge
+/// every tier.
+pub(crate) fn refuse_cluster_policies(cluster: &crate::model::Cluster, what: &str) -> Result<(), i32> {
+    if let Some(p) = cluster.cluster_policies.first() {
+        eprintln!(
+            "error: {what} does not model cluster-scoped policies yet ({} {:?} at {}, {} in all): use `netfence explain` or `netfence test`, which judge every tier",
+            p.kind.name(),
+            p.name,
+            p.origin,
+            cluster.cluster_policies.len()
+        );
+        return Err(2);
+    }
+    Ok(())
+}

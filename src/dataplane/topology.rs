@@ -186,7 +186,7 @@ impl Plan {
         match endpoint {
             Endpoint::Pod(id) => self.pod_keys.get(*id).cloned().unwrap_or_else(|| format!("pod #{id}")),
             Endpoint::Node(name) => format!("node/{name}"),
-            Endpoint::Ip(ip) => ip.to_string(),
+            Endpoint::NodeAddr(_, ip) | Endpoint::Ip(ip) => ip.to_string(),
         }
     }
 
@@ -205,7 +205,7 @@ impl Plan {
                 let ip = node.internal_ip(family).ok_or_else(|| format!("node {name} has no {family} InternalIP"))?;
                 Ok(Place { ns: node.ns, ip })
             }
-            Endpoint::Ip(ip) => {
+            Endpoint::NodeAddr(_, ip) | Endpoint::Ip(ip) => {
                 if Family::of(ip) != family {
                     return Err(format!("{ip} is not an {family} address"));
                 }
@@ -233,7 +233,8 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
         let info = NodeInfo {
             ns: roles.len(),
             internal_ips: node.internal_ips.clone(),
-            addrs: node.internal_ips.clone(),
+            // ExternalIPs too: an IP literal may name the node at one.
+            addrs: node.addresses.clone(),
             prefixes: node.pod_cidrs.clone(),
         };
         nodes.insert(node.name.clone(), info);

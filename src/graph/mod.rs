@@ -325,9 +325,10 @@ impl AllowGraph {
     }
 }
 
-/// A node's own address reaching a pod on that node: always allowed.
+/// One of a node's own addresses (InternalIP or ExternalIP) reaching a pod
+/// on that node: always allowed.
 pub fn node_local(cluster: &Cluster, ip: IpAddr, pod: PodId) -> bool {
-    cluster.pods[pod].node.as_ref().and_then(|n| cluster.nodes.get(n)).is_some_and(|n| n.internal_ips.contains(&ip))
+    cluster.pods[pod].node.as_ref().and_then(|n| cluster.nodes.get(n)).is_some_and(|n| n.has_address(ip))
 }
 
 /// Replace the edges from (`by_src`) or to every workload of a namespace

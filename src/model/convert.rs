@@ -40,12 +40,19 @@ pub fn node(node: &K8sNode) -> Result<Node, FieldError> {
         return err("metadata.name", "a Node needs a name");
     };
     check_name(&name, "metadata.name", Name::Subdomain)?;
-    labels(&node.metadata)?;
+    let labels = labels(&node.metadata)?;
     let mut internal_ips = Vec::new();
+    let mut external_ips = Vec::new();
     let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
     for (i, a) in addresses.into_iter().flatten().enumerate() {
-        if a.type_ == "InternalIP" {
-            internal_ips.push(parse_ip(&a.address, &format!("status.addresses[{i}].address"))?);
+        let list = match a.type_.as_str() {
+            "InternalIP" => &mut internal_ips,
+            "ExternalIP" => &mut external_ips,
+            _ => continue,
+        };
+        let ip = parse_ip(&a.address, &format!("status.addresses[{i}].address"))?;
+        if !list.contains(&ip) {
+            list.push(ip);
         }
     }
     let spec = node.spec.as_ref();
@@ -57,7 +64,8 @@ pub fn node(node: &K8sNode) -> Result<Node, FieldError> {
     for (i, c) in cidrs.iter().enumerate() {
         pod_cidrs.push(parse_cidr(c, &format!("spec.podCIDRs[{i}]"))?);
     }
-    Ok(Node { name, internal_ips, pod_cidrs })
+    let addresses = internal_ips.iter().chain(&external_ips).copied().collect();
+    Ok(Node { name, labels, internal_ips, external_ips, addresses, pod_cidrs })
 }
 
 pub fn pod(pod: &K8sPod) -> Result<Pod, FieldError> {

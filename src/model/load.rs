@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::sources::{Location, PolicySource, Sources};
+use super::cluster_policy::{self, ClusterKind, ClusterPolicy};
 use super::{convert, Cluster, Namespace, Node, Origin, Pod, Policy};
 use crate::yaml::{self, Doc, Pos};
 
@@ -59,6 +60,7 @@ pub struct Objects {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     pub policies: Vec<Policy>,
+    pub cluster_policies: Vec<ClusterPolicy>,
     /// Things worth telling the user that are not errors (ignored kinds).
     pub notices: Vec<String>,
     /// Kept only on request: field positions for lint.
@@ -73,8 +75,8 @@ pub struct Objects {
 /// tell a changed file. Sources (lint only) are where they came from.
 impl PartialEq for Objects {
     fn eq(&self, o: &Objects) -> bool {
-        (&self.namespaces, &self.nodes, &self.pods, &self.policies, &self.notices)
-            == (&o.namespaces, &o.nodes, &o.pods, &o.policies, &o.notices)
+        (&self.namespaces, &self.nodes, &self.pods, &self.policies, &self.cluster_policies, &self.notices)
+            == (&o.namespaces, &o.nodes, &o.pods, &o.policies, &o.cluster_policies, &o.notices)
     }
 }
 
@@ -136,7 +138,8 @@ impl Objects {
             }
         }
         match kind {
-            "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" => {
+            "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" | "ClusterNetworkPolicyList"
+            | "AdminNetworkPolicyList" | "BaselineAdminNetworkPolicyList" => {
                 let items = match obj.get("items") {
                     Some(Value::Array(items)) => items.clone(),
                     None | Some(Value::Null) => Vec::new(),
@@ -147,7 +150,12 @@ impl Objects {
                     // Typed lists (`kind: PodList`) leave kind off their items.
                     if let (Some(k), Value::Object(o)) = (item_kind, &mut item) {
                         o.entry("kind").or_insert_with(|| Value::String(k.to_string()));
-                        let api = if k == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" };
+                        let api = match k {
+                            "NetworkPolicy" => "networking.k8s.io/v1",
+                            "ClusterNetworkPolicy" => CNP_API,
+                            "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => ANP_API,
+                            _ => "v1",
+                        };
                         o.entry("apiVersion").or_insert_with(|| Value::String(api.to_string()));
                     }
                     let sub = doc.sub(&format!("items[{i}]"), item);
@@ -186,12 +194,51 @@ impl Objects {
                 }
                 self.policies.push(policy);
             }
+            "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy"
+                if obj.get("apiVersion").and_then(Value::as_str) == Some(cluster_api(kind)) =>
+            {
+                let ck = match kind {
+                    "ClusterNetworkPolicy" => ClusterKind::ClusterNetworkPolicy,
+                    "AdminNetworkPolicy" => ClusterKind::AdminNetworkPolicy,
+                    _ => ClusterKind::BaselineAdminNetworkPolicy,
+                };
+                let w: cluster_policy::wire::Object = typed(file, doc)?;
+                let origin = Origin::new(file, Some(doc.start));
+                let policy = cluster_policy::convert(ck, &w, origin).map_err(|e| field_error(file, doc, e))?;
+                for (dir, rules) in [("egress", &policy.egress)] {
+                    for (i, r) in rules.iter().enumerate() {
+                        if let Some(j) = r.peers.iter().position(|p| matches!(p, cluster_policy::ClusterPeer::DomainNames(_))) {
+                            self.notices.push(format!(
+                                "{file}:{}: {} {:?} spec.{dir}[{i}].to[{j}]: domainNames peers cannot be judged offline and match nothing here",
+                                doc.pos(&format!("spec.{dir}[{i}].to[{j}]")).line,
+                                kind,
+                                policy.name
+                            ));
+                        }
+                    }
+                }
+                self.cluster_policies.push(policy);
+            }
             other => {
                 let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("?");
-                self.notices.push(format!("{file}:{}: ignoring {other} {name:?} (netfence reads Namespace, Pod, Node and NetworkPolicy)", doc.start.line));
+                self.notices.push(format!("{file}:{}: ignoring {other} {name:?} (netfence reads Namespace, Pod, Node, NetworkPolicy, and {CNP_API} ClusterNetworkPolicy and {ANP_API} AdminNetworkPolicy/BaselineAdminNetworkPolicy)", doc.start.line));
             }
         }
         Ok(())
+    }
+}
+
+/// The API version of cluster policies we read; the same kind names in
+/// other groups (Antrea's `crd.antrea.io` ClusterNetworkPolicy) are other
+/// objects, ignored with a notice.
+pub const CNP_API: &str = "policy.networking.k8s.io/v1alpha2";
+pub const ANP_API: &str = "policy.networking.k8s.io/v1alpha1";
+
+fn cluster_api(kind: &str) -> &'static str {
+    if kind == "ClusterNetworkPolicy" {
+        CNP_API
+    } else {
+        ANP_API
     }
 }
 
@@ -277,6 +324,7 @@ impl ClusterBuilder {
         }
         c.pods.extend(objects.pods);
         c.policies.extend(objects.policies);
+        c.cluster_policies.extend(objects.cluster_policies);
         self.notices.extend(objects.notices);
         if let (Some(mine), Some(theirs)) = (&mut self.sources, objects.sources) {
             mine.extend(theirs);

@@ -12,6 +12,7 @@
 //! and policies by namespace/name), so iteration order never depends on input
 //! order and compiled output is deterministic.
 
+pub mod cluster_policy;
 pub mod convert;
 pub mod load;
 pub mod sources;
@@ -207,13 +208,25 @@ impl Pod {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Node {
     pub name: String,
+    /// `metadata.labels`: what a cluster policy's `nodes` peer selects on.
+    pub labels: Labels,
     pub internal_ips: Vec<IpAddr>,
+    /// ExternalIP addresses: a `nodes` peer means them too, and traffic
+    /// from them to the node's own pods is the node's.
+    pub external_ips: Vec<IpAddr>,
+    /// Every address: InternalIP, then ExternalIP (one slice for those
+    /// that borrow the node's addresses).
+    pub addresses: Vec<IpAddr>,
     pub pod_cidrs: Vec<IpNet>,
 }
 
 impl Node {
     pub fn ip(&self, family: Family) -> Option<IpAddr> {
         self.internal_ips.iter().copied().find(|ip| Family::of(ip) == family)
+    }
+
+    pub fn has_address(&self, ip: IpAddr) -> bool {
+        self.addresses.contains(&ip)
     }
 }
 
@@ -342,7 +355,12 @@ pub struct Cluster {
     pub nodes: BTreeMap<String, Node>,
     pub pods: Vec<Pod>,
     pub policies: Vec<Policy>,
+    /// Cluster-scoped policies (ClusterNetworkPolicy, ANP, BANP) in the
+    /// order they are judged ([`ClusterPolicy::order_key`]).
+    pub cluster_policies: Vec<ClusterPolicy>,
 }
+
+pub use cluster_policy::ClusterPolicy;
 
 /// Index of a pod in `Cluster::pods`.
 pub type PodId = usize;
@@ -358,6 +376,9 @@ impl Cluster {
         self.pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
         self.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         self.policies.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        self.cluster_policies.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        self.cluster_policies.dedup_by(|a, b| a.kind == b.kind && a.name == b.name);
+        self.cluster_policies.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         let missing: Vec<String> = self
             .pods
             .iter()
@@ -393,9 +414,9 @@ impl Cluster {
         self.namespaces.get(ns).map(|n| &n.labels)
     }
 
-    /// The node whose InternalIP is `ip`.
+    /// The node one of whose addresses (InternalIP or ExternalIP) is `ip`.
     pub fn node_by_ip(&self, ip: IpAddr) -> Option<&Node> {
-        self.nodes.values().find(|n| n.internal_ips.contains(&ip))
+        self.nodes.values().find(|n| n.has_address(ip))
     }
 
     /// The policy pod (not host-network, taking part) that owns `ip`.

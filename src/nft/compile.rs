@@ -56,6 +56,27 @@
 //!   local to the node. Trusting an address is safe only because of the
 //!   `antispoof` chain below: no packet that claims one of the node's
 //!   addresses gets in from outside.
+//! - Cluster-scoped policies (ClusterNetworkPolicy, ANP, BANP) are one
+//!   chain per tier and direction, `cnp_ing_admin`, `cnp_egr_baseline`,
+//!   ...: in judging order, one rule per (policy, rule, peer, protocol,
+//!   family), `<local pod in the subject's set> <peer in a set>
+//!   <proto/port>` and the action's verdict: Accept `accept`, Deny `drop`,
+//!   Pass `return` in the Admin tier (on to the dispatch: nftables has no
+//!   two-level return, hence one chain per tier) and `accept` in the
+//!   Baseline tier (on to the default, which allows). The Admin chain is
+//!   jumped to from each judging base chain just before the dispatch
+//!   (after the node's own traffic is accepted on ingress, so kubelet
+//!   probes stay exempt; `egress_local` jumps to it too, so egress to the
+//!   node itself is judged); falling off it continues to the dispatch.
+//!   The Baseline chain ends in `accept` and is where the dispatch sends a
+//!   pod no NetworkPolicy isolates (the map's element is `jump
+//!   cnp_<dir>_baseline` instead of `accept`). Subjects are sets of local
+//!   pods; `pods`/`namespaces` peers sets of every policy pod's address,
+//!   `nodes` peers sets of node addresses (InternalIP and ExternalIP),
+//!   `networks` small interval sets; named ports use the `addr . proto .
+//!   port` sets, one rule per protocol. Without cluster policies in a
+//!   tier and direction, nothing of this exists and the program is what
+//!   it was.
 //! - A group chain per distinct list of isolating policies: it jumps to each
 //!   policy's rule chain in order, then drops. Chains grow with policies,
 //!   never with pods.
@@ -110,6 +131,7 @@ use ipnet::IpNet;
 use super::counters::{Origin, Origins};
 use super::program::*;
 use crate::ir::{Ir, PeerIr, RuleIr};
+use crate::model::cluster_policy::{Action as CnpAction, ClusterPeer, ClusterPort, Subject, Tier};
 use crate::model::{Cluster, Direction, Family, Peer, PodId, PolicyId, PortRef, PortSpec, Protocol};
 use crate::selector::Selector;
 
@@ -251,6 +273,15 @@ impl Compiler<'_> {
             // would judge it by the destination pod's policies.
             rules.push((Rule::verdict(vec![Match::FibSaddrLocal { negate: false }], Verdict::Accept), None));
         }
+        // Cluster policies: the Admin tier before the NetworkPolicy
+        // dispatch; the Baseline tier where the dispatch says "not isolated".
+        if let Some(admin) = self.tier_chain(Tier::Admin, dir, local) {
+            rules.push((Rule::verdict(vec![], Verdict::Jump(admin)), None));
+        }
+        let not_isolated = match self.tier_chain(Tier::Baseline, dir, local) {
+            Some(baseline) => Verdict::Jump(baseline),
+            None => Verdict::Accept,
+        };
         // Dispatch: one map per family, one element per local pod address.
         let mut maps: BTreeMap<Family, Map> = FAMILIES
             .into_iter()
@@ -259,7 +290,7 @@ impl Compiler<'_> {
         for &pod in local {
             let isolating: Vec<PolicyId> =
                 self.ir.selecting[pod].iter().copied().filter(|&p| self.cluster.policies[p].isolates(dir)).collect();
-            let verdict = if isolating.is_empty() { Verdict::Accept } else { Verdict::Jump(self.group(dir, &isolating)) };
+            let verdict = if isolating.is_empty() { not_isolated.clone() } else { Verdict::Jump(self.group(dir, &isolating)) };
             for ip in &self.cluster.pods[pod].ips {
                 if let Some(m) = maps.get_mut(&Family::of(ip)) {
                     m.elements.insert(Element::Addr(*ip), verdict.clone());
@@ -308,6 +339,140 @@ impl Compiler<'_> {
         rules.push((deny, Some(Origin::Isolated { policies: keys, dir })));
         self.add_chain(name.clone(), None, rules);
         name
+    }
+
+    /// The chain of cluster-policy `tier` for `dir`: one rule per (policy,
+    /// rule, peer, protocol, family), in judging order, matching the local
+    /// pod against the policy's subject set and the peer against a set;
+    /// Accept is `accept`, Deny `drop`, Pass `return` in the Admin tier
+    /// (on to the NetworkPolicy dispatch) and `accept` in the Baseline
+    /// tier (on to the default, which allows). The Baseline chain ends in
+    /// `accept` (it is reached only for pods no NetworkPolicy isolates);
+    /// falling off the Admin chain goes on to the dispatch. `None` when no
+    /// policy of the tier has rules in `dir`: the program is then what it
+    /// was without cluster policies. Which rules exist depends on the
+    /// policies only; pods are set elements.
+    fn tier_chain(&mut self, tier: Tier, dir: Direction, local: &[PodId]) -> Option<String> {
+        let cluster = self.cluster;
+        let policies: Vec<usize> = (0..cluster.cluster_policies.len())
+            .filter(|&i| cluster.cluster_policies[i].tier == tier && !cluster.cluster_policies[i].rules(dir).is_empty())
+            .collect();
+        if policies.is_empty() {
+            return None;
+        }
+        let name = format!("cnp_{}_{}", dir_prefix(dir), if tier == Tier::Admin { "admin" } else { "baseline" });
+        if self.p.chains.contains_key(&name) {
+            return Some(name);
+        }
+        let (pod_field, peer_field) = fields(dir);
+        let mut rules: Vec<(Rule, Option<Origin>)> = Vec::new();
+        for pi in policies {
+            let policy = &cluster.cluster_policies[pi];
+            let key = policy.key();
+            let subject: Vec<PodId> = local.iter().copied().filter(|&id| policy.subject.selects(cluster, id)).collect();
+            for (ri, rule) in policy.rules(dir).iter().enumerate() {
+                let verdict = match (rule.action, tier) {
+                    (CnpAction::Accept, _) | (CnpAction::Pass, Tier::Baseline) => Verdict::Accept,
+                    (CnpAction::Deny, _) => Verdict::Drop,
+                    (CnpAction::Pass, Tier::Admin) => Verdict::Return,
+                };
+                let ports: Vec<Option<(usize, &ClusterPort)>> =
+                    if rule.ports.is_empty() { vec![None] } else { rule.ports.iter().enumerate().map(Some).collect() };
+                for (peer_i, peer) in rule.peers.iter().enumerate() {
+                    for f in FAMILIES {
+                        let Some(peer_match) = self.cluster_peer_match(f, peer_field, peer) else { continue };
+                        let subj = self.subject_set(f, &policy.subject, &subject);
+                        for port in &ports {
+                            let mut text = format!(" {dir} rule {ri} peer {peer_i}");
+                            if let Some((i, _)) = port {
+                                text.push_str(&format!(" port {i}"));
+                            }
+                            text.push_str(&format!(" {}", rule.action));
+                            let c = comment(&format!("{tier} {key}"), &text);
+                            let port_matches: Vec<Option<Match>> = match port {
+                                None => vec![None],
+                                Some((_, ClusterPort::Range { protocol, start, end })) => {
+                                    vec![Some(Match::Proto { proto: *protocol, dport: Some(PortRange { lo: *start, hi: *end }) })]
+                                }
+                                // Declared with any protocol: one rule per protocol's set.
+                                Some((_, ClusterPort::Named(n))) => Protocol::ALL
+                                    .into_iter()
+                                    .map(|proto| Some(Match::NamedPort { family: f, set: self.named_port_set(f, n, proto) }))
+                                    .collect(),
+                            };
+                            for pm in port_matches {
+                                let mut m = vec![addr_match(f, pod_field, false, AddrMatch::Set(subj.clone()))];
+                                m.extend(peer_match.iter().cloned());
+                                m.extend(pm);
+                                let origin = Origin::Cluster { policy: key.clone(), dir, rule: ri, action: rule.action };
+                                rules.push((Rule::verdict(m, verdict.clone()).counted(c.clone()), Some(origin)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if tier == Tier::Baseline {
+            rules.push((Rule::verdict(vec![], Verdict::Accept), None));
+        }
+        self.add_chain(name.clone(), None, rules);
+        Some(name)
+    }
+
+    /// The local pods of a cluster policy's subject in family `f`, as a
+    /// hash set named from the subject's definition.
+    fn subject_set(&mut self, f: Family, subject: &Subject, pods: &[PodId]) -> String {
+        let def = serde_json::json!({"subject": subject}).to_string();
+        let name = self.names.hashed(&format!("subj{}", fam_digit(f)), &def);
+        if !self.p.sets.contains_key(&name) {
+            let elements = pods.iter().filter_map(|&id| self.cluster.pods[id].ip(f)).map(Element::Addr).collect();
+            self.p.add_set(Set::of(name.clone(), KeyType::Addr(f), false, elements));
+        }
+        name
+    }
+
+    /// The matches of one cluster policy peer in family `f`; `None` when it
+    /// can match nothing there (networks of the other family, domainNames).
+    fn cluster_peer_match(&mut self, f: Family, field: AddrField, peer: &ClusterPeer) -> Option<Vec<Match>> {
+        let cluster = self.cluster;
+        let def = serde_json::json!({"peer": peer}).to_string();
+        let (prefix, interval, elements): (&str, bool, BTreeSet<Element>) = match peer {
+            ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. } => {
+                let elements = cluster
+                    .pods
+                    .iter()
+                    .enumerate()
+                    .filter(|(id, p)| p.is_policy_pod() && peer.has_pod(cluster, *id))
+                    .filter_map(|(_, p)| p.ip(f))
+                    .map(Element::Addr)
+                    .collect();
+                ("cpod", false, elements)
+            }
+            ClusterPeer::Nodes(sel) => {
+                let elements = cluster
+                    .nodes
+                    .values()
+                    .filter(|n| sel.matches(&n.labels))
+                    .flat_map(|n| n.addresses.iter().copied())
+                    .filter(|ip| Family::of(ip) == f)
+                    .map(Element::Addr)
+                    .collect();
+                ("cnode", false, elements)
+            }
+            ClusterPeer::Networks(nets) => {
+                let nets: Vec<IpNet> = nets.iter().filter(|n| Family::of_net(n) == f).copied().collect();
+                if nets.is_empty() {
+                    return None;
+                }
+                ("cnet", true, IpNet::aggregate(&nets).into_iter().map(Element::Net).collect())
+            }
+            ClusterPeer::DomainNames(_) => return None,
+        };
+        let name = self.names.hashed(&format!("{prefix}{}", fam_digit(f)), &def);
+        if !self.p.sets.contains_key(&name) {
+            self.p.add_set(Set::of(name.clone(), KeyType::Addr(f), interval, elements));
+        }
+        Some(vec![addr_match(f, field, false, AddrMatch::Set(name))])
     }
 
     /// The anti-spoofing chain (see the module doc, "Anti-spoofing").
@@ -735,13 +900,60 @@ counter accept comment \"x/web ingress rule 1\"
         assert_eq!(c.len(), MAX_COMMENT);
     }
 
+    /// Cluster policies of both tiers with every kind of peer and protocol.
+    const CNPS: &str = "---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: admin}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  egress:
+  - {action: Pass, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: new}}}}], protocols: [{destinationNamedPort: serve-80-tcp}]}
+  - {action: Deny, to: [{nodes: {}}, {networks: [192.0.2.0/24, 2001:db8::/64]}]}
+  ingress:
+  - {action: Accept, from: [{namespaces: {matchLabels: {ns: z}}}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 81}}}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: baseline}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: new}}}}
+  ingress:
+  - {action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}
+  - {action: Pass, from: [{namespaces: {}}]}
+";
+
+    /// The tiers are chains of their own, jumped to before the dispatch
+    /// (Admin) and from it for pods no NetworkPolicy isolates (Baseline);
+    /// Pass returns in the Admin tier and accepts in the Baseline tier.
+    #[test]
+    fn cluster_policy_tiers() {
+        let p = node1(CNPS);
+        let ingress = chain_text(&p, "ingress");
+        assert!(ingress.contains("fib saddr type local accept\njump cnp_ing_admin\n"), "{ingress}");
+        assert!(chain_text(&p, "egress_local").contains("jump cnp_egr_admin"));
+        let admin = chain_text(&p, "cnp_egr_admin");
+        assert!(admin.contains("return") && admin.contains("drop") && !admin.contains("accept"), "{admin}");
+        let baseline = chain_text(&p, "cnp_ing_baseline");
+        assert!(baseline.ends_with("accept\n") && baseline.contains("drop"), "{baseline}");
+        // Not isolated by NetworkPolicies: on to the Baseline tier.
+        assert!(p.maps["ingress4"].elements.values().all(|v| *v == Verdict::Jump("cnp_ing_baseline".into())));
+        assert!(p.maps["egress4"].elements.values().all(|v| *v == Verdict::Accept));
+        // No cluster policy: the program as before.
+        assert!(!node1("").chains.keys().any(|c| c.starts_with("cnp_")));
+    }
+
     /// Pod churn changes elements only: the promise that keeps a sync in
     /// milliseconds at any scale.
     #[test]
     fn pod_churn_is_element_operations_only() {
         use crate::apply::{FakeKernel, Kernel};
         let policies = format!(
-            "{}{}",
+            "{}{}{CNPS}",
             np("x", "web", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: serve-80-tcp}]}]}"),
             np("y", "out", "{podSelector: {}, egress: [{to: [{namespaceSelector: {}}]}]}"),
         );
@@ -800,7 +1012,7 @@ counter accept comment \"x/web ingress rule 1\"
 
     #[test]
     fn conntrack_first_and_no_stateless_shortcut() {
-        for program in [node1(""), node1(&np("x", "deny", "{podSelector: {}, policyTypes: [Ingress, Egress]}"))] {
+        for program in [node1(""), node1(&np("x", "deny", "{podSelector: {}, policyTypes: [Ingress, Egress]}")), node1(CNPS)] {
             for b in BASES {
                 let rules = &program.chains[b.name].rules;
                 assert_eq!(rules[0].matches, [Match::CtState([CtState::Established, CtState::Related].into())]);

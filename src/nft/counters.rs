@@ -33,20 +33,29 @@ pub enum Origin {
     FailClosed { dir: Direction },
     /// A source not routed back through its interface.
     Antispoof,
+    /// Rule `rule` of cluster policy `policy` (its key: `name`, `anp:name`,
+    /// `banp:default`) in `dir`, whose action is `action`.
+    Cluster { policy: String, dir: Direction, rule: usize, action: crate::model::cluster_policy::Action },
 }
 
 impl Origin {
     /// Whether the rule drops.
     pub fn drops(&self) -> bool {
-        !matches!(self, Origin::Allow { .. })
+        match self {
+            Origin::Allow { .. } => false,
+            Origin::Cluster { action, .. } => *action == crate::model::cluster_policy::Action::Deny,
+            _ => true,
+        }
     }
 
     /// The direction it judges (`None` for anti-spoofing, which comes first).
     pub fn direction(&self) -> Option<Direction> {
         match self {
-            Origin::Allow { dir, .. } | Origin::Isolated { dir, .. } | Origin::Invalid { dir } | Origin::FailClosed { dir } => {
-                Some(*dir)
-            }
+            Origin::Allow { dir, .. }
+            | Origin::Isolated { dir, .. }
+            | Origin::Invalid { dir }
+            | Origin::FailClosed { dir }
+            | Origin::Cluster { dir, .. } => Some(*dir),
             Origin::Antispoof => None,
         }
     }
@@ -60,7 +69,7 @@ impl Origin {
         let dir = self.direction().map(|d| d.to_string()).unwrap_or_default();
         let one = |policy: &str, rule: String| Series { policy: policy.to_string(), direction: dir.clone(), rule };
         match self {
-            Origin::Allow { policy, rule, .. } => vec![one(policy, rule.to_string())],
+            Origin::Allow { policy, rule, .. } | Origin::Cluster { policy, rule, .. } => vec![one(policy, rule.to_string())],
             Origin::Isolated { policies, .. } => policies.iter().map(|p| one(p, "isolated".into())).collect(),
             Origin::Invalid { .. } => vec![one("", "invalid".into())],
             Origin::FailClosed { .. } => vec![one("", "fail-closed".into())],

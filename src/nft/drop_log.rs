@@ -60,6 +60,7 @@ pub fn kind(origin: &Origin) -> &'static str {
         Origin::Invalid { .. } => "invalid",
         Origin::FailClosed { .. } => "fail-closed",
         Origin::Antispoof => "antispoof",
+        Origin::Cluster { .. } => "cluster",
         Origin::Allow { .. } => "allow",
     }
 }

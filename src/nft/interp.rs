@@ -200,7 +200,7 @@ pub struct Host<'a> {
 impl<'a> Host<'a> {
     /// `node`'s program `p`, with the node's addresses and pods from `cluster`.
     pub fn of(cluster: &'a Cluster, node: &'a str, p: &'a Program) -> Host<'a> {
-        let addrs = cluster.nodes.get(node).map(|n| n.internal_ips.as_slice()).unwrap_or_default();
+        let addrs = cluster.nodes.get(node).map(|n| n.addresses.as_slice()).unwrap_or_default();
         Host { program: p, addrs, pods: Some((cluster, node)) }
     }
 
@@ -291,6 +291,7 @@ fn run(host: Host<'_>, chain: &Chain, pkt: &Packet, path: &mut Vec<String>, dept
         match verdict {
             Verdict::Accept => return Outcome::Verdict(true, here()),
             Verdict::Drop => return Outcome::Verdict(false, here()),
+            Verdict::Return => return Outcome::Return,
             Verdict::Jump(target) => {
                 let Some(next) = p.chains.get(target).filter(|_| depth < MAX_DEPTH) else {
                     return Outcome::Verdict(false, here());
@@ -396,7 +397,7 @@ fn place(cluster: &Cluster, e: &Endpoint) -> Option<(String, bool)> {
             let pod = &cluster.pods[*id];
             Some((super::compile::node_of(pod).to_string(), pod.is_policy_pod()))
         }
-        Endpoint::Node(n) => Some((n.clone(), false)),
+        Endpoint::Node(n) | Endpoint::NodeAddr(n, _) => Some((n.clone(), false)),
         Endpoint::Ip(_) => None,
     }
 }
@@ -472,7 +473,7 @@ fn first_iif(cluster: &Cluster, e: &Endpoint) -> Iif {
             let pod = &cluster.pods[*id];
             Iif::Pod { v4: pod.ip(Family::IPv4), v6: pod.ip(Family::IPv6) }
         }
-        Endpoint::Node(_) => Iif::Local,
+        Endpoint::Node(_) | Endpoint::NodeAddr(..) => Iif::Local,
         Endpoint::Ip(_) => Iif::Wire,
     }
 }

@@ -214,6 +214,7 @@ fn verdict_stmt(v: &Verdict) -> Statement<'static> {
         Verdict::Accept => Statement::Accept(None),
         Verdict::Drop => Statement::Drop(None),
         Verdict::Jump(t) => Statement::Jump(stmt::JumpTarget { target: t.clone().into() }),
+        Verdict::Return => Statement::Return(None),
     }
 }
 
@@ -496,6 +497,7 @@ fn parse_verdict(v: &Value) -> Option<Verdict> {
         "accept" => Some(Verdict::Accept),
         "drop" => Some(Verdict::Drop),
         "jump" => Some(Verdict::Jump(body.get("target")?.as_str()?.to_string())),
+        "return" => Some(Verdict::Return),
         _ => None,
     }
 }
@@ -536,7 +538,7 @@ fn parse_rule(body: &Value) -> Result<Rule, ParseError> {
                 let group = v.get("group").and_then(Value::as_u64).and_then(|g| u16::try_from(g).ok());
                 action = prefix.zip(group).map(|(p, g)| Action::Log { prefix: p.to_string(), group: g });
             }
-            "accept" | "drop" | "jump" if last => action = parse_verdict(st).map(Action::Verdict),
+            "accept" | "drop" | "jump" | "return" if last => action = parse_verdict(st).map(Action::Verdict),
             "vmap" if last => {
                 let (family, field) = parse_addr_payload(v.get("key").unwrap_or(&Value::Null)).ok_or_else(|| ParseError { context: ctx.clone(), found: st.to_string() })?;
                 let map = v.get("data").and_then(Value::as_str).and_then(|d| d.strip_prefix('@'));

@@ -144,6 +144,8 @@ pub enum Verdict {
     Accept,
     Drop,
     Jump(String),
+    /// Back to the calling chain's next rule (a cluster policy's Pass).
+    Return,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -740,6 +742,7 @@ impl fmt::Display for Verdict {
             Verdict::Accept => f.write_str("accept"),
             Verdict::Drop => f.write_str("drop"),
             Verdict::Jump(c) => write!(f, "jump {c}"),
+            Verdict::Return => f.write_str("return"),
         }
     }
 }

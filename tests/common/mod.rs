@@ -68,6 +68,7 @@ pub const CASES: &[(&str, &[&str], &str)] = &[
     ("dualstack-node-1", &["fixtures/clusters/dualstack.yaml", "tests/golden/policies/dualstack.yaml"], "node-1"),
     ("special-node-1", &["fixtures/clusters/special.yaml", "tests/golden/policies/special.yaml"], "node-1"),
     ("demo-shop-worker", &["fixtures/demo/cluster.yaml", "fixtures/demo/policies"], "shop-worker"),
+    ("dualstack-cluster-policies-node-1", &["fixtures/clusters/dualstack.yaml", "tests/golden/policies/cluster.yaml"], "node-1"),
 ];
 
 pub fn root() -> std::path::PathBuf {
