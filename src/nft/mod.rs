@@ -12,6 +12,7 @@ pub mod json;
 pub mod compile;
 pub mod interp;
 pub mod diff;
+pub mod incremental;
 pub mod counters;
 
 pub use compile::{compile, compile_all, compile_with_origins};
