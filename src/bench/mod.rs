@@ -119,6 +119,10 @@ pub struct Delta {
     pub incremental: Timing,
     /// Did the engine's transaction equal the full path's?
     pub incremental_exact: bool,
+    /// What the agent's delta sync computes today: the engine finds the
+    /// change by comparing the whole snapshot, commits, and copies the
+    /// program (the conntrack cut reads the old and the new one).
+    pub agent_delta: Timing,
     /// Through `nft -j -f -` (JSON).
     pub apply: Option<Timing>,
     /// The same transaction through `nft -f -` (text), interleaved with
@@ -282,11 +286,22 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             let tx = nft::diff(Some(&program), &new);
             (new, tx)
         });
+        let mut incremental_exact = true;
+        let mut agent_samples = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            engine.update_to(&changed);
+            let got = engine.commit(nft::TABLE);
+            let copy = engine.program().clone();
+            agent_samples.push(start.elapsed());
+            incremental_exact &= got.as_ref() == Some(&tx) && copy == new;
+            engine.update_to(&cluster);
+            engine.commit(nft::TABLE);
+        }
         drop(changed);
         // The same change as the agent's engine sees it: one object, then
         // the commit; taken back (untimed) after each run.
         let mut samples = Vec::new();
-        let mut incremental_exact = true;
         for _ in 0..runs {
             let start = Instant::now();
             object.send(&mut engine);
@@ -318,6 +333,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             compute,
             incremental: Timing::of(samples),
             incremental_exact,
+            agent_delta: Timing::of(agent_samples),
             apply,
             apply_spawn,
         });
@@ -840,6 +856,7 @@ pub fn render(r: &SizeReport) -> String {
         row(&format!("{}: recompute", d.what), Some(d.compute), format!("{}: resolve + compile + diff", d.subject));
         let same = if d.incremental_exact { "the full path's transaction" } else { "DIFFERS from the full path's transaction" };
         row(&format!("{}: incremental", d.what), Some(d.incremental), format!("the object to nft::incremental + commit: {same}"));
+        row(&format!("{}: agent's delta compute", d.what), Some(d.agent_delta), "the engine compares the whole snapshot, commits, copies the program".to_string());
         let kind = if d.only_elements { "element ops only" } else { "includes chain/rule/set ops" };
         row(&format!("{}: apply", d.what), d.apply, format!("{} ops, {} elements, {kind}; the agent's kept-open nft -i", d.ops, d.elements));
         row(&format!("{}: apply, new nft", d.what), d.apply_spawn, "the same through a fresh nft -j -f, interleaved".to_string());

@@ -216,6 +216,52 @@ impl Journal {
 /// The labels namespace `ns` is matched by: its own, or (for a namespace
 /// only pods or policies name) the name label alone, as
 /// [`Cluster::normalize`] gives it.
+/// Sorted by namespace and name, without duplicates: what
+/// [`Cluster::normalize`] makes, and [`Incremental::update_to`] walks.
+fn is_normalized(c: &Cluster) -> bool {
+    c.pods.windows(2).all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name))
+        && c.policies.windows(2).all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name))
+}
+
+/// What changed from `held` to `now`, both sorted by key without
+/// duplicates: `Some` for an object added or changed, `None` for one gone.
+fn changes<'a, T: PartialEq + Clone + 'a>(
+    held: impl Iterator<Item = ((&'a str, &'a str), &'a T)>,
+    now: impl Iterator<Item = ((&'a str, &'a str), &'a T)>,
+) -> Vec<(Ref, Option<T>)> {
+    let own = |(ns, n): (&str, &str)| (ns.to_string(), n.to_string());
+    let (mut held, mut now) = (held.peekable(), now.peekable());
+    let mut out = Vec::new();
+    loop {
+        let order = match (held.peek(), now.peek()) {
+            (None, None) => break,
+            (Some((h, _)), Some((n, _))) => h.cmp(n),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                if let Some((k, _)) = held.next() {
+                    out.push((own(k), None));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((k, v)) = now.next() {
+                    out.push((own(k), Some(v.clone())));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((_, h)), Some((k, v))) = (held.next(), now.next()) {
+                    if h != v {
+                        out.push((own(k), Some(v.clone())));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn labels_of(namespaces: &BTreeMap<String, Namespace>, ns: &str) -> Labels {
     match namespaces.get(ns) {
         Some(n) => n.labels.clone(),
@@ -443,10 +489,16 @@ impl Incremental {
         }
     }
 
-    /// Bring the engine to `cluster` (normalized), finding what changed by
-    /// comparing it with what the engine holds: O(objects) comparisons,
-    /// then each change as above.
+    /// Bring the engine to `cluster`, finding what changed by walking it
+    /// beside what the engine holds (both sorted by namespace and name):
+    /// O(objects) comparisons, most of them a pointer (labels and port
+    /// lists are interned), then each change as above.
     pub fn update_to(&mut self, cluster: &Cluster) {
+        if !is_normalized(cluster) {
+            let mut c = cluster.clone();
+            c.normalize();
+            return self.update_to(&c);
+        }
         let ns: Vec<(String, Option<Namespace>)> = cluster
             .namespaces
             .iter()
@@ -460,36 +512,18 @@ impl Incremental {
         let node = cluster.nodes.get(&self.node).cloned();
         let name = self.node.clone();
         self.set_node(&name, node);
-        let stored = |m: &BTreeMap<String, BTreeMap<String, PolicyState>>, p: &Policy| m.get(&p.namespace).and_then(|m| m.get(&p.name)).map(|s| &s.policy) == Some(p);
-        let policies: Vec<Policy> = cluster.policies.iter().filter(|p| !stored(&self.policies, p)).cloned().collect();
-        let gone: Vec<Ref> = self
-            .policies
-            .iter()
-            .flat_map(|(ns, m)| m.keys().map(move |n| (ns, n)))
-            .filter(|(ns, n)| cluster.policies.binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(ns.as_str(), n.as_str()))).is_err())
-            .map(|(ns, n)| (ns.clone(), n.clone()))
-            .collect();
-        for (ns, n) in gone {
-            self.set_policy(&ns, &n, None);
+        let held = self.policies.iter().flat_map(|(ns, m)| m.iter().map(move |(n, s)| ((ns.as_str(), n.as_str()), &s.policy)));
+        let policies = changes(held, cluster.policies.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), p)));
+        // Deletions first: what goes frees what comes (groups, addresses).
+        let (gone, changed): (Vec<_>, Vec<_>) = policies.into_iter().partition(|(_, p)| p.is_none());
+        for ((ns, n), p) in gone.into_iter().chain(changed) {
+            self.set_policy(&ns, &n, p);
         }
-        for p in policies {
-            let (ns, n) = (p.namespace.clone(), p.name.clone());
-            self.set_policy(&ns, &n, Some(p));
-        }
-        let pods: Vec<Pod> = cluster.pods.iter().filter(|p| self.pods.get(&p.namespace).and_then(|m| m.get(&p.name)) != Some(*p)).cloned().collect();
-        let gone: Vec<Ref> = self
-            .pods
-            .iter()
-            .flat_map(|(ns, m)| m.keys().map(move |n| (ns, n)))
-            .filter(|(ns, n)| cluster.pod(ns, n).is_none())
-            .map(|(ns, n)| (ns.clone(), n.clone()))
-            .collect();
-        for (ns, n) in gone {
-            self.set_pod(&ns, &n, None);
-        }
-        for p in pods {
-            let (ns, n) = (p.namespace.clone(), p.name.clone());
-            self.set_pod(&ns, &n, Some(p));
+        let held = self.pods.iter().flat_map(|(ns, m)| m.iter().map(move |(n, p)| ((ns.as_str(), n.as_str()), p)));
+        let pods = changes(held, cluster.pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), p)));
+        let (gone, changed): (Vec<_>, Vec<_>) = pods.into_iter().partition(|(_, p)| p.is_none());
+        for ((ns, n), p) in gone.into_iter().chain(changed) {
+            self.set_pod(&ns, &n, p);
         }
     }
 
@@ -1204,6 +1238,16 @@ mod tests {
             // named-port sets, isolated local pods, a crowded cluster.
             assert!(seen.iter().all(|&n| n > 40), "seed {seed}: {seen:?}");
         }
+    }
+
+    #[test]
+    fn changes_walk_two_sorted_lists() {
+        let k = |s: &'static str| (s, "");
+        let held = [(k("a"), &1), (k("b"), &2), (k("d"), &4)];
+        let now = [(k("b"), &2), (k("c"), &3), (k("d"), &5)];
+        let got = changes(held.into_iter(), now.into_iter());
+        let own = |s: &str| (s.to_string(), String::new());
+        assert_eq!(got, vec![(own("a"), None), (own("c"), Some(3)), (own("d"), Some(5))]);
     }
 
     /// Pod churn stays element operations, as in the full path.
