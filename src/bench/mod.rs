@@ -265,9 +265,18 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
     }
 
     eprintln!("[{label}] building the incremental engine");
+    let rss_before_engine = memory_kb("VmRSS");
     let start = Instant::now();
     let mut engine = Incremental::new(&cluster, &node);
     let incremental_build = start.elapsed();
+    if let (Some(before), Some(after)) = (rss_before_engine, memory_kb("VmRSS")) {
+        notes.push(format!(
+            "the incremental engine: VmRSS {} before building it, {} after (+{}; freed memory reused makes this a lower bound)",
+            mb(before),
+            mb(after),
+            mb(after.saturating_sub(before))
+        ));
+    }
     if engine.program() != &program {
         notes.push("the incremental engine's program differs from the full compile (a netfence bug)".to_string());
     }
