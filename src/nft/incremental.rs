@@ -152,6 +152,39 @@ struct LiveSet {
     counts: HashMap<Element, u32>,
 }
 
+/// A part of the program that stays while anything uses it.
+trait Used {
+    fn users(&mut self) -> &mut usize;
+}
+
+impl Used for Group {
+    fn users(&mut self) -> &mut usize {
+        &mut self.users
+    }
+}
+
+impl Used for LiveChain {
+    fn users(&mut self) -> &mut usize {
+        &mut self.users
+    }
+}
+
+impl Used for LiveSet {
+    fn users(&mut self) -> &mut usize {
+        &mut self.users
+    }
+}
+
+/// One use fewer of `name`: the part, taken out, when that was the last.
+fn release<T: Used>(parts: &mut HashMap<String, T>, name: &str) -> Option<T> {
+    let users = parts.get_mut(name)?.users();
+    *users = users.saturating_sub(1);
+    if *users > 0 {
+        return None;
+    }
+    parts.remove(name)
+}
+
 /// What a batch of changes touched, as it was before the batch.
 #[derive(Default)]
 struct Journal {
@@ -749,12 +782,7 @@ impl Incremental {
     }
 
     fn group_unuse(&mut self, name: &str) {
-        let Some(g) = self.groups.get_mut(name) else { return };
-        g.users -= 1;
-        if g.users > 0 {
-            return;
-        }
-        let Some(g) = self.groups.remove(name) else { return };
+        let Some(g) = release(&mut self.groups, name) else { return };
         self.remove_chain(name);
         for c in g.chains {
             self.chain_unuse(&c);
@@ -798,12 +826,7 @@ impl Incremental {
     }
 
     fn chain_unuse(&mut self, name: &str) {
-        let Some(c) = self.chains.get_mut(name) else { return };
-        c.users -= 1;
-        if c.users > 0 {
-            return;
-        }
-        let Some(c) = self.chains.remove(name) else { return };
+        let Some(c) = release(&mut self.chains, name) else { return };
         self.remove_chain(name);
         for s in c.sets {
             self.set_unuse(&s);
@@ -867,12 +890,7 @@ impl Incremental {
     }
 
     fn set_unuse(&mut self, name: &str) {
-        let Some(s) = self.sets.get_mut(name) else { return };
-        s.users -= 1;
-        if s.users > 0 {
-            return;
-        }
-        let Some(s) = self.sets.remove(name) else { return };
+        let Some(s) = release(&mut self.sets, name) else { return };
         match &s.fill {
             Fill::Pods { key, .. } => match key.own_namespace() {
                 Some(ns) => {
@@ -1253,26 +1271,16 @@ mod tests {
     /// Pod churn stays element operations, as in the full path.
     #[test]
     fn pod_churn_commits_element_operations_only() {
-        let text = "
-apiVersion: v1
-kind: Node
-metadata: {name: n1}
-spec: {podCIDRs: [10.1.0.0/24]}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: api}}}], ports: [{port: http}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: w, namespace: x, labels: {app: web}}
-spec: {nodeName: n1}
-status: {podIP: 10.1.0.1}
-";
-        let c = crate::model::load::load_str("t.yaml", text).expect("loads");
+        // A web pod of this node, open to api pods of any namespace on
+        // its named port.
+        let text = [
+            "{apiVersion: v1, kind: Node, metadata: {name: n1}, spec: {podCIDRs: [10.1.0.0/24]}}",
+            "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: web, namespace: x}, spec: {podSelector: {matchLabels: {app: web}}, \
+              ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: api}}}], ports: [{port: http}]}]}}",
+            "{apiVersion: v1, kind: Pod, metadata: {name: w, namespace: x, labels: {app: web}}, spec: {nodeName: n1}, status: {podIP: 10.1.0.1}}",
+        ]
+        .join("\n---\n");
+        let c = crate::model::load::load_str("t.yaml", &text).expect("loads");
         let mut e = Incremental::new(&c, NODE);
         let mut p = c.pods[0].clone();
         for (i, (name, app, node)) in [("w2", "web", NODE), ("a1", "api", "n2"), ("a2", "api", NODE)].into_iter().enumerate() {
