@@ -11,14 +11,14 @@
 //! [`Incremental`] keeps, beside the program, what each part of it was made
 //! from and who uses it:
 //!
-//! - every object it was told about (namespaces, this node, pods, policies,
-//!   each policy with its rule chains already built from
-//!   [`super::compile::policy_chain`], the full path's own code);
+//! - every object it was told about (namespaces, this node, pods,
+//!   policies);
 //! - the live parts of the program, reference counted: group chains (used
-//!   by local pods), rule chains (used by groups), sets (used by rule
-//!   chains), each set's elements with how many pods give each (two pods
-//!   can claim one address), and the local pods claiming each address (the
-//!   last by namespace/name decides the dispatch, as in the full path);
+//!   by local pods), rule chains (used by groups; built when they become
+//!   live by [`super::compile::policy_chain`], the full path's own code),
+//!   sets (used by rule chains), the elements more than one pod gives (two
+//!   pods can claim one address), and the local pods claiming each address
+//!   (the last by namespace/name decides the dispatch, as in the full path);
 //! - live selector sets indexed by the namespace they are confined to, or
 //!   as reaching namespaces by selector (matched once per namespace and
 //!   cached until a namespace or such a set changes).
@@ -118,15 +118,13 @@ pub struct Incremental {
 
 struct PolicyState {
     policy: Policy,
-    /// Rule chains by direction (ingress, egress).
-    chains: [Option<PolicyChain>; 2],
 }
 
 impl PolicyState {
+    /// Rule chains are built when they become live, not here: a node's
+    /// program holds a few hundred of the cluster's 10k policies.
     fn new(policy: Policy) -> (PolicyState, bool) {
-        let mut names = Names::default();
-        let chains = Direction::BOTH.map(|d| policy_chain(&mut names, d, &policy));
-        (PolicyState { policy, chains }, names.collided)
+        (PolicyState { policy }, false)
     }
 }
 
@@ -148,8 +146,9 @@ struct LiveSet {
     def: String,
     fill: Fill,
     users: usize,
-    /// Each element with the number of pods giving it.
-    counts: HashMap<Element, u32>,
+    /// Elements given by more than one pod, with the number of pods
+    /// beyond the first (the program's set says which are present).
+    extra: HashMap<Element, u32>,
 }
 
 /// A part of the program that stays while anything uses it.
@@ -655,30 +654,26 @@ impl Incremental {
 
     /// One pod more (or fewer) gives `e` to live set `name`.
     fn count(&mut self, name: &str, e: Element, add: bool) {
-        let Some(set) = self.sets.get_mut(name) else { return };
-        if !add && !set.counts.contains_key(&e) {
-            return;
-        }
-        let c = set.counts.entry(e).or_insert(0);
+        let (Some(set), Some(s)) = (self.sets.get_mut(name), self.program.sets.get_mut(name)) else { return };
         let changed = if add {
-            *c += 1;
-            *c == 1
-        } else {
-            *c = c.saturating_sub(1);
-            *c == 0
-        };
-        if *c == 0 {
-            set.counts.remove(&e);
-        }
-        if !changed {
-            return;
-        }
-        if let Some(s) = self.program.sets.get_mut(name) {
-            if add {
-                s.elements.insert(e);
-            } else {
-                s.elements.remove(&e);
+            let new = s.elements.insert(e);
+            if !new {
+                *set.extra.entry(e).or_insert(0) += 1;
             }
+            new
+        } else {
+            match set.extra.get_mut(&e) {
+                Some(n) => {
+                    *n -= 1;
+                    if *n == 0 {
+                        set.extra.remove(&e);
+                    }
+                    false
+                }
+                None => s.elements.remove(&e),
+            }
+        };
+        if changed {
             self.journal.set_element(name, e, add);
         }
     }
@@ -808,13 +803,17 @@ impl Incremental {
     /// One use more of policy `r`'s rule chain in `dir`; `None` when it has
     /// none.
     fn chain_use(&mut self, r: &Ref, dir: Direction) -> Option<String> {
-        let chain = self.policies.get(&r.0)?.get(&r.1)?.chains[di(dir)].as_ref()?;
-        if let Some(live) = self.chains.get_mut(&chain.name) {
+        let policy = &self.policies.get(&r.0)?.get(&r.1)?.policy;
+        if policy.rules(dir).is_empty() {
+            return None;
+        }
+        let name = compile::policy_chain_name(dir, policy);
+        if let Some(live) = self.chains.get_mut(&name) {
             self.collided |= live.policy != *r;
             live.users += 1;
-            return Some(chain.name.clone());
+            return Some(name);
         }
-        let chain = chain.clone();
+        let chain = self.build_chain(r, dir)?;
         for s in &chain.sets {
             self.set_use(s);
         }
@@ -836,10 +835,11 @@ impl Incremental {
     /// Policy `r` changed: its live rule chain in `dir` takes the new
     /// rules (a chain it no longer has goes with the groups' jumps).
     fn refresh_chain(&mut self, r: &Ref, dir: Direction) {
-        let Some(new) = self.policies.get(&r.0).and_then(|m| m.get(&r.1)).and_then(|s| s.chains[di(dir)].clone()) else { return };
-        if self.chains.get(&new.name).is_none_or(|c| c.policy != *r) {
+        let Some(policy) = self.policies.get(&r.0).and_then(|m| m.get(&r.1)).map(|s| &s.policy) else { return };
+        if self.chains.get(&compile::policy_chain_name(dir, policy)).is_none_or(|c| c.policy != *r) {
             return;
         }
+        let Some(new) = self.build_chain(r, dir) else { return };
         for s in &new.sets {
             self.set_use(s);
         }
@@ -855,6 +855,15 @@ impl Incremental {
         }
     }
 
+    /// Policy `r`'s rule chain in `dir`, built with compile.rs's code.
+    fn build_chain(&mut self, r: &Ref, dir: Direction) -> Option<PolicyChain> {
+        let policy = &self.policies.get(&r.0)?.get(&r.1)?.policy;
+        let mut names = Names::default();
+        let chain = policy_chain(&mut names, dir, policy);
+        self.collided |= names.collided;
+        chain
+    }
+
     fn remove_chain(&mut self, name: &str) {
         self.journal.chain(&self.program, name);
         self.program.chains.remove(name);
@@ -867,8 +876,7 @@ impl Incremental {
             live.users += 1;
             return;
         }
-        let counts = self.fill(&s.fill);
-        let elements = counts.keys().copied().collect();
+        let (elements, extra) = self.fill(&s.fill);
         self.journal.set_created(&s.name);
         self.program.add_set(Set::of(s.name.clone(), s.key, s.interval, elements));
         match &s.fill {
@@ -886,7 +894,7 @@ impl Incremental {
             }
             Fill::Nets(_) => {}
         }
-        self.sets.insert(s.name.clone(), LiveSet { def: s.def.clone(), fill: s.fill.clone(), users: 1, counts });
+        self.sets.insert(s.name.clone(), LiveSet { def: s.def.clone(), fill: s.fill.clone(), users: 1, extra });
     }
 
     fn set_unuse(&mut self, name: &str) {
@@ -917,8 +925,13 @@ impl Incremental {
     }
 
     /// The elements of a set becoming live, from the pods in its scope.
-    fn fill(&self, fill: &Fill) -> HashMap<Element, u32> {
-        let mut counts = HashMap::new();
+    fn fill(&self, fill: &Fill) -> (BTreeSet<Element>, HashMap<Element, u32>) {
+        let (mut elements, mut extra) = (BTreeSet::new(), HashMap::new());
+        let mut put = |e: Element| {
+            if !elements.insert(e) {
+                *extra.entry(e).or_insert(0) += 1;
+            }
+        };
         match fill {
             Fill::Pods { family, key, .. } => {
                 let scope: Vec<&String> = match key.own_namespace() {
@@ -928,21 +941,21 @@ impl Incremental {
                 for ns in scope {
                     for pod in self.pods.get(ns).into_iter().flat_map(|m| m.values()) {
                         if let Some(ip) = pod.ip(*family).filter(|_| pod.is_policy_pod() && key.selects_in_scope(pod)) {
-                            *counts.entry(Element::Addr(ip)).or_insert(0) += 1;
+                            put(Element::Addr(ip));
                         }
                     }
                 }
             }
-            Fill::Nets(nets) => counts.extend(nets.iter().map(|e| (*e, 1))),
+            Fill::Nets(nets) => nets.iter().for_each(|e| put(*e)),
             Fill::NamedPort { family, proto, name } => {
                 for pod in self.pods.values().flat_map(|m| m.values()).filter(|p| p.is_policy_pod()) {
                     if let Some(e) = named_port_element(pod, *family, *proto, name) {
-                        *counts.entry(e).or_insert(0) += 1;
+                        put(e);
                     }
                 }
             }
         }
-        counts
+        (elements, extra)
     }
 }
 
