@@ -123,6 +123,8 @@ pub struct Delta {
     /// change by comparing the whole snapshot, commits, and copies the
     /// program (the conntrack cut reads the old and the new one).
     pub agent_delta: Timing,
+    /// Of which the copy of the program.
+    pub agent_copy: Timing,
     /// Through `nft -j -f -` (JSON).
     pub apply: Option<Timing>,
     /// The same transaction through `nft -f -` (text), interleaved with
@@ -296,12 +298,14 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             (new, tx)
         });
         let mut incremental_exact = true;
-        let mut agent_samples = Vec::new();
+        let (mut agent_samples, mut copy_samples) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let start = Instant::now();
             engine.update_to(&changed);
             let got = engine.commit(nft::TABLE);
+            let copying = Instant::now();
             let copy = engine.program().clone();
+            copy_samples.push(copying.elapsed());
             agent_samples.push(start.elapsed());
             incremental_exact &= got.as_ref() == Some(&tx) && copy == new;
             engine.update_to(&cluster);
@@ -343,6 +347,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             incremental: Timing::of(samples),
             incremental_exact,
             agent_delta: Timing::of(agent_samples),
+            agent_copy: Timing::of(copy_samples),
             apply,
             apply_spawn,
         });
@@ -865,7 +870,11 @@ pub fn render(r: &SizeReport) -> String {
         row(&format!("{}: recompute", d.what), Some(d.compute), format!("{}: resolve + compile + diff", d.subject));
         let same = if d.incremental_exact { "the full path's transaction" } else { "DIFFERS from the full path's transaction" };
         row(&format!("{}: incremental", d.what), Some(d.incremental), format!("the object to nft::incremental + commit: {same}"));
-        row(&format!("{}: agent's delta compute", d.what), Some(d.agent_delta), "the engine compares the whole snapshot, commits, copies the program".to_string());
+        row(
+            &format!("{}: agent's delta compute", d.what),
+            Some(d.agent_delta),
+            format!("the engine walks the whole snapshot, commits, copies the program (the copy: median {})", fmt_duration(d.agent_copy.median)),
+        );
         let kind = if d.only_elements { "element ops only" } else { "includes chain/rule/set ops" };
         row(&format!("{}: apply", d.what), d.apply, format!("{} ops, {} elements, {kind}; the agent's kept-open nft -i", d.ops, d.elements));
         row(&format!("{}: apply, new nft", d.what), d.apply_spawn, "the same through a fresh nft -j -f, interleaved".to_string());
