@@ -26,7 +26,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::model::{Cluster, Direction, Peer, Pod, PodId, Policy, PolicyId, PortSpec};
-use crate::selector::Selector;
+use crate::selector::{Labels, Selector};
 
 /// What the reference evaluator needs to know about resolved selectors.
 pub trait Resolution {
@@ -190,13 +190,35 @@ impl PeerKey {
     /// Does the peer mean `pod`? The question resolution answers for every
     /// pod at once, asked of one.
     pub fn contains(&self, cluster: &Cluster, pod: &Pod) -> bool {
-        let in_scope = match (&self.own_namespace, &self.namespaces) {
-            (Some(own), _) => *own == pod.namespace,
-            (None, Some(sel)) => cluster.namespace_labels(&pod.namespace).is_some_and(|l| sel.matches(l)),
-            (None, None) => false,
-        };
-        in_scope && selects(&pod.namespace, &self.pod_selector(), pod)
+        self.reaches(&pod.namespace, cluster.namespace_labels(&pod.namespace)) && self.selects_in_scope(pod)
     }
+
+    /// Does the peer reach into namespace `ns`, whose labels are `labels`
+    /// (`None`: no such namespace)?
+    pub fn reaches(&self, ns: &str, labels: Option<&Labels>) -> bool {
+        match (&self.own_namespace, &self.namespaces) {
+            (Some(own), _) => own == ns,
+            (None, Some(sel)) => labels.is_some_and(|l| sel.matches(l)),
+            (None, None) => false,
+        }
+    }
+
+    /// The namespace the peer is confined to when it has no
+    /// namespaceSelector.
+    pub fn own_namespace(&self) -> Option<&str> {
+        self.own_namespace.as_deref()
+    }
+
+    /// Does the peer mean `pod`, given that it reaches the pod's namespace?
+    pub fn selects_in_scope(&self, pod: &Pod) -> bool {
+        selects(&pod.namespace, &self.pod_selector(), pod)
+    }
+}
+
+/// Does `policy`'s podSelector select `pod`? Only policy pods of its
+/// namespace are selected.
+pub fn policy_selects(policy: &Policy, pod: &Pod) -> bool {
+    selects(&policy.namespace, &policy.pod_selector, pod)
 }
 
 /// Does a selector of namespace `ns` (a policy's podSelector, or a peer's

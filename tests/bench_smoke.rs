@@ -22,6 +22,8 @@ fn smoke_run_measures_every_stage() {
     let add = &r.deltas[0];
     assert!(add.only_elements && add.ops > 0, "a pod add must change set elements only:\n{text}");
     assert!(r.deltas.iter().all(|d| d.ops > 0), "every change reaches the node's program:\n{text}");
+    assert!(r.deltas.iter().all(|d| d.incremental_exact), "the incremental engine gives the full path's transactions:\n{text}");
+    assert!(!text.contains("a netfence bug"), "{text}");
     match r.full_apply {
         Some(_) => {
             assert!(r.deltas.iter().all(|d| d.apply.is_some()), "{text}");

@@ -1,6 +1,12 @@
 //! The real dataplane: compile the node's program, diff it against what was
 //! last committed, apply the difference as one transaction.
 //!
+//! A full sync compiles through the full path (resolve, compile) and then
+//! builds the incremental engine ([`crate::nft::incremental`]) from the same
+//! cluster, kept only if its program is the full path's. A delta sync hands
+//! the engine the new cluster: it finds what changed and compiles only that,
+//! into the transaction the full path's diff would give.
+//!
 //! The committed program is kept in memory and never read back on the sync
 //! path (`../shared/nft-facts.md`: listing a large table takes seconds). A
 //! full sync replaces our table and removes the other of our two table names
@@ -22,6 +28,7 @@ use super::drop_log::DropLogger;
 use super::rule_counters::RuleCounters;
 use crate::apply::{apply_staged, Kernel};
 use crate::model::Cluster;
+use crate::nft::incremental::Incremental;
 use crate::nft::program::{Action, AddrMatch, Element, Match, Verdict};
 use crate::nft::{self, Op, Program, Transaction, ALT_TABLE, TABLE};
 
@@ -37,6 +44,10 @@ pub struct NftDataplane {
     committed: Option<Arc<Program>>,
     /// Told around every apply what the kernel holds (per-rule metrics).
     counters: Option<Arc<RuleCounters>>,
+    /// The committed program kept in step change by change: what a delta
+    /// sync compiles with. `None` until a full sync builds it, and after a
+    /// delta the kernel refused (the engine is then ahead of the kernel).
+    engine: Option<Incremental>,
     /// Adds the log rules to every program, and is told what they mean.
     drop_log: Option<Arc<DropLogger>>,
     /// Full syncs of programs with more elements are staged.
@@ -45,7 +56,15 @@ pub struct NftDataplane {
 
 impl NftDataplane {
     pub fn new(node: &str, kernel: Box<dyn Kernel + Send>) -> NftDataplane {
-        NftDataplane { node: node.to_string(), kernel, committed: None, counters: None, drop_log: None, staged_above: STAGED_ABOVE }
+        NftDataplane {
+            node: node.to_string(),
+            kernel,
+            committed: None,
+            counters: None,
+            engine: None,
+            drop_log: None,
+            staged_above: STAGED_ABOVE,
+        }
     }
 
     /// Stage full syncs of programs over `elements` (tests stage small ones).
@@ -54,7 +73,9 @@ impl NftDataplane {
         self
     }
 
-    /// Log drops as `drop_log` says ([`crate::nft::drop_log`]).
+    /// Log drops as `drop_log` says ([`crate::nft::drop_log`]). The
+    /// incremental engine does not add log rules: with a drop log every
+    /// change is compiled in full.
     pub fn with_drop_log(mut self, drop_log: Arc<DropLogger>) -> NftDataplane {
         self.drop_log = Some(drop_log);
         self
@@ -111,8 +132,83 @@ impl NftDataplane {
     }
 }
 
+impl NftDataplane {
+    /// A delta through the incremental engine: only what changed since the
+    /// last sync is compiled, into the transaction the full path's diff
+    /// would give. `None` when the engine cannot say (not built yet, or a
+    /// name collision only the full path resolves).
+    fn sync_incremental(&mut self, cluster: &Cluster) -> Option<Result<SyncReport, SyncError>> {
+        let old = self.committed.clone()?;
+        if !cluster.cluster_policies.is_empty() {
+            // Cluster policies arrived: the full path compiles them.
+            self.engine = None;
+            return None;
+        }
+        let engine = self.engine.as_mut()?;
+        engine.update_to(cluster);
+        let Some(tx) = engine.commit(&old.table) else {
+            tracing::warn!("two names' hashes collide: this delta and the next are compiled in full");
+            self.engine = None;
+            return None;
+        };
+        let counters = self.counters.clone();
+        if let Some(c) = &counters {
+            c.syncing();
+        }
+        if let Err(e) = self.kernel.apply(&tx) {
+            // The engine is ahead of the kernel now: rebuilt on the next sync.
+            self.engine = None;
+            if let Some(c) = &counters {
+                c.synced(None);
+            }
+            return Some(Err(SyncError::Apply(anyhow::Error::new(e))));
+        }
+        let engine = self.engine.as_ref()?;
+        let mut program = engine.program().clone();
+        program.table = old.table.clone();
+        if let Some(c) = &counters {
+            c.synced(Some((program.table.as_str(), engine.origins().clone(), false)));
+        }
+        let program = Arc::new(program);
+        let report = SyncReport {
+            ops: tx.len(),
+            element_ops: tx.ops.iter().filter(|o| o.is_element_op()).count(),
+            rules: program.rule_count(),
+            sets: program.sets.len() + program.maps.len(),
+            elements: element_count(&program),
+            changes: Some(Changes { node: self.node.clone(), old: self.committed.take(), new: program.clone() }),
+        };
+        self.committed = Some(program);
+        Some(Ok(report))
+    }
+
+    /// Build the engine from `cluster` after a sync through the full path
+    /// committed `program`; kept only if it agrees with the full path.
+    fn rebuild_engine(&mut self, cluster: &Cluster, program: &Program) {
+        // What the engine does not compile: log rules, cluster policies.
+        if self.drop_log.is_some() || !cluster.cluster_policies.is_empty() {
+            self.engine = None;
+            return;
+        }
+        let engine = Incremental::new(cluster, &self.node);
+        let same = engine.is_exact() && engine.program().sets == program.sets && engine.program().maps == program.maps && engine.program().chains == program.chains;
+        if !same {
+            tracing::error!("the incremental engine disagrees with the full compile (a netfence bug): deltas are compiled in full");
+        }
+        self.engine = same.then_some(engine);
+    }
+}
+
 impl Dataplane for NftDataplane {
     fn sync(&mut self, cluster: &Cluster, full: bool) -> Result<SyncReport, SyncError> {
+        if !full {
+            if let Some(result) = self.sync_incremental(cluster) {
+                return result;
+            }
+        }
+        // Whatever happens below, the engine no longer matches what the
+        // kernel will hold.
+        self.engine = None;
         let ir = crate::ir::resolve(cluster);
         let (mut program, mut origins) = nft::compile_with_origins(cluster, &ir, &self.node);
         if let Some(d) = &self.drop_log {
@@ -132,6 +228,8 @@ impl Dataplane for NftDataplane {
         if let (Some(d), Some(o)) = (&self.drop_log, &drop_origins) {
             d.committed_program(o);
         }
+        drop(ir);
+        self.rebuild_engine(cluster, &program);
         let program = Arc::new(program);
         let report = SyncReport {
             ops,
@@ -350,6 +448,37 @@ spec:
         assert!(r.ops > 0);
         let kernel = k.0.lock().unwrap();
         assert_eq!(kernel.table(TABLE), dp.committed());
+    }
+
+    /// Deltas go through the incremental engine and commit what the full
+    /// path compiles, the kernel included; a refused one is recovered.
+    #[test]
+    fn deltas_through_the_engine_commit_the_full_compile() {
+        let k = Shared::default();
+        let mut dp = NftDataplane::new("n1", Box::new(k.clone()));
+        dp.sync(&cluster(""), true).unwrap();
+        assert!(dp.engine.is_some(), "a full sync builds the engine");
+        let deny_b = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\nspec: {podSelector: {matchLabels: {app: b}}}\n";
+        let steps = [
+            pod("c", "n1", "10.0.1.3", "b"),
+            format!("{}{}", pod("c", "n1", "10.0.1.3", "b"), pod("d", "n2", "10.0.2.4", "b")),
+            format!("{}{deny_b}", pod("d", "n2", "10.0.2.4", "a")),
+            String::new(),
+        ];
+        for (i, extra) in steps.iter().enumerate() {
+            if i == 2 {
+                k.0.lock().unwrap().fail_next(Reason::Busy);
+                assert!(dp.sync(&cluster(extra), false).is_err());
+                assert!(dp.engine.is_none(), "a refused delta drops the engine");
+            }
+            let r = dp.sync(&cluster(extra), false).unwrap();
+            assert!(dp.engine.is_some(), "step {i}");
+            assert_eq!(dp.committed(), Some(&program(extra)), "step {i}");
+            assert_eq!(k.0.lock().unwrap().table(TABLE), dp.committed(), "step {i}");
+            if i < 2 {
+                assert_eq!(r.ops, r.element_ops, "step {i}: pod churn is element operations");
+            }
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::gen::{Plan, Size, Spec};
 use crate::ir::{self, Ir};
 use crate::model::{Cluster, Direction, Peer, PodId, PortRef, PortSpec, Protocol, Rule};
 use crate::netns::Netns;
+use crate::nft::incremental::Incremental;
 use crate::nft::{self, compile::node_of, Op, Program, Transaction};
 
 /// What to run.
@@ -114,6 +115,16 @@ pub struct Delta {
     pub only_elements: bool,
     /// Resolve, compile and diff again after the change.
     pub compute: Timing,
+    /// The change given to the incremental engine, and its commit.
+    pub incremental: Timing,
+    /// Did the engine's transaction equal the full path's?
+    pub incremental_exact: bool,
+    /// What the agent's delta sync computes today: the engine finds the
+    /// change by comparing the whole snapshot, commits, and copies the
+    /// program (the conntrack cut reads the old and the new one).
+    pub agent_delta: Timing,
+    /// Of which the copy of the program.
+    pub agent_copy: Timing,
     /// Through `nft -j -f -` (JSON).
     pub apply: Option<Timing>,
     /// The same transaction through `nft -f -` (text), interleaved with
@@ -160,6 +171,8 @@ pub struct SizeReport {
     pub node: String,
     pub local_pods: usize,
     pub compile: Timing,
+    /// Building the incremental engine for the node (one run).
+    pub incremental_build: Duration,
     pub program: ProgramSize,
     /// `None` when the kernel part was skipped; see `notes`.
     pub full_apply: Option<Timing>,
@@ -253,10 +266,27 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         ns = Some(scratch);
     }
 
+    eprintln!("[{label}] building the incremental engine");
+    let rss_before_engine = memory_kb("VmRSS");
+    let start = Instant::now();
+    let mut engine = Incremental::new(&cluster, &node);
+    let incremental_build = start.elapsed();
+    if let (Some(before), Some(after)) = (rss_before_engine, memory_kb("VmRSS")) {
+        notes.push(format!(
+            "the incremental engine: VmRSS {} before building it, {} after (+{}; freed memory reused makes this a lower bound)",
+            mb(before),
+            mb(after),
+            mb(after.saturating_sub(before))
+        ));
+    }
+    if engine.program() != &program {
+        notes.push("the incremental engine's program differs from the full compile (a netfence bug)".to_string());
+    }
+
     // One change at a time: each is a whole changed cluster.
     let mut deltas = Vec::new();
     for change in Change::ALL {
-        let Some((subject, changed)) = change.apply(&cluster, &ir, &node) else {
+        let Some((subject, changed, (object, before))) = change.apply(&cluster, &ir, &node) else {
             notes.push(format!("{}: no candidate on {node}", change.name()));
             continue;
         };
@@ -267,7 +297,36 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             let tx = nft::diff(Some(&program), &new);
             (new, tx)
         });
+        let mut incremental_exact = true;
+        let (mut agent_samples, mut copy_samples) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let start = Instant::now();
+            engine.update_to(&changed);
+            let got = engine.commit(nft::TABLE);
+            let copying = Instant::now();
+            let copy = engine.program().clone();
+            copy_samples.push(copying.elapsed());
+            agent_samples.push(start.elapsed());
+            incremental_exact &= got.as_ref() == Some(&tx) && copy == new;
+            engine.update_to(&cluster);
+            engine.commit(nft::TABLE);
+        }
         drop(changed);
+        // The same change as the agent's engine sees it: one object, then
+        // the commit; taken back (untimed) after each run.
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            object.send(&mut engine);
+            let got = engine.commit(nft::TABLE);
+            samples.push(start.elapsed());
+            incremental_exact &= got.as_ref() == Some(&tx);
+            before.send(&mut engine);
+            engine.commit(nft::TABLE);
+        }
+        if !incremental_exact {
+            notes.push(format!("{}: the incremental transaction differs from the full path's (a netfence bug)", change.name()));
+        }
         let (apply, apply_spawn) = match &ns {
             Some(scratch) if !tx.is_empty() => {
                 let (session, spawn) = scratch.run(|| apply_delta(&program, &new, &tx, runs))??;
@@ -285,6 +344,10 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             elements: tx.ops.iter().filter(|o| o.is_element_op()).map(Op::weight).sum(),
             only_elements: tx.only_elements(),
             compute,
+            incremental: Timing::of(samples),
+            incremental_exact,
+            agent_delta: Timing::of(agent_samples),
+            agent_copy: Timing::of(copy_samples),
             apply,
             apply_spawn,
         });
@@ -343,6 +406,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         node,
         local_pods,
         compile,
+        incremental_build,
         program: ProgramSize::of(&program),
         full_apply,
         deltas,
@@ -464,12 +528,14 @@ impl Change {
         }
     }
 
-    /// The changed cluster and what changed, or `None` when `node` has no
-    /// pod (or policy) to change.
-    fn apply(self, c: &Cluster, ir: &Ir, node: &str) -> Option<(String, Cluster)> {
+    /// The changed cluster, what changed, and the changed object with its
+    /// version before, or `None` when `node` has no pod (or policy) to
+    /// change.
+    fn apply(self, c: &Cluster, ir: &Ir, node: &str) -> Option<(String, Cluster, (Object, Object))> {
         let id = busiest_pod(c, ir, node)?;
         let pod = &c.pods[id];
         let mut changed = c.clone();
+        let objects;
         let subject = match self {
             Change::PodAdded => {
                 let ip = free_address(c, node)?;
@@ -477,6 +543,8 @@ impl Change {
                 let stem = pod.name.rsplit_once('-').map_or(pod.name.as_str(), |(s, _)| s);
                 added.name = format!("{stem}-bench");
                 added.ips = vec![ip];
+                let name = added.name.clone();
+                objects = (Object::Pod(pod.namespace.clone(), name.clone(), Some(added.clone())), Object::Pod(pod.namespace.clone(), name, None));
                 changed.pods.push(added);
                 changed.normalize();
                 format!("{}/{stem}-bench ({ip})", pod.namespace)
@@ -484,6 +552,8 @@ impl Change {
             Change::PodRelabelled => {
                 let app = format!("{}-debug", pod.labels.get("app")?);
                 changed.pods[id].labels = pod.labels.with("app", &app);
+                let (ns, name) = (pod.namespace.clone(), pod.name.clone());
+                objects = (Object::Pod(ns.clone(), name.clone(), Some(changed.pods[id].clone())), Object::Pod(ns, name, Some(pod.clone())));
                 format!("{} app={app}", pod.key())
             }
             Change::PolicyChanged => {
@@ -493,10 +563,28 @@ impl Change {
                     peers: vec![Peer::IpBlock { cidr: "192.0.2.0/24".parse().expect("a valid CIDR"), except: vec![] }],
                     ports: vec![PortSpec { protocol: Protocol::Tcp, port: Some(PortRef::Number(8443)), end_port: None }],
                 });
+                objects = (Object::Policy(policy.clone()), Object::Policy(c.policies[pid].clone()));
                 format!("{} +ingress from 192.0.2.0/24 to 8443/TCP", policy.key())
             }
         };
-        Some((subject, changed))
+        Some((subject, changed, objects))
+    }
+}
+
+/// One object as the agent's index hands it on: a pod (deleted: `None`)
+/// or a policy.
+#[derive(Debug, Clone)]
+enum Object {
+    Pod(String, String, Option<crate::model::Pod>),
+    Policy(crate::model::Policy),
+}
+
+impl Object {
+    fn send(&self, e: &mut Incremental) {
+        match self {
+            Object::Pod(ns, name, pod) => e.set_pod(ns, name, pod.clone()),
+            Object::Policy(p) => e.set_policy(&p.namespace, &p.name, Some(p.clone())),
+        }
     }
 }
 
@@ -626,7 +714,22 @@ pub fn checks(r: &SizeReport) -> Vec<Check> {
         });
         out.push(below("explain one flow < 100 ms", r.explain.median, Duration::from_millis(100)));
     }
-    if (pods, policies) == (100_000, 10_000) {
+    // Recompute (not apply) through the incremental engine: for the
+    // busiest node at 100k pods / 10k policies; elsewhere indicative.
+    let large = (pods, policies) == (100_000, 10_000);
+    for (what, target, limit) in [("pod added", "incremental pod add < 5 ms", 5), ("policy changed", "incremental policy change < 10 ms", 10)] {
+        let d = r.deltas.iter().find(|d| d.what == what);
+        out.push(Check {
+            target: target.to_string(),
+            measured: d.map_or(format!("no {what} on the node"), |d| {
+                let same = if d.incremental_exact { "same transaction as the full path" } else { "transaction DIFFERS from the full path" };
+                format!("median {} (min {}); {same}", fmt_duration(d.incremental.median), fmt_duration(d.incremental.min))
+            }),
+            pass: d.map(|d| d.incremental_exact && d.incremental.median < Duration::from_millis(limit)),
+            indicative: (!large).then_some("the target is for 100k pods / 10k policies (large)"),
+        });
+    }
+    if large {
         out.push(below("compile one node < 3 s", r.compile.median, Duration::from_secs(3)));
         out.push(below("explain at 100k < 10 ms", r.explain.median, Duration::from_millis(10)));
         let agent = r.agent.as_ref();
@@ -700,6 +803,9 @@ pub fn ratios(r: &SizeReport) -> Vec<(String, String)> {
             out.push(("full apply per element".to_string(), format!("{:.1} µs", secs(full.median) * 1e6 / r.program.elements as f64)));
         }
     }
+    for d in &r.deltas {
+        out.push((format!("{}: full recompute ÷ incremental (medians)", d.what), format!("{:.0}×", secs(d.compute.median) / secs(d.incremental.median).max(1e-9))));
+    }
     let per = |d: Duration, n: usize| format!("{:.2} µs", secs(d) * 1e6 / n.max(1) as f64);
     out.push(("compile per pod in the cluster".to_string(), per(r.compile.median, r.spec.pods)));
     out.push(("compile per pod on the node".to_string(), per(r.compile.median, r.local_pods)));
@@ -743,6 +849,7 @@ pub fn render(r: &SizeReport) -> String {
     row("load manifests", once(r.load), format!("YAML → validated cluster, one run; {} CPU", fmt_duration(r.load_cpu)));
     row("resolve (IR)", Some(r.resolve), "all policies".to_string());
     row(&format!("compile {}", r.node), Some(r.compile), format!("{} pods on the node", r.local_pods));
+    row("incremental engine: build", once(r.incremental_build), "nft::incremental for the node from the cluster, one run".to_string());
     let p = r.program;
     let largest: Vec<String> = r.largest_sets.iter().map(|(n, e)| format!("{n} {e}")).collect();
     row(
@@ -761,6 +868,13 @@ pub fn render(r: &SizeReport) -> String {
     row("full apply (nft, scratch netns)", r.full_apply, "empty table → program, one transaction".to_string());
     for d in &r.deltas {
         row(&format!("{}: recompute", d.what), Some(d.compute), format!("{}: resolve + compile + diff", d.subject));
+        let same = if d.incremental_exact { "the full path's transaction" } else { "DIFFERS from the full path's transaction" };
+        row(&format!("{}: incremental", d.what), Some(d.incremental), format!("the object to nft::incremental + commit: {same}"));
+        row(
+            &format!("{}: agent's delta compute", d.what),
+            Some(d.agent_delta),
+            format!("the engine walks the whole snapshot, commits, copies the program (the copy: median {})", fmt_duration(d.agent_copy.median)),
+        );
         let kind = if d.only_elements { "element ops only" } else { "includes chain/rule/set ops" };
         row(&format!("{}: apply", d.what), d.apply, format!("{} ops, {} elements, {kind}; the agent's kept-open nft -i", d.ops, d.elements));
         row(&format!("{}: apply, new nft", d.what), d.apply_spawn, "the same through a fresh nft -j -f, interleaved".to_string());

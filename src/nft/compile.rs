@@ -130,9 +130,9 @@ use ipnet::IpNet;
 
 use super::counters::{Origin, Origins};
 use super::program::*;
-use crate::ir::{Ir, PeerIr, RuleIr};
+use crate::ir::{Ir, PeerIr, PeerKey};
 use crate::model::cluster_policy::{Action as CnpAction, ClusterPeer, ClusterPort, Subject, Tier};
-use crate::model::{Cluster, Direction, Family, Peer, PodId, PolicyId, PortRef, PortSpec, Protocol};
+use crate::model::{Cluster, Direction, Family, Peer, PodId, Policy, PolicyId, PortRef, PortSpec, Protocol};
 use crate::selector::Selector;
 
 /// A base chain: where, and in which direction, local pods are judged.
@@ -215,7 +215,7 @@ struct Compiler<'a> {
     origins: Origins,
 }
 
-const FAMILIES: [Family; 2] = [Family::IPv4, Family::IPv6];
+pub(crate) const FAMILIES: [Family; 2] = [Family::IPv4, Family::IPv6];
 
 fn fam_digit(f: Family) -> &'static str {
     match f {
@@ -247,46 +247,294 @@ fn nets_of(ips: impl IntoIterator<Item = IpNet>, family: Family) -> BTreeSet<IpN
     ips.into_iter().filter(|n| Family::of_net(n) == family).collect()
 }
 
+/// Rules with what each counted one measures (see [`Origins`]).
+pub(crate) type Rules = Vec<(Rule, Option<Origin>)>;
+
+/// The dispatch map of `dir` in family `f` (`ingress4`, `egress6`, ...).
+pub(crate) fn map_name(dir: Direction, f: Family) -> String {
+    format!("{}{}", dir.field(), fam_digit(f))
+}
+
+/// The rules of the base chains of `dir` (see [`BASES`]): conntrack, the
+/// dispatch through the maps of [`map_name`], failing closed for the
+/// node's pod CIDRs. They read no pod: only the node.
+pub(crate) fn base_rules(dir: Direction, node: Option<&crate::model::Node>, admin: Option<&str>) -> Rules {
+    let (pod_field, _) = fields(dir);
+    // Most packets belong to a connection already: conntrack first.
+    let mut rules = vec![
+        (Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept), None),
+        (
+            Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop)
+                .counted(format!("{dir}: invalid, part of no connection")),
+            Some(Origin::Invalid { dir }),
+        ),
+        (nd_accept(vec![Match::Ip6HopLimit255]), None),
+    ];
+    if dir == Direction::Ingress {
+        // The node's own traffic (kubelet probes), before the dispatch
+        // would judge it by the destination pod's policies.
+        rules.push((Rule::verdict(vec![Match::FibSaddrLocal { negate: false }], Verdict::Accept), None));
+    }
+    // Cluster policies' Admin tier, before the NetworkPolicy dispatch.
+    if let Some(admin) = admin {
+        rules.push((Rule::verdict(vec![], Verdict::Jump(admin.to_string())), None));
+    }
+    // Dispatch: one map per family, one element per local pod address.
+    for f in FAMILIES {
+        rules.push((Rule::new(vec![], Action::Vmap { family: f, field: pod_field, map: map_name(dir, f) }), None));
+    }
+    for f in FAMILIES {
+        let cidrs = nets_of(node.into_iter().flat_map(|n| n.pod_cidrs.iter().copied()), f);
+        if !cidrs.is_empty() {
+            let mut m = vec![addr_match(f, pod_field, false, AddrMatch::Nets(cidrs))];
+            if dir == Direction::Egress {
+                // A bridge CNI gives the node an address in its pod
+                // CIDR: the node's own packets from it are no pod's.
+                m.push(Match::FibSaddrLocal { negate: true });
+            }
+            let rule = Rule::verdict(m, Verdict::Drop).counted(format!("{dir}: fail closed, pod address not programmed"));
+            rules.push((rule, Some(Origin::FailClosed { dir })));
+        }
+    }
+    rules
+}
+
+/// Split `rules` into a chain and its origins, added to both.
+pub(crate) fn add_chain(p: &mut Program, origins: &mut Origins, name: String, base: Option<BaseHook>, rules: Rules) {
+    let (rules, o): (Vec<Rule>, Vec<Option<Origin>>) = rules.into_iter().unzip();
+    origins.insert(name.clone(), o);
+    p.add_chain(Chain { name, base, rules });
+}
+
+/// The base hook of base chain `b`.
+pub(crate) fn base_hook(b: &Base) -> BaseHook {
+    BaseHook { hook: b.hook, priority: b.priority, policy: ChainPolicy::Accept }
+}
+
+/// The name of the group chain of pods isolated in `dir` by exactly the
+/// policies `keys` (`namespace/name`, in policy order).
+pub(crate) fn group_name(dir: Direction, keys: &[String]) -> String {
+    // `grp_` cannot begin a policy chain's name (those begin `ing_` or
+    // `egr_`), so no policy can be named into a group's chain.
+    format!("grp_{}_{}", dir_prefix(dir), short_hash(&keys.join("\n")))
+}
+
+/// The rules of a group chain: a jump to each policy's rule chain (`None`
+/// for a policy without rules in `dir`), in order, then the drop.
+pub(crate) fn group_rules(dir: Direction, keys: &[String], chains: impl IntoIterator<Item = Option<String>>) -> Rules {
+    let mut rules: Rules = chains.into_iter().flatten().map(|c| (Rule::verdict(vec![], Verdict::Jump(c)), None)).collect();
+    let deny = Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed")));
+    rules.push((deny, Some(Origin::Isolated { policies: keys.to_vec(), dir })));
+    rules
+}
+
+/// The name of `policy`'s rule chain in `dir`.
+pub(crate) fn policy_chain_name(dir: Direction, policy: &Policy) -> String {
+    chain_name(&format!("{}_{}_{}", dir_prefix(dir), policy.namespace, policy.name))
+}
+
+/// What fills a set a rule chain reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// The addresses in `family` of the pods selector peer `key` means
+    /// (peer `peer` of rule `rule` of the chain's policy and direction).
+    Pods { family: Family, key: PeerKey, rule: usize, peer: usize },
+    /// Fixed prefixes: an ipBlock's CIDR or its excepts.
+    Nets(BTreeSet<Element>),
+    /// `addr . proto . port` of every policy pod declaring `name`/`proto`.
+    NamedPort { family: Family, proto: Protocol, name: String },
+}
+
+/// A set a rule chain reads: its declaration, and what fills it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SetRef {
+    pub name: String,
+    pub key: KeyType,
+    pub interval: bool,
+    /// What the name was derived from: one name, one definition.
+    pub def: String,
+    pub fill: Fill,
+}
+
+/// A policy's rule chain in one direction, before its sets are filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PolicyChain {
+    pub name: String,
+    pub rules: Rules,
+    /// Every set the rules read, in order of first use, each once.
+    pub sets: Vec<SetRef>,
+}
+
+/// The rule chain of `policy` in `dir`: one rule per rule × peer × port
+/// (× family where it matters); `None` when it has no rules (the policy
+/// only isolates). Reads the policy alone: who a selector peer means is a
+/// set's elements, never a rule.
+pub(crate) fn policy_chain(names: &mut Names, dir: Direction, policy: &Policy) -> Option<PolicyChain> {
+    let model_rules = policy.rules(dir);
+    if model_rules.is_empty() {
+        return None;
+    }
+    let mut b = ChainBuilder { names, sets: Vec::new() };
+    let key = policy.key();
+    let mut rules = Vec::new();
+    for (ri, rule) in model_rules.iter().enumerate() {
+        // `None`: the rule has no peers (every peer) or no ports (every port).
+        let peers: Vec<Option<(usize, &Peer)>> =
+            if rule.peers.is_empty() { vec![None] } else { rule.peers.iter().enumerate().map(Some).collect() };
+        let ports: Vec<Option<(usize, &PortSpec)>> =
+            if rule.ports.is_empty() { vec![None] } else { rule.ports.iter().enumerate().map(Some).collect() };
+        for peer in &peers {
+            for port in &ports {
+                let mut text = format!(" {dir} rule {ri}");
+                if let Some((i, _)) = peer {
+                    text.push_str(&format!(" peer {i}"));
+                }
+                if let Some((i, _)) = port {
+                    text.push_str(&format!(" port {i}"));
+                }
+                let c = comment(&key, &text);
+                for matches in b.rule_matches(dir, &policy.namespace, ri, *peer, port.map(|(_, p)| p)) {
+                    let origin = Origin::Allow { policy: key.clone(), dir, rule: ri };
+                    rules.push((Rule::verdict(matches, Verdict::Accept).counted(c.clone()), Some(origin)));
+                }
+            }
+        }
+    }
+    Some(PolicyChain { name: policy_chain_name(dir, policy), rules, sets: b.sets })
+}
+
+struct ChainBuilder<'n> {
+    names: &'n mut Names,
+    sets: Vec<SetRef>,
+}
+
+impl ChainBuilder<'_> {
+    fn set(&mut self, name: String, key: KeyType, interval: bool, def: String, fill: Fill) -> String {
+        if !self.sets.iter().any(|s| s.name == name) {
+            self.sets.push(SetRef { name: name.clone(), key, interval, def, fill });
+        }
+        name
+    }
+
+    /// The match lists (one per family where the family matters) for one
+    /// (peer, port) of rule `ri`.
+    fn rule_matches(&mut self, dir: Direction, policy_ns: &str, ri: usize, peer: Option<(usize, &Peer)>, port: Option<&PortSpec>) -> Vec<Vec<Match>> {
+        let (_, peer_field) = fields(dir);
+        let named = matches!(port, Some(PortSpec { port: Some(PortRef::Named(_)), .. }));
+        // Families this (peer, port) needs a rule in: an ipBlock is one
+        // family; a selector, or a named port (its set is per family), both.
+        // Otherwise one rule without an address matches both.
+        let families: Vec<Option<Family>> = match peer {
+            Some((_, Peer::IpBlock { cidr, .. })) => vec![Some(Family::of_net(cidr))],
+            Some((_, Peer::Pods { .. })) => FAMILIES.map(Some).to_vec(),
+            None if named => FAMILIES.map(Some).to_vec(),
+            None => vec![None],
+        };
+        let mut out = Vec::new();
+        for family in families {
+            let mut m = Vec::new();
+            match (peer, family) {
+                (Some((pi, Peer::Pods { namespaces, pods })), Some(f)) => {
+                    let set = self.pod_set(f, policy_ns, namespaces.as_ref(), pods.as_ref(), ri, pi);
+                    m.push(addr_match(f, peer_field, false, AddrMatch::Set(set)));
+                }
+                (Some((_, Peer::IpBlock { cidr, except })), Some(f)) => {
+                    let (block, except) = self.block_sets(f, cidr, except);
+                    m.push(addr_match(f, peer_field, false, AddrMatch::Set(block)));
+                    if let Some(x) = except {
+                        m.push(addr_match(f, peer_field, true, AddrMatch::Set(x)));
+                    }
+                }
+                _ => {}
+            }
+            if let Some(spec) = port {
+                m.push(self.port_match(spec, family));
+            }
+            out.push(m);
+        }
+        out
+    }
+
+    fn port_match(&mut self, spec: &PortSpec, family: Option<Family>) -> Match {
+        match (&spec.port, family) {
+            (None, _) => Match::Proto { proto: spec.protocol, dport: None },
+            (Some(PortRef::Number(p)), _) => {
+                Match::Proto { proto: spec.protocol, dport: Some(PortRange { lo: *p, hi: spec.end_port.unwrap_or(*p) }) }
+            }
+            (Some(PortRef::Named(n)), Some(f)) => Match::NamedPort { family: f, set: self.named_port_set(f, n, spec.protocol) },
+            (Some(PortRef::Named(_)), None) => unreachable!("named ports are compiled per family"),
+        }
+    }
+
+    /// The set of addresses of the pods a selector peer means, named from
+    /// the peer's definition so every rule using it shares it.
+    fn pod_set(&mut self, f: Family, policy_ns: &str, namespaces: Option<&Selector>, pods: Option<&Selector>, rule: usize, peer: usize) -> String {
+        // Canonical form: an absent podSelector means every pod, like an
+        // empty one; expressions in a fixed order.
+        let canon = |s: Option<&Selector>| {
+            s.map(|s| {
+                let mut s = s.clone();
+                s.match_expressions.sort();
+                s
+            })
+        };
+        let def = serde_json::json!({
+            "namespace": namespaces.is_none().then_some(policy_ns),
+            "namespaceSelector": canon(namespaces),
+            "podSelector": canon(pods).unwrap_or_default(),
+        })
+        .to_string();
+        let name = self.names.hashed(&format!("pod{}", fam_digit(f)), &def);
+        let key = PeerKey::new(policy_ns, &namespaces.cloned(), &pods.cloned());
+        self.set(name, KeyType::Addr(f), false, def, Fill::Pods { family: f, key, rule, peer })
+    }
+
+    /// The interval set of an ipBlock's CIDR, and of its excepts (if any)
+    /// in the same family. Excepts are aggregated: the kernel refuses
+    /// overlapping intervals, and `except` may list nested prefixes.
+    fn block_sets(&mut self, f: Family, cidr: &IpNet, except: &[IpNet]) -> (String, Option<String>) {
+        let mut interval_set = |prefix: &str, nets: Vec<IpNet>| -> String {
+            let def = nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            let name = self.names.hashed(prefix, &def);
+            let elements = nets.into_iter().map(Element::Net).collect();
+            self.set(name, KeyType::Addr(f), true, def, Fill::Nets(elements))
+        };
+        let block = interval_set(&format!("blk{}", fam_digit(f)), vec![*cidr]);
+        let except: Vec<IpNet> = except.iter().filter(|e| Family::of_net(e) == f).copied().collect();
+        let except = (!except.is_empty()).then(|| interval_set(&format!("exc{}", fam_digit(f)), IpNet::aggregate(&except)));
+        (block, except)
+    }
+
+    /// `addr . proto . port` of every policy pod declaring `name`/`proto`.
+    fn named_port_set(&mut self, f: Family, name: &str, proto: Protocol) -> String {
+        let set_name = format!("np{}_{}_{}", fam_digit(f), proto.nft_name(), name);
+        let def = set_name.clone();
+        self.set(set_name, KeyType::AddrProtoPort(f), false, def, Fill::NamedPort { family: f, proto, name: name.to_string() })
+    }
+}
+
+/// The element a policy pod contributes to a named-port set, if any.
+pub(crate) fn named_port_element(pod: &crate::model::Pod, f: Family, proto: Protocol, name: &str) -> Option<Element> {
+    Some(Element::AddrProtoPort(pod.ip(f)?, proto, pod.named_port(name, proto)?))
+}
+
 impl Compiler<'_> {
     /// Add a chain and record what its counted rules measure.
-    fn add_chain(&mut self, name: String, base: Option<BaseHook>, rules: Vec<(Rule, Option<Origin>)>) {
-        let (rules, origins): (Vec<Rule>, Vec<Option<Origin>>) = rules.into_iter().unzip();
-        self.origins.insert(name.clone(), origins);
-        self.p.add_chain(Chain { name, base, rules });
+    fn add_chain(&mut self, name: String, base: Option<BaseHook>, rules: Rules) {
+        add_chain(&mut self.p, &mut self.origins, name, base, rules);
     }
 
     /// The base chains of `dir` (see [`BASES`]) and its dispatch maps.
     fn direction(&mut self, dir: Direction, local: &[PodId], node: Option<&crate::model::Node>) {
-        let (pod_field, _) = fields(dir);
-        // Most packets belong to a connection already: conntrack first.
-        let mut rules = vec![
-            (Rule::verdict(vec![Match::CtState([CtState::Established, CtState::Related].into())], Verdict::Accept), None),
-            (
-                Rule::verdict(vec![Match::CtState([CtState::Invalid].into())], Verdict::Drop)
-                    .counted(format!("{dir}: invalid, part of no connection")),
-                Some(Origin::Invalid { dir }),
-            ),
-            (nd_accept(vec![Match::Ip6HopLimit255]), None),
-        ];
-        if dir == Direction::Ingress {
-            // The node's own traffic (kubelet probes), before the dispatch
-            // would judge it by the destination pod's policies.
-            rules.push((Rule::verdict(vec![Match::FibSaddrLocal { negate: false }], Verdict::Accept), None));
-        }
         // Cluster policies: the Admin tier before the NetworkPolicy
         // dispatch; the Baseline tier where the dispatch says "not isolated".
-        if let Some(admin) = self.tier_chain(Tier::Admin, dir, local) {
-            rules.push((Rule::verdict(vec![], Verdict::Jump(admin)), None));
-        }
+        let admin = self.tier_chain(Tier::Admin, dir, local);
         let not_isolated = match self.tier_chain(Tier::Baseline, dir, local) {
             Some(baseline) => Verdict::Jump(baseline),
             None => Verdict::Accept,
         };
-        // Dispatch: one map per family, one element per local pod address.
-        let mut maps: BTreeMap<Family, Map> = FAMILIES
-            .into_iter()
-            .map(|f| (f, Map { name: format!("{}{}", dir.field(), fam_digit(f)), key: KeyType::Addr(f), elements: BTreeMap::new() }))
-            .collect();
+        let mut maps: BTreeMap<Family, Map> =
+            FAMILIES.into_iter().map(|f| (f, Map { name: map_name(dir, f), key: KeyType::Addr(f), elements: BTreeMap::new() })).collect();
         for &pod in local {
             let isolating: Vec<PolicyId> =
                 self.ir.selecting[pod].iter().copied().filter(|&p| self.cluster.policies[p].isolates(dir)).collect();
@@ -297,47 +545,24 @@ impl Compiler<'_> {
                 }
             }
         }
-        for (f, m) in maps {
-            rules.push((Rule::new(vec![], Action::Vmap { family: f, field: pod_field, map: m.name.clone() }), None));
+        for m in maps.into_values() {
             self.p.add_map(m);
         }
-        for f in FAMILIES {
-            let cidrs = nets_of(node.into_iter().flat_map(|n| n.pod_cidrs.iter().copied()), f);
-            if !cidrs.is_empty() {
-                let mut m = vec![addr_match(f, pod_field, false, AddrMatch::Nets(cidrs))];
-                if dir == Direction::Egress {
-                    // A bridge CNI gives the node an address in its pod
-                    // CIDR: the node's own packets from it are no pod's.
-                    m.push(Match::FibSaddrLocal { negate: true });
-                }
-                let rule = Rule::verdict(m, Verdict::Drop).counted(format!("{dir}: fail closed, pod address not programmed"));
-                rules.push((rule, Some(Origin::FailClosed { dir })));
-            }
-        }
+        let rules = base_rules(dir, node, admin.as_deref());
         for b in BASES.iter().filter(|b| b.dir == dir) {
-            let base = BaseHook { hook: b.hook, priority: b.priority, policy: ChainPolicy::Accept };
-            self.add_chain(b.name.to_string(), Some(base), rules.clone());
+            self.add_chain(b.name.to_string(), Some(base_hook(b)), rules.clone());
         }
     }
 
     /// The group chain for pods isolated in `dir` by exactly `policies`.
     fn group(&mut self, dir: Direction, policies: &[PolicyId]) -> String {
         let keys: Vec<String> = policies.iter().map(|&p| self.cluster.policies[p].key()).collect();
-        // `grp_` cannot begin a policy chain's name (those begin `ing_` or
-        // `egr_`), so no policy can be named into a group's chain.
-        let name = format!("grp_{}_{}", dir_prefix(dir), short_hash(&keys.join("\n")));
+        let name = group_name(dir, &keys);
         if self.p.chains.contains_key(&name) {
             return name;
         }
-        let mut rules = Vec::new();
-        for &pol in policies {
-            if let Some(chain) = self.policy_chain(dir, pol) {
-                rules.push((Rule::verdict(vec![], Verdict::Jump(chain)), None));
-            }
-        }
-        let deny = Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed")));
-        rules.push((deny, Some(Origin::Isolated { policies: keys, dir })));
-        self.add_chain(name.clone(), None, rules);
+        let chains: Vec<Option<String>> = policies.iter().map(|&pol| self.policy_chain(dir, pol)).collect();
+        self.add_chain(name.clone(), None, group_rules(dir, &keys, chains));
         name
     }
 
@@ -397,7 +622,7 @@ impl Compiler<'_> {
                                 // Declared with any protocol: one rule per protocol's set.
                                 Some((_, ClusterPort::Named(n))) => Protocol::ALL
                                     .into_iter()
-                                    .map(|proto| Some(Match::NamedPort { family: f, set: self.named_port_set(f, n, proto) }))
+                                    .map(|proto| Some(Match::NamedPort { family: f, set: self.cluster_named_port_set(f, n, proto) }))
                                     .collect(),
                             };
                             for pm in port_matches {
@@ -475,172 +700,74 @@ impl Compiler<'_> {
         Some(vec![addr_match(f, field, false, AddrMatch::Set(name))])
     }
 
-    /// The anti-spoofing chain (see the module doc, "Anti-spoofing").
-    fn antispoof(&mut self) {
-        let link: [IpNet; 2] = ["fe80::/10".parse().expect("a prefix"), "ff00::/8".parse().expect("a prefix")];
-        let mut rules: Vec<(Rule, Option<Origin>)> = link
-            .into_iter()
-            .map(|n| (nd_accept(vec![addr_match(Family::IPv6, AddrField::Daddr, false, AddrMatch::Nets([n].into()))]), None))
-            .collect();
-        rules.push((
-            Rule::verdict(vec![Match::NoRouteBack], Verdict::Drop).counted("antispoof: source not routed back through its interface"),
-            Some(Origin::Antispoof),
-        ));
-        let base = BaseHook { hook: Hook::Prerouting, priority: ANTISPOOF_PRIORITY, policy: ChainPolicy::Accept };
-        self.add_chain(ANTISPOOF.to_string(), Some(base), rules);
-    }
-
-    /// The rule chain of policy `pol` in `dir`; `None` when it has no rules
-    /// (the policy only isolates).
-    fn policy_chain(&mut self, dir: Direction, pol: PolicyId) -> Option<String> {
-        let policy = &self.cluster.policies[pol];
-        let name = self.names.chain(&format!("{}_{}_{}", dir_prefix(dir), policy.namespace, policy.name));
-        if self.p.chains.contains_key(&name) {
-            return Some(name);
-        }
-        let ir_rules: &[RuleIr] = self.ir.policies[pol].rules(dir);
-        if ir_rules.is_empty() {
-            return None;
-        }
-        let key = policy.key();
-        let mut rules = Vec::new();
-        for (ri, (rule, model_rule)) in ir_rules.iter().zip(policy.rules(dir)).enumerate() {
-            // `None`: the rule has no peers (every peer) or no ports (every port).
-            let peers: Vec<Option<(usize, &PeerIr, &Peer)>> = match &rule.peers {
-                None => vec![None],
-                Some(ps) => ps.iter().zip(&model_rule.peers).enumerate().map(|(i, (a, b))| Some((i, a, b))).collect(),
-            };
-            let ports: Vec<Option<(usize, &PortSpec)>> =
-                if rule.ports.is_empty() { vec![None] } else { rule.ports.iter().enumerate().map(Some).collect() };
-            for peer in &peers {
-                for port in &ports {
-                    let mut text = format!(" {dir} rule {ri}");
-                    if let Some((i, ..)) = peer {
-                        text.push_str(&format!(" peer {i}"));
-                    }
-                    if let Some((i, _)) = port {
-                        text.push_str(&format!(" port {i}"));
-                    }
-                    let c = comment(&key, &text);
-                    for matches in self.rule_matches(dir, &policy.namespace, peer.map(|(_, a, b)| (a, b)), port.map(|(_, p)| p)) {
-                        let origin = Origin::Allow { policy: key.clone(), dir, rule: ri };
-                        rules.push((Rule::verdict(matches, Verdict::Accept).counted(c.clone()), Some(origin)));
-                    }
-                }
-            }
-        }
-        self.add_chain(name.clone(), None, rules);
-        Some(name)
-    }
-
-    /// The match lists (one per family where the family matters) for one
-    /// (peer, port) of a rule.
-    fn rule_matches(&mut self, dir: Direction, policy_ns: &str, peer: Option<(&PeerIr, &Peer)>, port: Option<&PortSpec>) -> Vec<Vec<Match>> {
-        let (_, peer_field) = fields(dir);
-        let named = matches!(port, Some(PortSpec { port: Some(PortRef::Named(_)), .. }));
-        // Families this (peer, port) needs a rule in: an ipBlock is one
-        // family; a selector, or a named port (its set is per family), both.
-        // Otherwise one rule without an address matches both.
-        let families: Vec<Option<Family>> = match peer {
-            Some((PeerIr::IpBlock { cidr, .. }, _)) => vec![Some(Family::of_net(cidr))],
-            Some((PeerIr::Pods(_), _)) => FAMILIES.map(Some).to_vec(),
-            None if named => FAMILIES.map(Some).to_vec(),
-            None => vec![None],
-        };
-        let mut out = Vec::new();
-        for family in families {
-            let mut m = Vec::new();
-            match (peer, family) {
-                (Some((PeerIr::Pods(ids), Peer::Pods { namespaces, pods })), Some(f)) => {
-                    let set = self.pod_set(f, policy_ns, namespaces.as_ref(), pods.as_ref(), ids);
-                    m.push(addr_match(f, peer_field, false, AddrMatch::Set(set)));
-                }
-                (Some((PeerIr::IpBlock { cidr, except }, _)), Some(f)) => {
-                    let (block, except) = self.block_sets(f, cidr, except);
-                    m.push(addr_match(f, peer_field, false, AddrMatch::Set(block)));
-                    if let Some(x) = except {
-                        m.push(addr_match(f, peer_field, true, AddrMatch::Set(x)));
-                    }
-                }
-                _ => {}
-            }
-            if let Some(spec) = port {
-                m.push(self.port_match(spec, family));
-            }
-            out.push(m);
-        }
-        out
-    }
-
-    fn port_match(&mut self, spec: &PortSpec, family: Option<Family>) -> Match {
-        match (&spec.port, family) {
-            (None, _) => Match::Proto { proto: spec.protocol, dport: None },
-            (Some(PortRef::Number(p)), _) => {
-                Match::Proto { proto: spec.protocol, dport: Some(PortRange { lo: *p, hi: spec.end_port.unwrap_or(*p) }) }
-            }
-            (Some(PortRef::Named(n)), Some(f)) => Match::NamedPort { family: f, set: self.named_port_set(f, n, spec.protocol) },
-            (Some(PortRef::Named(_)), None) => unreachable!("named ports are compiled per family"),
-        }
-    }
-
-    /// The set of addresses of the pods a selector peer means, named from
-    /// the peer's definition so every rule using it shares it.
-    fn pod_set(&mut self, f: Family, policy_ns: &str, namespaces: Option<&Selector>, pods: Option<&Selector>, ids: &[PodId]) -> String {
-        // Canonical form: an absent podSelector means every pod, like an
-        // empty one; expressions in a fixed order.
-        let canon = |s: Option<&Selector>| {
-            s.map(|s| {
-                let mut s = s.clone();
-                s.match_expressions.sort();
-                s
-            })
-        };
-        let def = serde_json::json!({
-            "namespace": namespaces.is_none().then_some(policy_ns),
-            "namespaceSelector": canon(namespaces),
-            "podSelector": canon(pods).unwrap_or_default(),
-        })
-        .to_string();
-        let name = self.names.hashed(&format!("pod{}", fam_digit(f)), &def);
-        if !self.p.sets.contains_key(&name) {
-            let elements = ids.iter().filter_map(|&id| self.cluster.pods[id].ip(f)).map(Element::Addr).collect();
-            self.p.add_set(Set::of(name.clone(), KeyType::Addr(f), false, elements));
-        }
-        name
-    }
-
-    /// The interval set of an ipBlock's CIDR, and of its excepts (if any)
-    /// in the same family. Excepts are aggregated: the kernel refuses
-    /// overlapping intervals, and `except` may list nested prefixes.
-    fn block_sets(&mut self, f: Family, cidr: &IpNet, except: &[IpNet]) -> (String, Option<String>) {
-        let mut interval_set = |prefix: &str, nets: Vec<IpNet>| -> String {
-            let def = nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-            let name = self.names.hashed(prefix, &def);
-            let elements = nets.into_iter().map(Element::Net).collect();
-            self.p.sets.entry(name.clone()).or_insert_with(|| Set::of(name.clone(), KeyType::Addr(f), true, elements));
-            name
-        };
-        let block = interval_set(&format!("blk{}", fam_digit(f)), vec![*cidr]);
-        let except: Vec<IpNet> = except.iter().filter(|e| Family::of_net(e) == f).copied().collect();
-        let except = (!except.is_empty()).then(|| interval_set(&format!("exc{}", fam_digit(f)), IpNet::aggregate(&except)));
-        (block, except)
-    }
-
-    /// `addr . proto . port` of every policy pod declaring `name`/`proto`.
-    fn named_port_set(&mut self, f: Family, name: &str, proto: Protocol) -> String {
+    /// `addr . proto . port` of every policy pod declaring `name`/`proto`:
+    /// the same set a NetworkPolicy rule's named port uses.
+    fn cluster_named_port_set(&mut self, f: Family, name: &str, proto: Protocol) -> String {
         let set_name = format!("np{}_{}_{}", fam_digit(f), proto.nft_name(), name);
         if !self.p.sets.contains_key(&set_name) {
-            let elements = self
-                .cluster
-                .pods
-                .iter()
-                .filter(|p| p.is_policy_pod())
-                .filter_map(|p| Some(Element::AddrProtoPort(p.ip(f)?, proto, p.named_port(name, proto)?)))
-                .collect();
+            let elements =
+                self.cluster.pods.iter().filter(|p| p.is_policy_pod()).filter_map(|p| named_port_element(p, f, proto, name)).collect();
             self.p.add_set(Set::of(set_name.clone(), KeyType::AddrProtoPort(f), false, elements));
         }
         set_name
     }
+
+    /// The anti-spoofing chain (see the module doc, "Anti-spoofing").
+    fn antispoof(&mut self) {
+        let (rules, base) = antispoof();
+        self.add_chain(ANTISPOOF.to_string(), Some(base), rules);
+    }
+
+    /// The rule chain of policy `pol` in `dir`, its sets filled from the
+    /// IR; `None` when it has no rules (the policy only isolates).
+    fn policy_chain(&mut self, dir: Direction, pol: PolicyId) -> Option<String> {
+        let policy = &self.cluster.policies[pol];
+        let name = policy_chain_name(dir, policy);
+        if self.p.chains.contains_key(&name) {
+            return Some(name);
+        }
+        let chain = policy_chain(&mut self.names, dir, policy)?;
+        for s in chain.sets {
+            if self.p.sets.contains_key(&s.name) {
+                continue;
+            }
+            let elements = match &s.fill {
+                Fill::Pods { family, rule, peer, .. } => {
+                    let ids = self.ir.policies[pol].rules(dir).get(*rule).and_then(|r| r.peers.as_ref()?.get(*peer));
+                    match ids {
+                        Some(PeerIr::Pods(ids)) => ids.iter().filter_map(|&id| self.cluster.pods[id].ip(*family)).map(Element::Addr).collect(),
+                        _ => BTreeSet::new(),
+                    }
+                }
+                Fill::Nets(nets) => nets.clone(),
+                Fill::NamedPort { family, proto, name } => self
+                    .cluster
+                    .pods
+                    .iter()
+                    .filter(|p| p.is_policy_pod())
+                    .filter_map(|p| named_port_element(p, *family, *proto, name))
+                    .collect(),
+            };
+            self.p.add_set(Set::of(s.name, s.key, s.interval, elements));
+        }
+        self.add_chain(chain.name.clone(), None, chain.rules);
+        Some(chain.name)
+    }
+}
+
+/// The anti-spoofing chain's rules and hook (see the module doc,
+/// "Anti-spoofing"): the same on every node.
+pub(crate) fn antispoof() -> (Rules, BaseHook) {
+    let link: [IpNet; 2] = ["fe80::/10".parse().expect("a prefix"), "ff00::/8".parse().expect("a prefix")];
+    let mut rules: Rules = link
+        .into_iter()
+        .map(|n| (nd_accept(vec![addr_match(Family::IPv6, AddrField::Daddr, false, AddrMatch::Nets([n].into()))]), None))
+        .collect();
+    rules.push((
+        Rule::verdict(vec![Match::NoRouteBack], Verdict::Drop).counted("antispoof: source not routed back through its interface"),
+        Some(Origin::Antispoof),
+    ));
+    (rules, BaseHook { hook: Hook::Prerouting, priority: ANTISPOOF_PRIORITY, policy: ChainPolicy::Accept })
 }
 
 /// IPv6 neighbour discovery on its own link is never policed (a pod that
@@ -681,33 +808,39 @@ fn full_hash(s: &str) -> String {
 /// Names derived from content, with the (astronomically unlikely) collision
 /// of two short hashes detected rather than merging two different sets.
 #[derive(Default)]
-struct Names {
+pub(crate) struct Names {
     taken: BTreeMap<String, String>,
+    /// Some name had to fall back to the full hash: which of the two
+    /// definitions got the short name depends on the order they were met.
+    pub collided: bool,
 }
 
 impl Names {
     fn hashed(&mut self, prefix: &str, definition: &str) -> String {
         let name = format!("{prefix}_{}", short_hash(definition));
         match self.taken.get(&name) {
-            Some(d) if d != definition => format!("{prefix}_{}", full_hash(definition)),
+            Some(d) if d != definition => {
+                self.collided = true;
+                format!("{prefix}_{}", full_hash(definition))
+            }
             _ => {
                 self.taken.insert(name.clone(), definition.to_string());
                 name
             }
         }
     }
+}
 
-    /// A readable chain name, shortened with a hash when too long.
-    fn chain(&mut self, readable: &str) -> String {
-        if readable.len() <= MAX_NAME && is_identifier(readable) {
-            return readable.to_string();
-        }
-        let mut cut = MAX_NAME - 13;
-        while !readable.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        format!("{}_{}", &readable[..cut], short_hash(readable))
+/// A readable chain name, shortened with a hash when too long.
+fn chain_name(readable: &str) -> String {
+    if readable.len() <= MAX_NAME && is_identifier(readable) {
+        return readable.to_string();
     }
+    let mut cut = MAX_NAME - 13;
+    while !readable.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{}", &readable[..cut], short_hash(readable))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod json;
 pub mod compile;
 pub mod interp;
 pub mod diff;
+pub mod incremental;
 pub mod counters;
 pub mod drop_log;
 
