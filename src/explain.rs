@@ -217,7 +217,8 @@ fn walk_summary(r: &SideReport, s: &Side) -> String {
         });
         if t.tier == Tier::Admin && t.outcome != "accept" && t.outcome != "deny" {
             parts.push(match &s.reason {
-                SideReason::NotIsolated => "NetworkPolicy: not isolated".to_string(),
+                // The Baseline tier is reached only for a pod no NetworkPolicy isolates.
+                SideReason::NotIsolated | SideReason::ClusterRule { tier: Tier::Baseline, .. } => "NetworkPolicy: not isolated".to_string(),
                 _ => format!("NetworkPolicy: {}", r.summary),
             });
         }

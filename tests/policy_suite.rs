@@ -92,3 +92,25 @@ fn explain_names_policy_rule_and_exit_status() {
     // The failing test file is not a manifest: it must be rejected, not half-read.
     assert_eq!(code, 2, "{out}");
 }
+
+/// The tiers' walk reads in order, naming the deciding cluster policy rule.
+#[test]
+fn explain_walks_the_tiers() {
+    let (code, out, err) = netfence(&[
+        "explain", "-f", "fixtures/clusters/dualstack.yaml", "-f", "tests/golden/policies/cluster.yaml",
+        "--from", "x/a", "--to", "y/b", "--port", "80",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let want = "ingress of y/b: Admin: no match → NetworkPolicy: not isolated → Baseline: banp:default (priority 0) ingress rule 0 Deny — peer 0 namespaces ns=x, any protocol";
+    assert!(out.contains(want), "{out}");
+    let (code, out, _) = netfence(&[
+        "explain", "-f", "fixtures/clusters/dualstack.yaml", "-f", "tests/golden/policies/cluster.yaml",
+        "--from", "y/a", "--to", "x/a", "--port", "80", "-o", "json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ingress = &v["families"][0]["ingress"];
+    assert_eq!(ingress["tiers"][0]["outcome"], "pass", "{ingress:#}");
+    assert_eq!(ingress["tiers"][0]["rule"]["name"], "pass-y", "{ingress:#}");
+    assert_eq!(ingress["reason"], "not_isolated", "{ingress:#}");
+}
