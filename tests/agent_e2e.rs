@@ -617,12 +617,17 @@ fn killing_and_restarting_the_agents_never_changes_a_verdict() {
 #[test]
 fn a_denied_probe_is_logged_once_naming_its_policy_and_an_allowed_one_not_at_all() {
     let Some(s) = setup(&[]) else { return };
-    s.write("policy-x-deny.yaml", DENY_X);
     let flags = ["--drop-log", "full", "--drop-log-rate", "5", "--log-format", "json"];
     let agents = [Agent::start(&s, "node-1", None, &flags), Agent::start(&s, "node-2", None, &flags)];
     for a in &agents {
         a.wait_ready();
     }
+    // The policy arrives as a delta: its rules, log rules included, come
+    // from the incremental engine.
+    let written = Instant::now();
+    s.write("policy-x-deny.yaml", DENY_X);
+    s.wait_verdict("x/b", "x/a", false, written);
+    assert_eq!(agents[0].metric("netfence_syncs_total{mode=\"full\"}"), 1.0, "the policy was not a delta");
     let drops = |a: &Agent| -> Vec<serde_json::Value> {
         a.log_text()
             .lines()
@@ -631,19 +636,23 @@ fn a_denied_probe_is_logged_once_naming_its_policy_and_an_allowed_one_not_at_all
             .collect()
     };
     let all = || agents.iter().flat_map(drops).collect::<Vec<_>>();
-    // One SYN: a single attempt, shorter than TCP's first retransmission.
-    let once = ProbeOptions { timeout: Duration::from_millis(400), attempts: 1, ..s.dp.options.clone() };
+    let counted = r#"netfence_drops_logged_total{policy="x/deny-ingress",direction="ingress",kind="isolated"}"#;
+    // The bucket refills (5 a second) and the waiting's lines are in.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (seen, counted_before) = (all().len(), agents[0].metric(counted));
 
+    // One SYN each: a single attempt, shorter than TCP's first retransmission.
+    let once = ProbeOptions { timeout: Duration::from_millis(400), attempts: 1, ..s.dp.options.clone() };
     assert!(s.dp.probe_with(&[s.spec("y/b", "y/a")], &once).unwrap()[0].allowed, "y/b is a client of y/a");
     assert!(!s.dp.probe_with(&[s.spec("x/b", "x/a")], &once).unwrap()[0].allowed, "nothing enters x");
     let start = Instant::now();
-    while all().is_empty() {
+    while all().len() == seen {
         assert!(start.elapsed() < BOUND, "no drop logged\n{}\n{}", agents[0].log_text(), agents[1].log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
     // Anything late would have arrived by now.
     std::thread::sleep(Duration::from_millis(500));
-    let lines = all();
+    let lines = all().split_off(seen);
     assert_eq!(lines.len(), 1, "exactly one line, for the denied SYN and none for the allowed flow: {lines:#?}");
     let l = &lines[0];
     let field = |k: &str| l[k].as_str().unwrap_or_default().to_string();
@@ -655,17 +664,17 @@ fn a_denied_probe_is_logged_once_naming_its_policy_and_an_allowed_one_not_at_all
     assert_eq!(l["dport"], 80, "{l}");
     assert_eq!(field("reason"), "denied: isolated by x/deny-ingress, and no ingress rule matches");
     assert!(drops(&agents[1]).is_empty(), "x/a lives on node-1, which judged it");
-    let counted = r#"netfence_drops_logged_total{policy="x/deny-ingress",direction="ingress",kind="isolated"}"#;
-    assert_eq!(agents[0].metric(counted), 1.0, "{}", agents[0].get("/metrics").unwrap().1);
+    assert_eq!(agents[0].metric(counted), counted_before + 1.0, "{}", agents[0].get("/metrics").unwrap().1);
 
     // A flood: 100 denied datagrams in a moment. The kernel's bucket (5 a
     // second, as many in a burst) lets only a few lines through.
     let udp = ProbeSpec { protocol: Protocol::Udp, ..s.spec("x/b", "x/a") };
     let flood = ProbeOptions { timeout: Duration::from_millis(200), attempts: 1, parallel: 100 };
+    let seen = all().len();
     let started = Instant::now();
     assert!(s.dp.probe_with(&vec![udp; 100], &flood).unwrap().iter().all(|r| !r.allowed));
     std::thread::sleep(Duration::from_millis(500));
-    let logged = all().len() - 1;
+    let logged = all().len() - seen;
     let most = 5 + (5.0 * started.elapsed().as_secs_f64()).ceil() as usize;
     assert!((1..=most).contains(&logged), "{logged} lines for 100 drops in {:?}, at most {most}", started.elapsed());
     eprintln!("flood: 100 drops, {logged} lines in {:?}", started.elapsed());

@@ -73,9 +73,7 @@ impl NftDataplane {
         self
     }
 
-    /// Log drops as `drop_log` says ([`crate::nft::drop_log`]). The
-    /// incremental engine does not add log rules: with a drop log every
-    /// change is compiled in full.
+    /// Log drops as `drop_log` says ([`crate::nft::drop_log`]).
     pub fn with_drop_log(mut self, drop_log: Arc<DropLogger>) -> NftDataplane {
         self.drop_log = Some(drop_log);
         self
@@ -151,6 +149,18 @@ impl NftDataplane {
             self.engine = None;
             return None;
         };
+        let mut program = engine.program().clone();
+        program.table = old.table.clone();
+        let mut origins = engine.origins().clone();
+        // The engine compiles without log rules: they are added to its
+        // program and to the chains its transaction rebuilds.
+        let tx = match &self.drop_log {
+            Some(d) => {
+                nft::drop_log::instrument(&mut program, &mut origins, d.config());
+                nft::drop_log::instrument_transaction(tx, &program)
+            }
+            None => tx,
+        };
         let counters = self.counters.clone();
         if let Some(c) = &counters {
             c.syncing();
@@ -163,11 +173,11 @@ impl NftDataplane {
             }
             return Some(Err(SyncError::Apply(anyhow::Error::new(e))));
         }
-        let engine = self.engine.as_ref()?;
-        let mut program = engine.program().clone();
-        program.table = old.table.clone();
+        if let Some(d) = &self.drop_log {
+            d.committed_program(&origins);
+        }
         if let Some(c) = &counters {
-            c.synced(Some((program.table.as_str(), engine.origins().clone(), false)));
+            c.synced(Some((program.table.as_str(), origins, false)));
         }
         let program = Arc::new(program);
         let report = SyncReport {
@@ -185,13 +195,17 @@ impl NftDataplane {
     /// Build the engine from `cluster` after a sync through the full path
     /// committed `program`; kept only if it agrees with the full path.
     fn rebuild_engine(&mut self, cluster: &Cluster, program: &Program) {
-        // What the engine does not compile: log rules, cluster policies.
-        if self.drop_log.is_some() || !cluster.cluster_policies.is_empty() {
+        // What the engine does not compile: cluster policies.
+        if !cluster.cluster_policies.is_empty() {
             self.engine = None;
             return;
         }
         let engine = Incremental::new(cluster, &self.node);
-        let same = engine.is_exact() && engine.program().sets == program.sets && engine.program().maps == program.maps && engine.program().chains == program.chains;
+        let mut mine = engine.program().clone();
+        if let Some(d) = &self.drop_log {
+            nft::drop_log::instrument(&mut mine, &mut engine.origins().clone(), d.config());
+        }
+        let same = engine.is_exact() && mine.sets == program.sets && mine.maps == program.maps && mine.chains == program.chains;
         if !same {
             tracing::error!("the incremental engine disagrees with the full compile (a netfence bug): deltas are compiled in full");
         }

@@ -27,8 +27,11 @@
 //! committed (the kind is there for a line that arrives after the program
 //! changed, and for people reading `nft list`).
 
+use std::collections::BTreeSet;
+
 use super::counters::{Origin, Origins};
 use super::program::{Action, Limit, Match, Program, Rule};
+use super::{Op, Transaction};
 
 /// Which drops are logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,15 +124,37 @@ pub fn instrument(p: &mut Program, origins: &mut Origins, cfg: &DropLog) {
     }
 }
 
+/// `tx`, which takes the kernel from one program to another before
+/// [`instrument`], made to take it between the two programs instrumented
+/// (`instrumented` is the second): the rules added to a chain become that
+/// chain's instrumented rules. Exact because a transaction rebuilds a
+/// chain whole (flush or create, then every rule; [`super::diff`] and the
+/// incremental engine alike) and a chain's log rules depend on that chain
+/// alone; elements, sets and maps are untouched by logging.
+pub fn instrument_transaction(tx: Transaction, instrumented: &Program) -> Transaction {
+    let mut out = Transaction::new(&tx.table);
+    let mut rebuilt = BTreeSet::new();
+    for op in tx.ops {
+        match op {
+            Op::AddRule { chain, .. } => {
+                if rebuilt.insert(chain.clone()) {
+                    for rule in instrumented.chains.get(&chain).map(|c| c.rules.as_slice()).unwrap_or_default() {
+                        out.push(Op::AddRule { chain: chain.clone(), rule: rule.clone() });
+                    }
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nft::program::Verdict;
 
-    fn compiled() -> (Program, Origins) {
-        let cluster = crate::model::load::load_str(
-            "t.yaml",
-            r#"
+    const CLUSTER: &str = r#"
 apiVersion: v1
 kind: Node
 metadata: {name: n1}
@@ -146,9 +171,10 @@ apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: deny, namespace: x}
 spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
-"#,
-        )
-        .expect("valid cluster");
+"#;
+
+    fn compiled() -> (Program, Origins) {
+        let cluster = crate::model::load::load_str("t.yaml", CLUSTER).expect("valid cluster");
         let ir = crate::ir::resolve(&cluster);
         crate::nft::compile_with_origins(&cluster, &ir, "n1")
     }
@@ -192,6 +218,27 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
         }
         assert_eq!(logged, drops_before);
         assert!(logged >= 5, "isolated (2), invalid (3), fail closed (3), antispoof: {logged}");
+    }
+
+    /// A policy change's transaction, instrumented, takes the kernel
+    /// between the instrumented programs.
+    #[test]
+    fn transactions_instrumented_land_on_the_instrumented_program() {
+        use crate::apply::{FakeKernel, Kernel};
+        let cfg = DropLog { mode: Mode::Full, group: 1, per_second: 10 };
+        let logged = |(mut p, mut o): (Program, Origins)| {
+            instrument(&mut p, &mut o, &cfg);
+            p
+        };
+        let (before, before_o) = compiled();
+        let allow = "\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}\n";
+        let cluster = crate::model::load::load_str("t.yaml", &(CLUSTER.to_string() + allow)).expect("valid");
+        let after = crate::nft::compile_with_origins(&cluster, &crate::ir::resolve(&cluster), "n1");
+        let tx = crate::nft::diff(Some(&before), &after.0);
+        let (before, after) = (logged((before, before_o)), logged(after));
+        let mut k = FakeKernel::with(before);
+        k.apply(&instrument_transaction(tx, &after)).expect("applies");
+        assert_eq!(k.table(&after.table), Some(&after));
     }
 
     #[test]
