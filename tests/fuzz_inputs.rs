@@ -317,6 +317,12 @@ fn downstream(c: &Cluster, sources: &Sources) -> Result<(), String> {
         p.validate().map_err(|e| format!("invalid-program | node {node:?}: {e}"))?;
         let _ = p.to_string();
         let _ = nft::json::transaction_to_json(&nft::diff(None, p));
+        // The agent's incremental engine, built from the same cluster, is
+        // the full compile (or says it cannot be).
+        let engine = nft::incremental::Incremental::new(c, node);
+        if engine.is_exact() && engine.program() != p {
+            return Err(format!("incremental | node {node:?}: the engine's program differs from the full compile"));
+        }
     }
     let _ = lint::lint(c, &ir, sources, &lint::Config::default());
     let g = graph::AllowGraph::build(c, &ir);
