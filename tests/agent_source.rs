@@ -25,6 +25,7 @@ async fn start(dir: &Path) -> (Running, FakeDataplane) {
         reconcile: Default::default(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         rule_counters: None,
+        precondition_interval: None,
     };
     (agent::start(config, Box::new(dp.clone()), None).await.unwrap(), dp)
 }

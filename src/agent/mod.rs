@@ -39,6 +39,7 @@ pub mod index;
 pub mod metrics;
 pub mod rule_counters;
 pub mod nftables;
+pub mod precondition;
 pub mod reconcile;
 pub mod source;
 
@@ -161,6 +162,10 @@ pub struct Config {
     /// Per-rule counters to serve in /metrics (the dataplane publishes to
     /// the same value).
     pub rule_counters: Option<Arc<rule_counters::RuleCounters>>,
+    /// How often to check the node's preconditions ([`precondition`]: a
+    /// bridge carrying pods needs br_netfilter); None: never (tests whose
+    /// agent does not run in a node's namespace).
+    pub precondition_interval: Option<Duration>,
 }
 
 /// The index shared by the sources (writers) and the reconcile loop
@@ -213,6 +218,11 @@ impl Store {
 
     pub fn is_listed(&self) -> bool {
         self.lock().is_listed()
+    }
+
+    /// Read the index without taking a snapshot.
+    pub fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
+        f(&self.lock())
     }
 
     pub fn trigger(&self) -> &reconcile::Trigger {
@@ -293,6 +303,9 @@ pub async fn start(config: Config, dataplane: Box<dyn Dataplane>, conntrack: Opt
     };
     let mut tasks = vec![server];
     tasks.extend(sources);
+    if let Some(interval) = config.precondition_interval {
+        tasks.push(precondition::spawn(config.node.clone(), store.clone(), metrics.clone(), interval));
+    }
     tracing::info!(node = %config.node, %metrics_addr, "agent started");
 
     let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, conntrack, store.clone(), metrics.clone());
