@@ -846,6 +846,11 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
         out + &veth_script(&plan.veths, &names)
     }
 
+    /// The lines of a rendered plan after `start`, up to `end`.
+    fn section<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+        text.split(start).nth(1).unwrap().split(end).next().unwrap()
+    }
+
     /// Two pods on n1 (one dual-stack), one on n2.
     fn bridged_pods() -> [String; 3] {
         [pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""), pod("b", "n1", &["10.0.1.6"], ""), pod("c", "n2", &["10.0.2.5"], "")]
@@ -855,7 +860,7 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
     fn a_bridge_cni_puts_a_nodes_pods_on_one_bridge() {
         let plan = plan_with(&bridged_pods(), &[], Cni::Bridge).unwrap();
         let text = render(&plan);
-        let node1 = text.split("1 Node(\"n1\")\n").nth(1).unwrap().split("2 Node").next().unwrap();
+        let node1 = section(&text, "1 Node(\"n1\")\n", "2 Node");
         assert_eq!(
             node1,
             "  link set lo up
@@ -874,7 +879,7 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
   link set p1 up
 "
         );
-        let pod_a = text.split("3 Pod(0)\n").nth(1).unwrap().split("4 Pod").next().unwrap();
+        let pod_a = section(&text, "3 Pod(0)\n", "4 Pod");
         assert_eq!(
             pod_a,
             "  link set lo up
@@ -899,7 +904,7 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
     fn a_vxlan_cni_routes_other_nodes_pods_through_the_vtep() {
         let plan = plan_with(&bridged_pods(), &["192.0.2.10"], Cni::Vxlan).unwrap();
         let text = render(&plan);
-        let node2 = text.split("2 Node(\"n2\")\n").nth(1).unwrap().split("3 Pod").next().unwrap();
+        let node2 = section(&text, "2 Node(\"n2\")\n", "3 Pod");
         assert_eq!(
             node2,
             "  link set lo up
@@ -922,34 +927,27 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
   link set p2 up
 "
         );
-        let tail = text.split("6 Outside\n").nth(1).unwrap();
-        let tail = &tail[tail.find("1 bridge").unwrap()..tail.find("link add name").unwrap()];
         assert_eq!(
-            tail,
-            "1 bridge
+            section(&text, "6 Outside\n", "1 nft").split_once("1 bridge").unwrap().1,
+            "
   fdb append 02:6e:66:00:02:04 dev flannel.1 dst 172.18.0.3 self permanent
 2 bridge
   fdb append 02:6e:66:00:01:04 dev flannel.1 dst 172.18.0.2 self permanent
-1 nft
-  table inet flannel {
-    chain postrouting {
-      type nat hook postrouting priority srcnat; policy accept;
-      ip saddr { 10.0.1.0/24, 10.0.2.0/24 } ip daddr { 10.0.1.0/24, 10.0.2.0/24 } return
-      ip saddr { 10.0.1.0/24, 10.0.2.0/24 } ip daddr != 224.0.0.0/4 masquerade
-      ip6 saddr { fd00:1::/64 } ip6 daddr { fd00:1::/64 } return
-      ip6 saddr { fd00:1::/64 } ip6 daddr != ff00::/8 masquerade
-    }
+"
+        );
+        // Every node masquerades the same way.
+        assert_eq!(plan.nft_scripts[1], plan.nft_scripts[2]);
+        assert_eq!(
+            plan.nft_scripts[1],
+            "table inet flannel {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr { 10.0.1.0/24, 10.0.2.0/24 } ip daddr { 10.0.1.0/24, 10.0.2.0/24 } return
+    ip saddr { 10.0.1.0/24, 10.0.2.0/24 } ip daddr != 224.0.0.0/4 masquerade
+    ip6 saddr { fd00:1::/64 } ip6 daddr { fd00:1::/64 } return
+    ip6 saddr { fd00:1::/64 } ip6 daddr != ff00::/8 masquerade
   }
-2 nft
-  table inet flannel {
-    chain postrouting {
-      type nat hook postrouting priority srcnat; policy accept;
-      ip saddr { 10.0.1.0/24, 10.0.2.0/24 } ip daddr { 10.0.1.0/24, 10.0.2.0/24 } return
-      ip saddr { 10.0.1.0/24, 10.0.2.0/24 } ip daddr != 224.0.0.0/4 masquerade
-      ip6 saddr { fd00:1::/64 } ip6 daddr { fd00:1::/64 } return
-      ip6 saddr { fd00:1::/64 } ip6 daddr != ff00::/8 masquerade
-    }
-  }
+}
 "
         );
         // A node's own address to another node's pods is not probed; to
