@@ -138,6 +138,12 @@ impl Netns {
         run_ip(&["-n", &self.name], script).with_context(|| format!("in network namespace {}", self.name))
     }
 
+    /// Run a `bridge -batch` script (forwarding database entries) inside
+    /// this namespace.
+    pub fn bridge_batch(&self, script: &str) -> anyhow::Result<()> {
+        run_batch("bridge", &["-n", &self.name], script).with_context(|| format!("in network namespace {}", self.name))
+    }
+
     /// Set sysctls of this namespace; keys are paths below /proc/sys
     /// (`net/ipv4/ip_forward`). /proc/sys/net resolves against the network
     /// namespace of the thread that opens it.
@@ -293,19 +299,24 @@ fn install_signal_cleanup() {
 /// Run `ip [args] -batch -` with `script` on stdin. A failing line is
 /// quoted in the error, since ip only gives its number.
 fn run_ip(args: &[&str], script: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("ip")
+    run_batch("ip", args, script)
+}
+
+/// `ip` or `bridge` (same batch syntax and errors): `program [args] -batch -`.
+fn run_batch(program: &str, args: &[&str], script: &str) -> anyhow::Result<()> {
+    let mut child = Command::new(program)
         .args(args)
         .args(["-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run ip")?;
-    let mut stdin = child.stdin.take().context("ip has no stdin")?;
+        .with_context(|| format!("cannot run {program}"))?;
+    let mut stdin = child.stdin.take().with_context(|| format!("{program} has no stdin"))?;
     // ip reads while we write; a failure to write shows in its exit status.
     let _ = stdin.write_all(script.as_bytes());
     drop(stdin);
-    let out = child.wait_with_output().context("cannot wait for ip")?;
+    let out = child.wait_with_output().with_context(|| format!("cannot wait for {program}"))?;
     if out.status.success() {
         return Ok(());
     }
@@ -315,8 +326,8 @@ fn run_ip(args: &[&str], script: &str) -> anyhow::Result<()> {
         .and_then(|(_, n)| n.trim().parse::<usize>().ok())
         .and_then(|n| script.lines().nth(n.checked_sub(1)?));
     match failed_line {
-        Some(line) => bail!("ip {}: `{line}`: {}", args.join(" "), stderr.trim()),
-        None => bail!("ip {} -batch: {}", args.join(" "), stderr.trim()),
+        Some(line) => bail!("{program} {}: `{line}`: {}", args.join(" "), stderr.trim()),
+        None => bail!("{program} {} -batch: {}", args.join(" "), stderr.trim()),
     }
 }
 

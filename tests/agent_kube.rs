@@ -51,6 +51,7 @@ async fn setup_with(fake: &FakeApi, pods: usize) -> (Running, FakeDataplane) {
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         rule_counters: None,
         drop_log: None,
+        precondition_interval: None,
     };
     let running = agent::start(config, Box::new(dp.clone()), None).await.unwrap();
     dp.wait_committed(CONVERGE, |c| c.pods.len() == pods && c.policies.len() == 1).await.unwrap();

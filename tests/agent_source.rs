@@ -26,6 +26,7 @@ async fn start(dir: &Path) -> (Running, FakeDataplane) {
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         rule_counters: None,
         drop_log: None,
+        precondition_interval: None,
     };
     (agent::start(config, Box::new(dp.clone()), None).await.unwrap(), dp)
 }

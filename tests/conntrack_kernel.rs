@@ -291,6 +291,7 @@ async fn start_agent_with(lab: &Lab, dir: &Path, dataplane: NftDataplane, reconc
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         rule_counters: None,
         drop_log: None,
+        precondition_interval: None,
     };
     agent::start(config, Box::new(dataplane), Some(Box::new(table) as Box<dyn Table>)).await.expect("start the agent")
 }

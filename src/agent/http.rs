@@ -25,9 +25,10 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             "/readyz",
             get(move || async move {
                 if ready.is_ready() {
-                    (StatusCode::OK, "ready\n")
+                    (StatusCode::OK, "ready\n".to_string())
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready: no successful sync yet, or the last sync failed\n")
+                    let reasons: String = ready.unready_reasons().iter().map(|r| format!("not ready: {r}\n")).collect();
+                    (StatusCode::SERVICE_UNAVAILABLE, reasons)
                 }
             }),
         )
@@ -138,6 +139,15 @@ mod tests {
         check("/readyz", 200, "ready").await;
         check("/metrics", 200, "netfence_ready 1").await;
         check("/nope", 404, "").await;
+        // A failed precondition makes it unready, says why, and clears.
+        let bypass = crate::agent::precondition::Failure { reason: "bridge_nf_call_iptables_off", message: "cni0 bypasses".into() };
+        metrics.set_precondition_failures(std::slice::from_ref(&bypass));
+        check("/readyz", 503, "not ready: cni0 bypasses").await;
+        check("/metrics", 200, "netfence_precondition_failed{reason=\"bridge_nf_call_iptables_off\"} 1").await;
+        check("/metrics", 200, "netfence_ready 0").await;
+        metrics.set_precondition_failures(&[]);
+        check("/readyz", 200, "ready").await;
+        check("/metrics", 200, "netfence_precondition_failed{reason=\"bridge_nf_call_iptables_off\"} 0").await;
         let blocking = tokio::task::spawn_blocking(move || get_text_blocking(addr, "/readyz", std::time::Duration::from_secs(2)));
         assert_eq!(blocking.await.unwrap().unwrap(), (200, "ready\n".to_string()));
         task.abort();

@@ -271,6 +271,22 @@ impl Index {
         self.entries.iter().all(BTreeMap::is_empty)
     }
 
+    /// A node, by name.
+    pub fn node(&self, name: &str) -> Option<&crate::model::Node> {
+        match self.entries[Kind::Node.slot()].get(&Key::cluster(name)) {
+            Some(Entry::Node(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The pods placed on a node (every phase).
+    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a crate::model::Pod> + 'a {
+        self.entries[Kind::Pod.slot()].values().filter_map(move |e| match e {
+            Entry::Pod(p) if p.node.as_deref() == Some(node) => Some(p),
+            _ => None,
+        })
+    }
+
     pub fn snapshot(&self) -> Cluster {
         let mut c = Cluster { cluster_policies: self.cluster_policies.clone(), ..Cluster::default() };
         for entry in self.entries.iter().flat_map(BTreeMap::values) {

@@ -6,6 +6,7 @@
 //! scrapes natively.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -80,9 +81,14 @@ pub struct Metrics {
     pub conntrack_cut: Family<ReasonLabel, Counter>,
     pub conntrack_errors: Counter,
     pub conntrack_duration: Histogram,
+    /// 1 while a precondition fails, by reason ([`super::precondition`]).
+    pub precondition_failed: Family<ReasonLabel, Gauge>,
     /// Per-rule counters, read from the kernel on scrape.
     rule_counters: Option<std::sync::Arc<RuleCounters>>,
-    ready: AtomicBool,
+    /// The last sync succeeded (and there was one).
+    synced: AtomicBool,
+    /// What fails of the node's preconditions, as messages.
+    preconditions: Mutex<Vec<String>>,
 }
 
 impl Default for Metrics {
@@ -113,9 +119,14 @@ impl Metrics {
             conntrack_cut: Family::default(),
             conntrack_errors: Counter::default(),
             conntrack_duration: seconds_histogram(),
+            precondition_failed: Family::default(),
             rule_counters: None,
-            ready: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            preconditions: Mutex::new(Vec::new()),
         };
+        for reason in super::precondition::REASONS {
+            m.precondition_failed.get_or_create(&ReasonLabel { reason }).set(0);
+        }
         m.register()
     }
 
@@ -150,7 +161,12 @@ impl Metrics {
             Unit::Seconds,
             self.last_success.clone(),
         );
-        r.register("ready", "1 after the first successful sync while the last sync succeeded", self.ready_gauge.clone());
+        r.register("ready", "1 after the first successful sync while the last sync succeeded and every precondition holds", self.ready_gauge.clone());
+        r.register(
+            "precondition_failed",
+            "1 while a precondition of enforcement fails, by reason (e.g. bridged pod traffic bypassing the hooks without br_netfilter); the rules stay applied",
+            self.precondition_failed.clone(),
+        );
         r.register("invalid_objects", "Objects skipped because they failed validation, by kind", self.invalid_objects.0.clone());
         r.register("watch_errors", "Errors from the API watchers, by kind (each is retried with backoff)", self.watch_errors.clone());
         r.register("source_load_errors", "Files of the --source folder that failed to load, each version once (its last valid objects are kept), and failures to list the folder", self.source_errors.clone());
@@ -193,14 +209,40 @@ impl Metrics {
         self.rule_counters.clone()
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-        self.ready_gauge.set(i64::from(ready));
+    /// Whether the last sync succeeded.
+    pub fn set_ready(&self, synced: bool) {
+        self.synced.store(synced, Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(self.is_ready()));
     }
 
     /// True after the first successful sync and while the last one succeeded.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    /// The preconditions that fail now (none: all hold).
+    pub fn set_precondition_failures(&self, failures: &[super::precondition::Failure]) {
+        for reason in super::precondition::REASONS {
+            let failed = failures.iter().any(|f| f.reason == reason);
+            self.precondition_failed.get_or_create(&ReasonLabel { reason }).set(i64::from(failed));
+        }
+        *self.preconditions.lock().unwrap_or_else(|e| e.into_inner()) = failures.iter().map(|f| f.message.clone()).collect();
+        self.ready_gauge.set(i64::from(self.is_ready()));
+    }
+
+    /// Ready: synced, and every precondition holds.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.is_synced() && self.preconditions.lock().map(|p| p.is_empty()).unwrap_or(false)
+    }
+
+    /// Why not ready, one line per reason (empty when ready).
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.is_synced() {
+            out.push("no successful sync yet, or the last sync failed".to_string());
+        }
+        out.extend(self.preconditions.lock().map(|p| p.clone()).unwrap_or_default());
+        out
     }
 
     pub fn render(&self) -> String {

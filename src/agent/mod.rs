@@ -40,6 +40,7 @@ pub mod index;
 pub mod metrics;
 pub mod rule_counters;
 pub mod nftables;
+pub mod precondition;
 pub mod reconcile;
 pub mod source;
 
@@ -165,6 +166,10 @@ pub struct Config {
     /// The drop log (the dataplane adds its rules and tells it their
     /// meaning; here it is read and told the cluster in force).
     pub drop_log: Option<Arc<drop_log::DropLogger>>,
+    /// How often to check the node's preconditions ([`precondition`]: a
+    /// bridge carrying pods needs br_netfilter); None: never (tests whose
+    /// agent does not run in a node's namespace).
+    pub precondition_interval: Option<Duration>,
 }
 
 /// The index shared by the sources (writers) and the reconcile loop
@@ -217,6 +222,11 @@ impl Store {
 
     pub fn is_listed(&self) -> bool {
         self.lock().is_listed()
+    }
+
+    /// Read the index without taking a snapshot.
+    pub fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
+        f(&self.lock())
     }
 
     pub fn trigger(&self) -> &reconcile::Trigger {
@@ -301,6 +311,9 @@ pub async fn start(config: Config, dataplane: Box<dyn Dataplane>, conntrack: Opt
     };
     let mut tasks = vec![server];
     tasks.extend(sources);
+    if let Some(interval) = config.precondition_interval {
+        tasks.push(precondition::spawn(config.node.clone(), store.clone(), metrics.clone(), interval));
+    }
     tracing::info!(node = %config.node, %metrics_addr, "agent started");
 
     let reconciler = reconcile::Reconciler::new(config.reconcile, dataplane, conntrack, store.clone(), metrics.clone())

@@ -324,8 +324,8 @@ impl Reconciler {
         if let Some(since) = self.pending_since.take() {
             m.event_to_applied.observe(now.saturating_duration_since(since).as_secs_f64());
         }
-        if !m.is_ready() {
-            tracing::info!("first successful sync since start or failure: ready");
+        if !m.is_synced() {
+            tracing::info!("first successful sync since start or failure");
         }
         m.set_ready(true);
         self.need_full = false;

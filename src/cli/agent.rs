@@ -119,6 +119,15 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// How often to check the node's preconditions: a Linux bridge carrying
+    /// pod addresses (bridge CNIs, Flannel) needs br_netfilter with
+    /// net.bridge.bridge-nf-call-iptables/-ip6tables = 1, or same-node pod
+    /// traffic bypasses every rule. A failure makes /readyz 503 with the
+    /// reason and sets netfence_precondition_failed{reason}; the rules stay
+    /// applied. 0s: never check.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub precondition_interval: Duration,
+
     /// Watch and log what would be enforced, but never touch nftables or
     /// conntrack: for trying the agent on a cluster.
     #[arg(long)]
@@ -178,6 +187,7 @@ impl Args {
             metrics_addr: self.metrics_addr,
             rule_counters: None,
             drop_log: None,
+            precondition_interval: Some(self.precondition_interval).filter(|d| !d.is_zero()),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use crate::apply::{Kernel, NftKernel};
-use crate::dataplane::DataplaneBackend;
+use crate::dataplane::{Cni, DataplaneBackend};
 use crate::policytest::{self, interp::InterpBackend, Backend, TestResult};
 
 #[derive(clap::Args)]
@@ -24,21 +24,46 @@ pub struct Args {
     /// root, `ip` and `nft`; never touches the machine's own ruleset.
     #[arg(long)]
     pub dataplane: bool,
+    /// With --dataplane, how pods are wired to their node: `routed` (a
+    /// route per pod through its own veth, like Calico), `bridge` (a Linux
+    /// bridge per node with br_netfilter on: same-node traffic is bridged)
+    /// or `vxlan` (the bridge plus VXLAN between nodes, like Flannel).
+    #[arg(long, value_enum, value_name = "CNI", default_value_t = CniArg::Routed, requires = "dataplane")]
+    pub cni: CniArg,
     /// Tests run at once (default: 4 with --dataplane, where most time is
     /// spent waiting for denied probes to time out; else 1).
     #[arg(short, long)]
     pub jobs: Option<usize>,
 }
 
-fn backends(dataplane: bool) -> Vec<Box<dyn Backend>> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CniArg {
+    Routed,
+    Bridge,
+    Vxlan,
+}
+
+impl From<CniArg> for Cni {
+    fn from(c: CniArg) -> Cni {
+        match c {
+            CniArg::Routed => Cni::Routed,
+            CniArg::Bridge => Cni::Bridge,
+            CniArg::Vxlan => Cni::Vxlan,
+        }
+    }
+}
+
+fn backends(dataplane: Option<Cni>) -> Vec<Box<dyn Backend>> {
     // The interpreter is cheap: every run proves the compiled programs agree.
     let mut b: Vec<Box<dyn Backend>> = vec![Box::new(InterpBackend)];
-    if dataplane {
-        b.push(Box::new(DataplaneBackend::new(|cluster, ir, node, ns| {
+    if let Some(cni) = dataplane {
+        let mut dp = DataplaneBackend::new(|cluster, ir, node, ns: &crate::netns::Netns| {
             let program = crate::nft::compile(cluster, ir, node);
             ns.run(|| NftKernel::new().apply(&crate::nft::diff(None, &program)))??;
             Ok(())
-        })));
+        });
+        dp.cni = cni;
+        b.push(Box::new(dp));
     }
     b
 }
@@ -67,7 +92,7 @@ pub fn run(args: Args) -> i32 {
     std::thread::scope(|s| {
         for _ in 0..jobs.min(files.len()) {
             s.spawn(|| {
-                let mut backends = backends(args.dataplane);
+                let mut backends = backends(args.dataplane.then(|| Cni::from(args.cni)));
                 loop {
                     // A statement of its own: the lock is released before the test runs.
                     let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);

@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use super::{Dataplane, Endpoint, ProbeOptions, ProbeSpec};
+use super::{Cni, Dataplane, Endpoint, ProbeOptions, ProbeSpec};
 use crate::ir::Ir;
 use crate::model::Cluster;
 use crate::netns::Netns;
@@ -22,11 +22,13 @@ impl<F: FnMut(&Cluster, &Ir, &str, &Netns) -> anyhow::Result<()>> Install for F 
 pub struct DataplaneBackend<F> {
     install: F,
     pub options: ProbeOptions,
+    /// How pods are wired to their nodes.
+    pub cni: Cni,
 }
 
 impl<F: Install> DataplaneBackend<F> {
     pub fn new(install: F) -> Self {
-        DataplaneBackend { install, options: ProbeOptions::default() }
+        DataplaneBackend { install, options: ProbeOptions::default(), cni: Cni::Routed }
     }
 }
 
@@ -46,7 +48,7 @@ impl<F: Install> Backend for DataplaneBackend<F> {
             })
             .collect();
         let install = &mut self.install;
-        let mut dp = Dataplane::build(cluster, &externals, |node, ns| install(cluster, ir, node, ns))?;
+        let mut dp = Dataplane::build_with(cluster, &externals, self.cni, |node, ns| install(cluster, ir, node, ns))?;
         dp.options = self.options.clone();
         let specs: Vec<ProbeSpec> = checks
             .iter()
@@ -58,8 +60,13 @@ impl<F: Install> Backend for DataplaneBackend<F> {
                 port: c.flow.port,
             })
             .collect();
-        // An outside host cannot hold an address of a node's pod CIDR.
-        let mut out: Vec<Option<Result<bool, String>>> = checks.iter().map(|c| in_pod_cidr(cluster, c).map(Err)).collect();
+        // An outside host cannot hold an address of a node's pod CIDR; some
+        // wirings cannot carry some flows.
+        let mut out: Vec<Option<Result<bool, String>>> = checks
+            .iter()
+            .zip(&specs)
+            .map(|(c, s)| in_pod_cidr(cluster, c).or_else(|| dp.cannot_probe(s)).map(Err))
+            .collect();
         let probe: Vec<ProbeSpec> = specs.iter().zip(&out).filter(|(_, o)| o.is_none()).map(|(s, _)| s.clone()).collect();
         let mut results = dp.probe_all(&probe)?.into_iter();
         for o in out.iter_mut().filter(|o| o.is_none()) {

@@ -29,6 +29,7 @@ pub use crate::eval::Endpoint;
 use crate::model::{Cluster, Family, Protocol};
 use crate::netns::Netns;
 pub use backend::DataplaneBackend;
+pub use topology::Cni;
 use topology::{Place, Topology};
 
 /// One flow to try with real packets. Endpoints are the reference
@@ -105,7 +106,15 @@ impl Dataplane {
     where
         F: FnMut(&str, &Netns) -> anyhow::Result<()>,
     {
-        let plan = topology::plan(cluster, externals).context("cannot lay the cluster out as network namespaces")?;
+        Dataplane::build_with(cluster, externals, Cni::Routed, install)
+    }
+
+    /// [`Dataplane::build`] with pods wired the way `cni` says.
+    pub fn build_with<F>(cluster: &Cluster, externals: &[IpAddr], cni: Cni, install: F) -> anyhow::Result<Dataplane>
+    where
+        F: FnMut(&str, &Netns) -> anyhow::Result<()>,
+    {
+        let plan = topology::plan(cluster, externals, cni).context("cannot lay the cluster out as network namespaces")?;
         let topology = Topology::build(plan).context("cannot build the dataplane's network namespaces")?;
         let timings =
             BuildTimings { namespaces: topology.plan.roles.len(), topology: topology.build_time, ..Default::default() };
@@ -155,6 +164,12 @@ impl Dataplane {
     pub fn describe(&self, spec: &ProbeSpec) -> String {
         let plan = &self.topology.plan;
         format!("{} -> {} {}/{} {}", plan.name(&spec.from), plan.name(&spec.to), spec.port, spec.protocol, spec.family)
+    }
+
+    /// Why this wiring cannot probe a flow, if it cannot
+    /// ([`topology::Plan::cannot_probe`]).
+    pub fn cannot_probe(&self, spec: &ProbeSpec) -> Option<String> {
+        self.topology.plan.cannot_probe(&spec.from, &spec.to, spec.family)
     }
 
     /// The namespace of a node, for installing or inspecting its ruleset.

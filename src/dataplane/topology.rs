@@ -18,6 +18,30 @@
 //! through the owner's InternalIP. Host-network pods are their node's
 //! namespace.
 //!
+//! That is [`Cni::Routed`]. Two other wirings put each node's pods on one
+//! Linux bridge, as most CNIs outside Calico and Cilium do:
+//!
+//! - [`Cni::Bridge`] (the reference `bridge` plugin, kubenet): per node a
+//!   bridge `cni0` holding the first address of each pod CIDR (the pods'
+//!   gateway), the pods' veths as its ports, each pod with its address in
+//!   the pod CIDR's prefix and a default route via the gateway. Same-node
+//!   pod-to-pod traffic is bridged, never routed: it meets the inet hooks
+//!   only through br_netfilter, whose `bridge-nf-call-ip{,6}tables`
+//!   sysctls are set in each node namespace (per namespace since Linux
+//!   5.3; the `br_netfilter` module must be loaded). Other nodes' pod
+//!   CIDRs are routed via their InternalIPs over the fabric.
+//! - [`Cni::Vxlan`] (Flannel's vxlan backend): the bridge, plus a VXLAN
+//!   device per family (`flannel.1` over IPv4, `flannel-v6.1` over IPv6,
+//!   VNI 1, port 8472, no learning) holding the pod CIDR's network address
+//!   as /32 or /128; other nodes' pod CIDRs are routed through it via their
+//!   VTEP address, with static neighbour and forwarding entries, as
+//!   flanneld writes them. Like Flannel's `--ip-masq`, a node masquerades
+//!   what its pods send outside the cluster's pod CIDRs (a table `flannel`
+//!   of its own, after netfence's judging chains). A node's own address
+//!   reaches another node's pods only through the VXLAN device, where
+//!   anti-spoofing expects that address on the fabric: such flows are not
+//!   probed ([`Plan::cannot_probe`]).
+//!
 //! [`plan`] is pure: it turns a cluster into namespaces, veths and `ip
 //! -batch` scripts, and rejects clusters that cannot be wired. [`Topology`]
 //! carries a plan out with one `ip` process per namespace, plus two.
@@ -44,6 +68,41 @@ const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 const FABRIC: NsId = 0;
 /// The port the wiring checks probe (echo).
 const WIRING_CHECK_PORT: u16 = 7;
+
+/// How pods are wired to their node (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cni {
+    /// A /32 and /128 route per pod through its own veth (Calico-like).
+    #[default]
+    Routed,
+    /// A Linux bridge per node with the pods on it, br_netfilter on.
+    Bridge,
+    /// The bridge, plus VXLAN between nodes (Flannel's vxlan backend).
+    Vxlan,
+}
+
+impl Cni {
+    pub const ALL: [Cni; 3] = [Cni::Routed, Cni::Bridge, Cni::Vxlan];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cni::Routed => "routed",
+            Cni::Bridge => "bridge",
+            Cni::Vxlan => "vxlan",
+        }
+    }
+
+    fn bridged(self) -> bool {
+        self != Cni::Routed
+    }
+}
+
+/// The bridge of a node's pods.
+const BRIDGE: &str = "cni0";
+/// Flannel's VXLAN port, VNI and device names.
+const VXLAN_PORT: u16 = 8472;
+const VXLAN4: &str = "flannel.1";
+const VXLAN6: &str = "flannel-v6.1";
 
 /// What a namespace stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +139,7 @@ struct NodeInfo {
     /// What the other namespaces route to this node: its pod CIDRs, and
     /// its pods' addresses that lie outside them.
     prefixes: Vec<IpNet>,
+    pod_cidrs: Vec<IpNet>,
 }
 
 impl NodeInfo {
@@ -100,6 +160,7 @@ struct PodNs {
 /// Everything needed to build the namespaces, as data.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    pub cni: Cni,
     pub roles: Vec<Role>,
     pub veths: Vec<Veth>,
     /// Per namespace, sysctls to set before any of its links exist, so that
@@ -108,6 +169,12 @@ pub struct Plan {
     /// Per namespace, the `ip -batch` script that configures it once its
     /// veths exist.
     pub scripts: Vec<String>,
+    /// Per namespace, a `bridge -batch` script run after its `ip` script
+    /// (VXLAN forwarding entries).
+    pub bridge_scripts: Vec<String>,
+    /// Per namespace, an `nft -f` script run after its `ip` script, before
+    /// any ruleset of the test (the CNI's own masquerading).
+    pub nft_scripts: Vec<String>,
     nodes: BTreeMap<String, NodeInfo>,
     pod_nss: Vec<PodNs>,
     /// Where every pod that takes part is found (host-network ones in their
@@ -164,8 +231,21 @@ impl Plan {
                 let remote = self.nodes.iter().find(|(name, n)| **name != pod.node && n.internal_ip(family).is_some());
                 let node = remote.map_or(&pod.node, |(name, _)| name);
                 specs.push(check(Endpoint::Node(node.clone()), &Endpoint::Pod(pod.id), family));
-                if let Some(ip) = self.outside.iter().find(|ip| Family::of(ip) == family) {
+                // On a bridge an outside host cannot hold an address of a
+                // pod CIDR: the pods would look for it on their bridge.
+                let in_pod_cidr = |ip: &IpAddr| self.cni.bridged() && self.nodes.values().any(|n| n.pod_cidrs.iter().any(|c| c.contains(ip)));
+                if let Some(ip) = self.outside.iter().find(|ip| Family::of(ip) == family && !in_pod_cidr(ip)) {
                     specs.push(check(Endpoint::Ip(*ip), &Endpoint::Pod(pod.id), family));
+                }
+            }
+        }
+        // On a bridge, same-node pods talk at L2: each pod from the next
+        // pod of its node.
+        for (k, pod) in self.pod_nss.iter().enumerate().filter(|_| self.cni.bridged()) {
+            let next = self.pod_nss.iter().cycle().skip(k + 1).take(self.pod_nss.len() - 1).find(|p| p.node == pod.node);
+            for family in pod.ips.iter().map(Family::of) {
+                if let Some(next) = next.filter(|n| n.ips.iter().any(|ip| Family::of(ip) == family)) {
+                    specs.push(check(Endpoint::Pod(next.id), &Endpoint::Pod(pod.id), family));
                 }
             }
         }
@@ -179,6 +259,29 @@ impl Plan {
             }
         }
         specs
+    }
+
+    /// Why a flow cannot be probed on this wiring, if it cannot: on
+    /// [`Cni::Vxlan`], a node's own address to another node's pod travels
+    /// through the VXLAN device, where the destination node's
+    /// anti-spoofing (strict reverse path) expects that address only on
+    /// the fabric. Flannel's nodes send it from their VTEP address instead,
+    /// which the test format cannot name.
+    pub fn cannot_probe(&self, from: &Endpoint, to: &Endpoint, family: Family) -> Option<String> {
+        if self.cni != Cni::Vxlan {
+            return None;
+        }
+        let src = self.locate(from, family).ok()?;
+        let dst = self.locate(to, family).ok()?;
+        let node_of = |ns: NsId| self.nodes.iter().find(|(_, n)| n.ns == ns).map(|(name, _)| name.as_str());
+        let src_node = node_of(src.ns)?;
+        let pod = self.pod_nss.iter().find(|p| p.ns == dst.ns)?;
+        (pod.node != src_node).then(|| {
+            format!(
+                "on --cni vxlan, node {src_node}'s address {} reaches pods of node {} only through the VXLAN device, where strict anti-spoofing drops it (Flannel sends from the VTEP address)",
+                src.ip, pod.node
+            )
+        })
     }
 
     /// An endpoint as the test format writes it.
@@ -226,7 +329,11 @@ impl Plan {
 ///
 /// Errors name what cannot be wired: a pod on no known node, two pods with
 /// one address, a pod whose node has no InternalIP of the pod's family.
-pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
+///
+/// With a bridge ([`Cni::Bridge`], [`Cni::Vxlan`]) every pod address must
+/// lie in a pod CIDR of its node and be neither its gateway (the CIDR's
+/// first address) nor its network address (the VTEP's).
+pub fn plan(cluster: &Cluster, externals: &[IpAddr], cni: Cni) -> anyhow::Result<Plan> {
     let mut roles = vec![Role::Fabric];
     let mut nodes = BTreeMap::new();
     for node in cluster.nodes.values() {
@@ -236,6 +343,7 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
             // ExternalIPs too: an IP literal may name the node at one.
             addrs: node.addresses.clone(),
             prefixes: node.pod_cidrs.clone(),
+            pod_cidrs: node.pod_cidrs.clone(),
         };
         nodes.insert(node.name.clone(), info);
         roles.push(Role::Node(node.name.clone()));
@@ -271,7 +379,13 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
                 bail!("pods {other} and {key} both have address {ip}");
             }
             if !node.prefixes.iter().any(|net| net.contains(ip)) {
+                if cni.bridged() {
+                    bail!("pod {key} has address {ip}, outside the pod CIDRs of its node {node_name}: a bridge CNI cannot wire it (--cni routed can)");
+                }
                 node.prefixes.push(IpNet::from(*ip));
+            }
+            if cni.bridged() && reserved(&node.pod_cidrs).contains(ip) {
+                bail!("pod {key} has address {ip}, which --cni {} gives node {node_name} (its pods' gateway, or its VTEP)", cni.name());
             }
         }
         let ns = roles.len();
@@ -293,6 +407,9 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
         if *ip == IpAddr::V4(GATEWAY4) || *ip == IpAddr::V6(GATEWAY6) {
             bail!("external address {ip} is the pods' gateway address in the dataplane");
         }
+        if cni.bridged() && nodes.values().any(|n| reserved(&n.pod_cidrs).contains(ip)) {
+            bail!("external address {ip} is a node's gateway or VTEP address on --cni {}", cni.name());
+        }
         if !outside.contains(ip) && !nodes.values().any(|n| n.addrs.contains(ip)) {
             outside.push(*ip);
         }
@@ -302,9 +419,12 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr]) -> anyhow::Result<Plan> {
     }
 
     let mut plan = Plan {
+        cni,
         veths: Vec::new(),
         sysctls: Vec::new(),
         scripts: vec![String::new(); roles.len()],
+        bridge_scripts: vec![String::new(); roles.len()],
+        nft_scripts: vec![String::new(); roles.len()],
         roles,
         nodes,
         pod_nss,
@@ -336,8 +456,10 @@ fn wire(plan: &mut Plan) {
     }
     plan.scripts[FABRIC] = fabric.text;
 
+    let cluster_cidrs: Vec<IpNet> = plan.nodes.values().flat_map(|n| n.pod_cidrs.iter().copied()).collect();
     for (name, node) in &plan.nodes {
         let mut s = Script::default();
+        let mut fdb = Script::default();
         s.up("lo");
         s.up("eth0");
         for ip in &node.addrs {
@@ -348,25 +470,72 @@ fn wire(plan: &mut Plan) {
         for ip in others.iter().flat_map(|n| &n.addrs).chain(&plan.outside) {
             s.route(IpNet::from(*ip), None, "eth0", src(ip));
         }
+        if plan.cni == Cni::Vxlan {
+            for family in [Family::IPv4, Family::IPv6] {
+                if let Some((local, vtep)) = vxlan_end(node, family) {
+                    let dev = vxlan_dev(family);
+                    s.line(format!("link add {dev} type vxlan id 1 local {local} dev eth0 dstport {VXLAN_PORT} nolearning"));
+                    s.line(format!("link set {dev} address {}", vtep_mac(node.ns, family)));
+                    s.addr(vtep, dev);
+                    s.up(dev);
+                }
+            }
+        }
         for other in &others {
             for net in &other.prefixes {
-                if let Some(gateway) = other.internal_ip(Family::of_net(net)) {
-                    s.route(*net, Some(gateway), "eth0", src(&net.addr()));
+                let family = Family::of_net(net);
+                let tunnel = plan.cni == Cni::Vxlan && vxlan_end(node, family).is_some();
+                match vxlan_end(other, family).filter(|_| tunnel) {
+                    // Flannel: the route via the other node's VTEP address
+                    // on the VXLAN device, that address's MAC, and where
+                    // to send frames for that MAC.
+                    Some((remote, vtep)) => {
+                        let dev = vxlan_dev(family);
+                        s.route(*net, Some(vtep), dev, None);
+                        let mac = vtep_mac(other.ns, family);
+                        if !s.text.contains(&format!("neigh add {vtep} ")) {
+                            s.line(format!("neigh add {vtep} lladdr {mac} dev {dev} nud permanent"));
+                            fdb.line(format!("fdb append {mac} dev {dev} dst {remote} self permanent"));
+                        }
+                    }
+                    None => {
+                        if let Some(gateway) = other.internal_ip(family) {
+                            s.route(*net, Some(gateway), "eth0", src(&net.addr()));
+                        }
+                    }
                 }
+            }
+        }
+        if plan.cni.bridged() {
+            s.line(format!("link add {BRIDGE} type bridge mcast_snooping 0"));
+            s.up(BRIDGE);
+            for net in &node.pod_cidrs {
+                let nodad = if net.addr().is_ipv6() { " nodad" } else { "" };
+                s.line(format!("addr add {}/{} dev {BRIDGE}{nodad}", gateway(net), net.prefix_len()));
             }
         }
         for (k, pod) in plan.pod_nss.iter().enumerate().filter(|(_, p)| p.node == *name) {
             let veth = format!("p{k}");
-            s.up(&veth);
-            s.addr(IpAddr::V4(GATEWAY4), &veth);
-            s.line(format!("addr add {GATEWAY6}/64 dev {veth} nodad"));
-            for ip in &pod.ips {
-                s.route(IpNet::from(*ip), None, &veth, src(ip));
+            if plan.cni.bridged() {
+                s.line(format!("link set {veth} master {BRIDGE}"));
+                s.up(&veth);
+                plan.scripts[pod.ns] = bridged_pod_script(&pod.ips, &node.pod_cidrs);
+            } else {
+                s.up(&veth);
+                s.addr(IpAddr::V4(GATEWAY4), &veth);
+                s.line(format!("addr add {GATEWAY6}/64 dev {veth} nodad"));
+                for ip in &pod.ips {
+                    s.route(IpNet::from(*ip), None, &veth, src(ip));
+                }
+                plan.scripts[pod.ns] = pod_script(&pod.ips);
             }
             plan.veths.push(Veth { a: pod.ns, a_name: "eth0".into(), b: node.ns, b_name: veth });
-            plan.scripts[pod.ns] = pod_script(&pod.ips);
         }
         plan.scripts[node.ns] = s.text;
+        plan.bridge_scripts[node.ns] = fdb.text;
+        if plan.cni == Cni::Vxlan {
+            plan.nft_scripts[node.ns] = masquerade_script(&cluster_cidrs);
+        }
     }
 
     let common = [
@@ -380,14 +549,88 @@ fn wire(plan: &mut Plan) {
         ("net/ipv6/conf/all/forwarding", "1"),
         ("net/ipv6/conf/default/forwarding", "1"),
     ];
+    // Bridged pod traffic meets the inet hooks only with these on.
+    let br_netfilter = [("net/bridge/bridge-nf-call-iptables", "1"), ("net/bridge/bridge-nf-call-ip6tables", "1")];
+    let bridged = plan.cni.bridged();
     plan.sysctls = plan
         .roles
         .iter()
         .map(|role| match role {
+            Role::Node(_) if bridged => common.iter().chain(&forwarding).chain(&br_netfilter).copied().collect(),
             Role::Node(_) => common.iter().chain(&forwarding).copied().collect(),
             _ => common.to_vec(),
         })
         .collect();
+}
+
+/// A pod CIDR's gateway on the bridge: its first address.
+fn gateway(net: &IpNet) -> IpAddr {
+    match net {
+        IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()).wrapping_add(1))),
+        IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()).wrapping_add(1))),
+    }
+}
+
+/// The addresses a bridge CNI takes from each pod CIDR: the gateway, and
+/// the network address (Flannel's VTEP address).
+fn reserved(cidrs: &[IpNet]) -> Vec<IpAddr> {
+    cidrs.iter().flat_map(|net| [gateway(net), net.network()]).collect()
+}
+
+fn vxlan_dev(family: Family) -> &'static str {
+    match family {
+        Family::IPv4 => VXLAN4,
+        Family::IPv6 => VXLAN6,
+    }
+}
+
+/// A node's VXLAN endpoint in `family`: its InternalIP (the underlay) and
+/// its VTEP address (its first pod CIDR's network address), when it has both.
+fn vxlan_end(node: &NodeInfo, family: Family) -> Option<(IpAddr, IpAddr)> {
+    let local = node.internal_ip(family)?;
+    let net = node.pod_cidrs.iter().find(|net| Family::of_net(net) == family)?;
+    Some((local, net.network()))
+}
+
+/// A fixed, locally administered MAC per node and family (flanneld picks
+/// one at random and publishes it; fixed keeps the plan pure).
+fn vtep_mac(ns: NsId, family: Family) -> String {
+    let f = if family == Family::IPv4 { 4 } else { 6 };
+    format!("02:6e:66:{:02x}:{:02x}:{f:02x}", (ns >> 8) & 0xff, ns & 0xff)
+}
+
+/// Flannel's `--ip-masq`: what pods send outside the cluster's pod CIDRs
+/// leaves with the node's address. Its own table, at srcnat: after
+/// netfence's judging chains (srcnat - 10 and - 5), which see the pod.
+fn masquerade_script(cluster: &[IpNet]) -> String {
+    let mut rules = String::new();
+    for (family, ip, multicast) in [(Family::IPv4, "ip", "224.0.0.0/4"), (Family::IPv6, "ip6", "ff00::/8")] {
+        let nets: Vec<String> = cluster.iter().filter(|n| Family::of_net(n) == family).map(IpNet::to_string).collect();
+        if nets.is_empty() {
+            continue;
+        }
+        let set = format!("{{ {} }}", nets.join(", "));
+        rules.push_str(&format!("    {ip} saddr {set} {ip} daddr {set} return\n"));
+        rules.push_str(&format!("    {ip} saddr {set} {ip} daddr != {multicast} masquerade\n"));
+    }
+    format!("table inet flannel {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{rules}  }}\n}}\n")
+}
+
+/// A pod on a bridge: its address in its pod CIDR's prefix, and a default
+/// route via that CIDR's gateway.
+fn bridged_pod_script(ips: &[IpAddr], cidrs: &[IpNet]) -> String {
+    let mut s = Script::default();
+    s.up("lo");
+    s.up("eth0");
+    for ip in ips {
+        // The plan only admits pods inside a pod CIDR of their node.
+        let Some(net) = cidrs.iter().find(|net| net.contains(ip)) else { continue };
+        let nodad = if ip.is_ipv6() { " nodad" } else { "" };
+        s.line(format!("addr add {ip}/{} dev eth0{nodad}", net.prefix_len()));
+        let default = if ip.is_ipv6() { "::/0" } else { "0.0.0.0/0" };
+        s.line(format!("route add {default} via {} dev eth0", gateway(net)));
+    }
+    s.text
 }
 
 fn pod_script(ips: &[IpAddr]) -> String {
@@ -447,8 +690,24 @@ impl Topology {
         let names: Vec<&str> = netns.iter().map(Netns::name).collect();
         netns[FABRIC].ip_batch(&(veth_script(&plan.veths, &names) + &plan.scripts[FABRIC]))?;
         std::thread::scope(|s| {
-            let jobs: Vec<_> =
-                netns.iter().zip(&plan.scripts).skip(1).map(|(ns, script)| s.spawn(move || ns.ip_batch(script))).collect();
+            let jobs: Vec<_> = netns
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(|(id, ns)| {
+                    let plan = &plan;
+                    s.spawn(move || {
+                        ns.ip_batch(&plan.scripts[id])?;
+                        if !plan.bridge_scripts[id].is_empty() {
+                            ns.bridge_batch(&plan.bridge_scripts[id])?;
+                        }
+                        if !plan.nft_scripts[id].is_empty() {
+                            nft_script(ns, &plan.nft_scripts[id])?;
+                        }
+                        anyhow::Ok(())
+                    })
+                })
+                .collect();
             jobs.into_iter().try_for_each(|job| job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         })?;
         Ok(Topology { plan, netns, build_time: start.elapsed() })
@@ -461,6 +720,21 @@ impl Topology {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.netns.iter().map(Netns::name)
     }
+}
+
+/// `nft -f -` inside `ns`.
+fn nft_script(ns: &Netns, script: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = ns.command("nft")?.args(["-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot run nft")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child.wait_with_output().context("cannot wait for nft")?;
+    if !out.status.success() {
+        bail!("nft -f in {}: {}\n{script}", ns.name(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 /// `ip -batch` lines creating `veths`, each end directly in its namespace.
@@ -545,8 +819,12 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
     }
 
     fn plan_of(pods: &[String], externals: &[&str]) -> anyhow::Result<Plan> {
+        plan_with(pods, externals, Cni::Routed)
+    }
+
+    fn plan_with(pods: &[String], externals: &[&str], cni: Cni) -> anyhow::Result<Plan> {
         let externals: Vec<IpAddr> = externals.iter().map(|ip| ip.parse().unwrap()).collect();
-        plan(&cluster(pods), &externals)
+        plan(&cluster(pods), &externals, cni)
     }
 
     /// The whole plan as text: each namespace's role and script, then the veths.
@@ -558,7 +836,143 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
         }
         let names: Vec<String> = (0..plan.roles.len()).map(|ns| format!("ns{ns}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        for (ns, script) in plan.bridge_scripts.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+            out.push_str(&format!("{ns} bridge\n"));
+            out.extend(script.lines().map(|l| format!("  {l}\n")));
+        }
+        for (ns, script) in plan.nft_scripts.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+            out.push_str(&format!("{ns} nft\n"));
+            out.extend(script.lines().map(|l| format!("  {l}\n")));
+        }
         out + &veth_script(&plan.veths, &names)
+    }
+
+    /// The lines of a rendered plan after `start`, up to `end`.
+    fn section<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+        text.split(start).nth(1).unwrap().split(end).next().unwrap()
+    }
+
+    /// Two pods on n1 (one dual-stack), one on n2.
+    fn bridged_pods() -> [String; 3] {
+        [pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""), pod("b", "n1", &["10.0.1.6"], ""), pod("c", "n2", &["10.0.2.5"], "")]
+    }
+
+    #[test]
+    fn a_bridge_cni_puts_a_nodes_pods_on_one_bridge() {
+        let plan = plan_with(&bridged_pods(), &[], Cni::Bridge).unwrap();
+        let text = render(&plan);
+        let node1 = section(&text, "1 Node(\"n1\")\n", "2 Node");
+        assert_eq!(
+            node1,
+            "  link set lo up
+  link set eth0 up
+  addr add 172.18.0.2/32 dev eth0
+  addr add fd00:18::2/128 dev eth0 nodad
+  route add 172.18.0.3/32 dev eth0 src 172.18.0.2
+  route add 10.0.2.0/24 via 172.18.0.3 dev eth0 onlink src 172.18.0.2
+  link add cni0 type bridge mcast_snooping 0
+  link set cni0 up
+  addr add 10.0.1.1/24 dev cni0
+  addr add fd00:1::1/64 dev cni0 nodad
+  link set p0 master cni0
+  link set p0 up
+  link set p1 master cni0
+  link set p1 up
+"
+        );
+        let pod_a = section(&text, "3 Pod(0)\n", "4 Pod");
+        assert_eq!(
+            pod_a,
+            "  link set lo up
+  link set eth0 up
+  addr add 10.0.1.5/24 dev eth0
+  route add 0.0.0.0/0 via 10.0.1.1 dev eth0
+  addr add fd00:1::5/64 dev eth0 nodad
+  route add ::/0 via fd00:1::1 dev eth0
+"
+        );
+        assert!(plan.sysctls[1].contains(&("net/bridge/bridge-nf-call-iptables", "1")));
+        assert!(plan.sysctls[1].contains(&("net/bridge/bridge-nf-call-ip6tables", "1")));
+        assert!(plan.sysctls[3].iter().all(|(k, _)| !k.starts_with("net/bridge")));
+        assert!(plan.nft_scripts.iter().chain(&plan.bridge_scripts).all(String::is_empty));
+        // Same-node pods are checked against each other before any ruleset.
+        let name = |s: &ProbeSpec| format!("{} -> {} {}", plan.name(&s.from), plan.name(&s.to), s.family);
+        let checks: Vec<String> = plan.wiring_checks().iter().map(name).filter(|c| !c.starts_with("node/")).collect();
+        assert_eq!(checks, ["x/b -> x/a IPv4", "x/a -> x/b IPv4"]);
+    }
+
+    #[test]
+    fn a_vxlan_cni_routes_other_nodes_pods_through_the_vtep() {
+        let plan = plan_with(&bridged_pods(), &["192.0.2.10"], Cni::Vxlan).unwrap();
+        let text = render(&plan);
+        let node2 = section(&text, "2 Node(\"n2\")\n", "3 Pod");
+        assert_eq!(
+            node2,
+            "  link set lo up
+  link set eth0 up
+  addr add 172.18.0.3/32 dev eth0
+  route add 172.18.0.2/32 dev eth0 src 172.18.0.3
+  route add fd00:18::2/128 dev eth0
+  route add 192.0.2.10/32 dev eth0 src 172.18.0.3
+  link add flannel.1 type vxlan id 1 local 172.18.0.3 dev eth0 dstport 8472 nolearning
+  link set flannel.1 address 02:6e:66:00:02:04
+  addr add 10.0.2.0/32 dev flannel.1
+  link set flannel.1 up
+  route add 10.0.1.0/24 via 10.0.1.0 dev flannel.1 onlink
+  neigh add 10.0.1.0 lladdr 02:6e:66:00:01:04 dev flannel.1 nud permanent
+  route add fd00:1::/64 via fd00:18::2 dev eth0 onlink
+  link add cni0 type bridge mcast_snooping 0
+  link set cni0 up
+  addr add 10.0.2.1/24 dev cni0
+  link set p2 master cni0
+  link set p2 up
+"
+        );
+        assert_eq!(
+            section(&text, "6 Outside\n", "1 nft").split_once("1 bridge").unwrap().1,
+            "
+  fdb append 02:6e:66:00:02:04 dev flannel.1 dst 172.18.0.3 self permanent
+2 bridge
+  fdb append 02:6e:66:00:01:04 dev flannel.1 dst 172.18.0.2 self permanent
+"
+        );
+        // Every node masquerades the same way.
+        assert_eq!(plan.nft_scripts[1], plan.nft_scripts[2]);
+        assert_eq!(
+            plan.nft_scripts[1],
+            "table inet flannel {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr { 10.0.1.0/24, 10.0.2.0/24 } ip daddr { 10.0.1.0/24, 10.0.2.0/24 } return
+    ip saddr { 10.0.1.0/24, 10.0.2.0/24 } ip daddr != 224.0.0.0/4 masquerade
+    ip6 saddr { fd00:1::/64 } ip6 daddr { fd00:1::/64 } return
+    ip6 saddr { fd00:1::/64 } ip6 daddr != ff00::/8 masquerade
+  }
+}
+"
+        );
+        // A node's own address to another node's pods is not probed; to
+        // its own pods, and pods to other nodes, are.
+        let reason = |from: Endpoint, to: Endpoint| plan.cannot_probe(&from, &to, Family::IPv4).is_some();
+        assert!(reason(Endpoint::Node("n2".into()), Endpoint::Pod(0)));
+        assert!(reason(Endpoint::Ip("172.18.0.2".parse().unwrap()), Endpoint::Pod(2)));
+        assert!(!reason(Endpoint::Node("n1".into()), Endpoint::Pod(0)));
+        assert!(!reason(Endpoint::Pod(0), Endpoint::Node("n2".into())));
+        assert!(!reason(Endpoint::Ip("192.0.2.10".parse().unwrap()), Endpoint::Pod(0)));
+        let routed = plan_of(&bridged_pods(), &[]).unwrap();
+        assert!(routed.cannot_probe(&Endpoint::Node("n2".into()), &Endpoint::Pod(0), Family::IPv4).is_none());
+    }
+
+    #[test]
+    fn bridge_cnis_refuse_what_they_cannot_wire() {
+        let check = |pods: &[String], externals: &[&str], expected: &str| {
+            assert_eq!(plan_with(pods, externals, Cni::Vxlan).unwrap_err().to_string(), expected);
+        };
+        check(&[pod("b", "n2", &["10.9.9.9"], "")], &[], "pod x/b has address 10.9.9.9, outside the pod CIDRs of its node n2: a bridge CNI cannot wire it (--cni routed can)");
+        check(&[pod("b", "n2", &["10.0.2.1"], "")], &[], "pod x/b has address 10.0.2.1, which --cni vxlan gives node n2 (its pods' gateway, or its VTEP)");
+        check(&[], &["10.0.1.0"], "external address 10.0.1.0 is a node's gateway or VTEP address on --cni vxlan");
+        // The routed wiring takes them all.
+        assert!(plan_of(&[pod("b", "n2", &["10.0.2.1"], "")], &["10.0.1.0"]).is_ok());
     }
 
     #[test]

@@ -123,6 +123,13 @@
 //! check at L2). Strict reverse-path filtering also drops traffic of
 //! asymmetric routes (arriving on one interface, routed back through
 //! another), which a node that routes pod traffic must not have.
+//! Bridged pod traffic (br_netfilter) reaches this chain with the bridge as
+//! its input interface, so the check holds for it (the whole suite passes
+//! on `--cni bridge`). On Flannel's vxlan backend one asymmetry is real: a
+//! packet a node sends from its InternalIP to another node's pod arrives
+//! through the VXLAN device, whose route back it is not, and is dropped;
+//! Flannel's own traffic leaves from the VTEP address and passes (the
+//! harness does not probe such flows on `--cni vxlan`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
