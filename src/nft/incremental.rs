@@ -54,6 +54,11 @@
 //! chain name) and says so ([`Incremental::commit`] gives `None`); the
 //! caller then takes the full path.
 //!
+//! Cluster-scoped policies (their tier chains) are not modelled: while a
+//! cluster has any, the agent compiles every change in full
+//! (`agent::nftables`), and the engine's program is not that of the full
+//! path.
+//!
 //! Pure: no I/O, no clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
