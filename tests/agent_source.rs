@@ -25,6 +25,7 @@ async fn start(dir: &Path) -> (Running, FakeDataplane) {
         reconcile: Default::default(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         rule_counters: None,
+        absent_kind_retry: agent::ABSENT_KIND_RETRY,
     };
     (agent::start(config, Box::new(dp.clone()), None).await.unwrap(), dp)
 }

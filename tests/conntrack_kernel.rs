@@ -287,6 +287,7 @@ async fn start_agent(lab: &Lab, dir: &Path) -> Running {
         reconcile: ReconcileConfig { established: Established::Cut, ..Default::default() },
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         rule_counters: None,
+        absent_kind_retry: agent::ABSENT_KIND_RETRY,
     };
     agent::start(config, Box::new(dataplane), Some(Box::new(table) as Box<dyn Table>)).await.expect("start the agent")
 }

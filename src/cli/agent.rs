@@ -134,6 +134,7 @@ impl Args {
             },
             metrics_addr: self.metrics_addr,
             rule_counters: None,
+            absent_kind_retry: agent::ABSENT_KIND_RETRY,
         }
     }
 }
