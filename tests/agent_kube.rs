@@ -7,7 +7,9 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, WatchEvent, WatchParams};
 use netfence::agent::fake_api::FakeApi;
-use netfence::agent::{self, http, FakeDataplane, Key, Kind, Running, Source};
+use netfence::agent::{self, http, FakeDataplane, Key, Kind, NftDataplane, Running, Source};
+use netfence::apply::{ApplyError, FakeKernel, Kernel};
+use netfence::nft::Transaction;
 use netfence::model::Cluster;
 use serde_json::{json, Value};
 
@@ -33,6 +35,20 @@ fn policy(ns: &str, name: &str, port: Value) -> Value {
            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": port}]}]}})
 }
 
+/// An agent for node n1 watching the fake.
+fn config(fake: &FakeApi, absent_kind_retry: Duration) -> agent::Config {
+    agent::Config {
+        node: "n1".into(),
+        source: Source::Client(fake.client()),
+        reconcile: Default::default(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        rule_counters: None,
+        drop_log: None,
+        precondition_interval: None,
+        absent_kind_retry,
+    }
+}
+
 /// A small cluster in the fake, and an agent with a fake dataplane watching it.
 async fn setup(fake: &FakeApi) -> (Running, FakeDataplane) {
     setup_with(fake, 1).await
@@ -44,18 +60,9 @@ async fn setup_with(fake: &FakeApi, pods: usize) -> (Running, FakeDataplane) {
     fake.apply(&pod("x", "a", "10.0.0.1"));
     fake.apply(&policy("x", "p", json!(80)));
     let dp = FakeDataplane::default();
-    let config = agent::Config {
-        node: "n1".into(),
-        source: Source::Client(fake.client()),
-        reconcile: Default::default(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        rule_counters: None,
-        drop_log: None,
-        precondition_interval: None,
-    };
-    let running = agent::start(config, Box::new(dp.clone()), None).await.unwrap();
+    let running = agent::start(config(fake, agent::ABSENT_KIND_RETRY), Box::new(dp.clone()), None).await.unwrap();
     dp.wait_committed(CONVERGE, |c| c.pods.len() == pods && c.policies.len() == 1).await.unwrap();
-    wait_until(|| fake.watchers() == 4 && running.is_ready()).await;
+    wait_until(|| fake.watchers() == agent::WATCHED.len() && running.is_ready()).await;
     (running, dp)
 }
 
@@ -172,7 +179,7 @@ async fn a_dropped_connection_resumes_without_a_relist() {
     fake.abort_connections();
     fake.apply(&pod("x", "b", "10.0.0.2"));
     dp.wait_committed(CONVERGE, |c| c.pods.len() == 2).await.unwrap();
-    wait_until(|| fake.watchers() == 4).await;
+    wait_until(|| fake.watchers() == agent::WATCHED.len()).await;
     fake.apply(&pod("x", "c", "10.0.0.3"));
     dp.wait_committed(CONVERGE, |c| c.pods.len() == 3).await.unwrap();
     let s = fake.served(Kind::Pod);
@@ -231,4 +238,165 @@ async fn answers_discovery() {
     assert_eq!(res.plural, "networkpolicies");
     let core = kube::discovery::Discovery::new(client).run().await.unwrap();
     assert!(core.has_group(""), "core group discovered");
+}
+
+// ---------------------------------------------------------------------------
+// Cluster-scoped policies: watched like the other kinds, applied as deltas
+// by the real dataplane (on an in-memory kernel); a CRD not installed is no
+// error.
+
+/// Admin tier: deny ingress to every pod from namespaces labelled `team`.
+fn cnp(name: &str, team: &str) -> Value {
+    json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": name},
+           "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}},
+                    "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"team": team}}}]}]}})
+}
+
+fn anp(name: &str) -> Value {
+    json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": name},
+           "spec": {"priority": 3, "subject": {"namespaces": {}},
+                    "egress": [{"name": "deny-all", "action": "Deny", "to": [{"namespaces": {}}]}]}})
+}
+
+/// An in-memory kernel the test can look into while the agent owns it.
+#[derive(Clone, Default)]
+struct SharedKernel(std::sync::Arc<std::sync::Mutex<FakeKernel>>);
+
+impl Kernel for SharedKernel {
+    fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
+        self.0.lock().unwrap().apply(tx)
+    }
+    fn table_names(&mut self) -> Result<Vec<String>, ApplyError> {
+        self.0.lock().unwrap().table_names()
+    }
+}
+
+impl SharedKernel {
+    /// The chains of our table in the kernel, sorted.
+    fn chains(&self) -> Vec<String> {
+        let k = self.0.lock().unwrap();
+        k.table(netfence::nft::TABLE).map(|p| p.chains.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn rule_text(&self, chain: &str) -> String {
+        let k = self.0.lock().unwrap();
+        let c = k.table(netfence::nft::TABLE).and_then(|p| p.chains.get(chain).cloned());
+        c.map(|c| format!("{c:?}")).unwrap_or_default()
+    }
+}
+
+async fn start_nft(fake: &FakeApi, retry: Duration) -> (Running, SharedKernel) {
+    fake.apply(&namespace("x", json!({"team": "a"})));
+    fake.apply(&namespace("y", json!({"team": "b"})));
+    fake.apply(&node("n1", "192.168.0.1"));
+    fake.apply(&pod("x", "a", "10.0.0.1"));
+    let kernel = SharedKernel::default();
+    let dp = NftDataplane::new("n1", Box::new(kernel.clone()));
+    let running = agent::start(config(fake, retry), Box::new(dp), None).await.unwrap();
+    (running, kernel)
+}
+
+async fn metric(running: &Running, line_start: &str) -> Option<String> {
+    let (_, text) = http::get_text(running.metrics_addr, "/metrics").await.unwrap();
+    text.lines().find(|l| l.starts_with(line_start)).map(|l| l[line_start.len()..].trim().to_string())
+}
+
+async fn wait_metric(running: &Running, line_start: &str, value: &str) {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let got = metric(running, line_start).await;
+        if got.as_deref() == Some(value) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{line_start}: {got:?}, want {value}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn has_cnp_chain(chains: &[String]) -> bool {
+    chains.iter().any(|c| c.starts_with("cnp_"))
+}
+
+#[tokio::test]
+async fn a_cluster_network_policy_added_changed_and_deleted_is_applied_as_a_delta() {
+    let fake = FakeApi::start().await.unwrap();
+    let (running, kernel) = start_nft(&fake, agent::ABSENT_KIND_RETRY).await;
+    wait_until(|| running.is_ready() && fake.watchers() == agent::WATCHED.len()).await;
+    assert!(!has_cnp_chain(&kernel.chains()), "{:?}", kernel.chains());
+    for kind in ["ClusterNetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy"] {
+        assert_eq!(metric(&running, &format!("netfence_watch_kind_available{{kind=\"{kind}\"}}")).await.as_deref(), Some("1"));
+    }
+
+    // Added: the Admin ingress chain appears, by a delta.
+    fake.apply(&cnp("deny-team-b", "b"));
+    wait_until(|| kernel.chains().iter().any(|c| c == "cnp_ing_admin")).await;
+    let before = kernel.rule_text("cnp_ing_admin");
+    assert_eq!(metric(&running, "netfence_syncs_total{mode=\"full\"}").await.as_deref(), Some("1"));
+    wait_metric(&running, "netfence_syncs_total{mode=\"delta\"}", "1").await;
+
+    // Changed: the chain's rules follow the new selector, by a delta.
+    fake.apply(&cnp("deny-team-b", "c"));
+    wait_until(|| kernel.rule_text("cnp_ing_admin") != before && !kernel.rule_text("cnp_ing_admin").is_empty()).await;
+    wait_metric(&running, "netfence_syncs_total{mode=\"delta\"}", "2").await;
+
+    // Deleted: the cluster-policy chains go, by a delta.
+    fake.delete(Kind::ClusterNetworkPolicy, &Key::cluster("deny-team-b"));
+    wait_until(|| !has_cnp_chain(&kernel.chains())).await;
+    wait_metric(&running, "netfence_syncs_total{mode=\"delta\"}", "3").await;
+    assert_eq!(metric(&running, "netfence_syncs_total{mode=\"full\"}").await.as_deref(), Some("1"), "never a full resync");
+
+    // An invalid one is counted and skipped; the agent carries on.
+    let mut bad = cnp("bad", "b");
+    bad["spec"]["priority"] = json!(5000);
+    fake.apply(&bad);
+    wait_metric(&running, "netfence_invalid_objects_total{kind=\"ClusterNetworkPolicy\"}", "1").await;
+    assert!(running.is_ready() && !has_cnp_chain(&kernel.chains()));
+    assert_eq!(fake.served(Kind::ClusterNetworkPolicy).lists, 1, "one list, then watching");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_absent_crd_is_no_error_and_is_watched_once_installed() {
+    let fake = FakeApi::start().await.unwrap();
+    fake.uninstall(Kind::AdminNetworkPolicy);
+    fake.uninstall(Kind::BaselineAdminNetworkPolicy);
+    let (running, kernel) = start_nft(&fake, Duration::from_millis(200)).await;
+    // Ready without them: the first sync did not wait for the absent kinds.
+    wait_until(|| running.is_ready()).await;
+    let available = |kind: &str| format!("netfence_watch_kind_available{{kind=\"{kind}\"}}");
+    wait_metric(&running, &available("AdminNetworkPolicy"), "0").await;
+    wait_metric(&running, &available("BaselineAdminNetworkPolicy"), "0").await;
+    wait_metric(&running, &available("ClusterNetworkPolicy"), "1").await;
+    assert_eq!(metric(&running, "netfence_watch_errors_total{kind=\"AdminNetworkPolicy\"}").await, None, "not an error");
+    assert_eq!(http::get_text(running.metrics_addr, "/readyz").await.unwrap().0, 200);
+    // Asked again periodically.
+    wait_until(|| fake.served(Kind::AdminNetworkPolicy).not_found >= 3).await;
+
+    // Installed later: listed, watched, its policies enforced.
+    fake.install(Kind::AdminNetworkPolicy);
+    wait_metric(&running, &available("AdminNetworkPolicy"), "1").await;
+    fake.apply(&anp("no-egress"));
+    wait_until(|| kernel.chains().iter().any(|c| c == "cnp_egr_admin")).await;
+    assert!(fake.served(Kind::AdminNetworkPolicy).watches >= 1);
+    assert_eq!(metric(&running, "netfence_syncs_total{mode=\"full\"}").await.as_deref(), Some("1"));
+
+    // Removed again: its objects go with it, and it is reported absent.
+    fake.uninstall(Kind::AdminNetworkPolicy);
+    wait_until(|| !has_cnp_chain(&kernel.chains())).await;
+    wait_metric(&running, &available("AdminNetworkPolicy"), "0").await;
+    assert!(running.is_ready());
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn discovery_leaves_out_what_is_not_installed() {
+    let fake = FakeApi::start().await.unwrap();
+    fake.uninstall(Kind::AdminNetworkPolicy);
+    let client = fake.client();
+    let group = kube::discovery::group(&client, "policy.networking.k8s.io").await.unwrap();
+    assert_eq!(group.preferred_version_or_latest(), "v1alpha2");
+    let kinds: Vec<String> = group.resources_by_stability().into_iter().map(|(r, _)| r.kind).collect();
+    assert!(kinds.contains(&"ClusterNetworkPolicy".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"BaselineAdminNetworkPolicy".to_string()), "{kinds:?}");
+    assert!(!kinds.contains(&"AdminNetworkPolicy".to_string()), "{kinds:?}");
 }

@@ -27,6 +27,7 @@ async fn start(dir: &Path) -> (Running, FakeDataplane) {
         rule_counters: None,
         drop_log: None,
         precondition_interval: None,
+        absent_kind_retry: agent::ABSENT_KIND_RETRY,
     };
     (agent::start(config, Box::new(dp.clone()), None).await.unwrap(), dp)
 }

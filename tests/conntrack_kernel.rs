@@ -292,6 +292,7 @@ async fn start_agent_with(lab: &Lab, dir: &Path, dataplane: NftDataplane, reconc
         rule_counters: None,
         drop_log: None,
         precondition_interval: None,
+        absent_kind_retry: agent::ABSENT_KIND_RETRY,
     };
     agent::start(config, Box::new(dataplane), Some(Box::new(table) as Box<dyn Table>)).await.expect("start the agent")
 }

@@ -8,7 +8,10 @@
 //! N and then stream live ones as newline-delimited JSON, with BOOKMARK
 //! events when asked for; an `ERROR` event carrying a `410 Gone` Status
 //! ("too old resource version") for a watch from before the last
-//! compaction; and the discovery endpoints. Tests drive it: change objects,
+//! compaction; and the discovery endpoints. The CRD kinds can be
+//! uninstalled and installed again: an uninstalled kind is answered `404`
+//! and left out of discovery, as the API server does without the CRD.
+//! Tests drive it: change objects,
 //! send bookmarks, compact, end or abort every watch, or hold all requests
 //! (an API server outage) while they change things behind the watchers'
 //! backs.
@@ -43,6 +46,8 @@ pub struct Served {
     pub gone: u64,
     /// The resourceVersion each watch asked to start from.
     pub watch_versions: Vec<String>,
+    /// Lists and watches answered `404` (the kind is not installed).
+    pub not_found: u64,
 }
 
 struct Watcher {
@@ -69,6 +74,8 @@ struct State {
     cursors: HashMap<String, Cursor>,
     next_cursor: u64,
     served: HashMap<Kind, Served>,
+    /// CRD kinds not installed: answered 404, absent from discovery.
+    uninstalled: std::collections::BTreeSet<Kind>,
 }
 
 /// The running fake; dropping it stops the server.
@@ -124,6 +131,7 @@ impl FakeApi {
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
         let res = WATCHED.iter().find(|w| w.kind.name() == kind).unwrap_or_else(|| panic!("not a watched kind: {kind:?}"));
         let mut s = self.lock();
+        assert!(!s.uninstalled.contains(&res.kind), "{kind} is not installed: install it first");
         s.rv += 1;
         let rv = s.rv;
         let meta = obj.as_object_mut().expect("an object").entry("metadata").or_insert_with(|| json!({}));
@@ -159,6 +167,26 @@ impl FakeApi {
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         s.publish(res, rv, "DELETED", obj);
         true
+    }
+
+    /// Remove a CRD kind, as deleting its CustomResourceDefinition does:
+    /// its objects are deleted (DELETED events), its watches end, and from
+    /// now on its lists and watches are answered `404`.
+    pub fn uninstall(&self, kind: Kind) {
+        let res = watched(kind);
+        assert!(res.crd, "{kind} is built in, not a CRD");
+        let keys: Vec<Key> = self.lock().objects.keys().filter(|(k, _)| *k == kind).map(|(_, key)| key.clone()).collect();
+        for key in keys {
+            self.delete(kind, &key);
+        }
+        let mut s = self.lock();
+        s.uninstalled.insert(kind);
+        s.watchers.retain(|w| w.resource.kind != kind);
+    }
+
+    /// Install a CRD kind again (every kind is installed at start).
+    pub fn install(&self, kind: Kind) {
+        self.lock().uninstalled.remove(&kind);
     }
 
     /// Send a BOOKMARK at the current resourceVersion to every watch that
@@ -292,12 +320,19 @@ async fn handle(AxState(shared): AxState<Shared>, uri: Uri, Query(q): Query<Hash
     let mut available = shared.available.clone();
     let _ = available.wait_for(|up| *up).await;
     let path = uri.path();
-    if let Some(body) = discovery(path) {
+    let uninstalled = shared.state.lock().unwrap_or_else(|e| e.into_inner()).uninstalled.clone();
+    let served: Vec<&'static WatchedResource> = WATCHED.iter().filter(|w| !uninstalled.contains(&w.kind)).collect();
+    if let Some(body) = discovery(path, &served) {
         return json_response(StatusCode::OK, &body);
     }
+    let not_found = || error(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find the requested resource ({path})"));
     let Some(res) = WATCHED.iter().find(|w| w.path() == path) else {
-        return error(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find the requested resource ({path})"));
+        return not_found();
     };
+    if uninstalled.contains(&res.kind) {
+        shared.state.lock().unwrap_or_else(|e| e.into_inner()).served(res.kind).not_found += 1;
+        return not_found();
+    }
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
         watch_response(&shared, res, &q)
     } else {
@@ -305,12 +340,13 @@ async fn handle(AxState(shared): AxState<Shared>, uri: Uri, Query(q): Query<Hash
     }
 }
 
-fn discovery(path: &str) -> Option<Value> {
-    let resources = |group: &str| -> Value {
-        let gv = WATCHED.iter().find(|w| w.group == group).map(|w| w.api_version()).unwrap_or_default();
-        let list: Vec<Value> = WATCHED
+/// The discovery documents, listing the `served` resources (a group's
+/// versions each have their own resource list).
+fn discovery(path: &str, served: &[&'static WatchedResource]) -> Option<Value> {
+    let resources = |gv: &str| -> Value {
+        let list: Vec<Value> = served
             .iter()
-            .filter(|w| w.group == group)
+            .filter(|w| w.api_version() == gv)
             .map(|w| {
                 json!({"name": w.plural, "singularName": w.kind.name().to_lowercase(), "namespaced": w.namespaced,
                        "kind": w.kind.name(), "verbs": super::WATCH_VERBS})
@@ -325,21 +361,27 @@ fn discovery(path: &str) -> Option<Value> {
         "/api" => json!({"kind": "APIVersions", "versions": ["v1"],
                          "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
         "/apis" => {
-            let groups: std::collections::BTreeSet<(&str, &str)> =
-                WATCHED.iter().filter(|w| !w.group.is_empty()).map(|w| (w.group, w.version)).collect();
+            let mut groups: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+            for w in served.iter().filter(|w| !w.group.is_empty()) {
+                groups.entry(w.group).or_default().insert(w.version);
+            }
             let groups: Vec<Value> = groups
                 .into_iter()
-                .map(|(group, version)| {
-                    let v = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-                    json!({"name": group, "versions": [v.clone()], "preferredVersion": v})
+                .map(|(group, versions)| {
+                    let vs: Vec<Value> = versions
+                        .iter()
+                        .rev()
+                        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+                        .collect();
+                    json!({"name": group, "versions": vs.clone(), "preferredVersion": vs[0]})
                 })
                 .collect();
             json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
         }
-        "/api/v1" => resources(""),
+        "/api/v1" => resources("v1"),
         _ => {
-            let w = WATCHED.iter().find(|w| !w.group.is_empty() && path == format!("/apis/{}", w.api_version()))?;
-            resources(w.group)
+            let w = served.iter().find(|w| !w.group.is_empty() && path == format!("/apis/{}", w.api_version()))?;
+            resources(&w.api_version())
         }
     })
 }

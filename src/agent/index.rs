@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 
 use super::metrics::InvalidObjects;
+use crate::model::cluster_policy::{self, wire, ClusterKind};
 use crate::model::convert::{self, FieldError};
 use crate::model::{Cluster, ClusterPolicy, Namespace, Node, Origin, Pod, Policy};
 
@@ -27,10 +28,24 @@ pub enum Kind {
     Node,
     Pod,
     NetworkPolicy,
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
+/// How many kinds there are (the index keeps one map per kind).
+const KINDS: usize = 7;
+
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::NetworkPolicy];
+    pub const ALL: [Kind; KINDS] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::ClusterNetworkPolicy,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,6 +53,18 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::ClusterNetworkPolicy => ClusterKind::ClusterNetworkPolicy.name(),
+            Kind::AdminNetworkPolicy => ClusterKind::AdminNetworkPolicy.name(),
+            Kind::BaselineAdminNetworkPolicy => ClusterKind::BaselineAdminNetworkPolicy.name(),
+        }
+    }
+
+    /// The index kind a cluster policy of `kind` is kept under.
+    pub const fn of_cluster(kind: ClusterKind) -> Kind {
+        match kind {
+            ClusterKind::ClusterNetworkPolicy => Kind::ClusterNetworkPolicy,
+            ClusterKind::AdminNetworkPolicy => Kind::AdminNetworkPolicy,
+            ClusterKind::BaselineAdminNetworkPolicy => Kind::BaselineAdminNetworkPolicy,
         }
     }
 
@@ -91,6 +118,7 @@ pub enum Entry {
     Node(Node),
     Pod(Pod),
     Policy(Policy),
+    ClusterPolicy(ClusterPolicy),
 }
 
 /// A k8s-openapi type the agent watches, with its conversion to the model.
@@ -132,6 +160,99 @@ impl Watched for NetworkPolicy {
     }
 }
 
+/// The API coordinates of one cluster-policy kind, for [`Crd`].
+pub trait CrdKind: Clone + fmt::Debug + Send + Sync + 'static {
+    const KIND: ClusterKind;
+    const VERSION: &'static str;
+    const PLURAL: &'static str;
+}
+
+/// The group of the three cluster-policy kinds (network-policy-api's CRDs).
+pub const CRD_GROUP: &str = "policy.networking.k8s.io";
+
+#[derive(Debug, Clone)]
+pub struct Cnp;
+#[derive(Debug, Clone)]
+pub struct Anp;
+#[derive(Debug, Clone)]
+pub struct Banp;
+
+impl CrdKind for Cnp {
+    const KIND: ClusterKind = ClusterKind::ClusterNetworkPolicy;
+    const VERSION: &'static str = "v1alpha2";
+    const PLURAL: &'static str = "clusternetworkpolicies";
+}
+
+impl CrdKind for Anp {
+    const KIND: ClusterKind = ClusterKind::AdminNetworkPolicy;
+    const VERSION: &'static str = "v1alpha1";
+    const PLURAL: &'static str = "adminnetworkpolicies";
+}
+
+impl CrdKind for Banp {
+    const KIND: ClusterKind = ClusterKind::BaselineAdminNetworkPolicy;
+    const VERSION: &'static str = "v1alpha1";
+    const PLURAL: &'static str = "baselineadminnetworkpolicies";
+}
+
+/// A cluster policy as the watchers receive it: metadata typed, `spec`
+/// kept as raw JSON. Reading the spec into the model's wire types happens
+/// in [`Watched::to_entry`], object by object, so a spec we cannot read
+/// (a field newer than ours, a type we disagree on) is one invalid object,
+/// logged and counted, never a failed listing of the whole kind.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(bound = "")]
+pub struct Crd<K: CrdKind> {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    #[serde(skip)]
+    kind: std::marker::PhantomData<K>,
+}
+
+impl<K: CrdKind> kube::Resource for Crd<K> {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        K::KIND.name().into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        CRD_GROUP.into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        K::VERSION.into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        K::PLURAL.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<K: CrdKind> Watched for Crd<K> {
+    const KIND: Kind = Kind::of_cluster(K::KIND);
+    fn to_entry(&self) -> Result<Entry, FieldError> {
+        let spec = match &self.spec {
+            serde_json::Value::Null => None,
+            v => Some(
+                serde_json::from_value::<wire::Spec>(v.clone())
+                    .map_err(|e| FieldError { path: "spec".into(), message: e.to_string() })?,
+            ),
+        };
+        let obj = wire::Object { metadata: self.metadata.clone(), spec };
+        // As for NetworkPolicies: no file, messages name the object.
+        let name = self.metadata.name.clone().unwrap_or_default();
+        let origin = Origin { file: format!("{}/{name}", K::KIND.name().to_lowercase()).into(), line: None };
+        cluster_policy::convert(K::KIND, &obj, origin).map(Entry::ClusterPolicy)
+    }
+}
+
 /// An object passed through validation, ready for the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Converted {
@@ -163,14 +284,12 @@ pub fn convert<K: Watched>(obj: &K, invalid: &InvalidObjects) -> Converted {
 
 #[derive(Debug, Default)]
 pub struct Index {
-    entries: [BTreeMap<Key, Entry>; 4],
-    /// Per kind: has a full listing been seen (reset or replace)?
-    listed: [bool; 4],
+    entries: [BTreeMap<Key, Entry>; KINDS],
+    /// Per kind: has a full listing been seen (reset or replace)? A kind
+    /// whose CRD is not installed counts as listed, empty
+    /// ([`Index::absent`]).
+    listed: [bool; KINDS],
     invalid: InvalidObjects,
-    /// Cluster-scoped policies, from the folder source only: the API
-    /// watchers do not list them yet, so they are no watched kind and
-    /// readiness never waits for them.
-    cluster_policies: Vec<ClusterPolicy>,
 }
 
 impl Index {
@@ -253,9 +372,25 @@ impl Index {
         changed |= self.reset_converted(Kind::Node, nodes.collect());
         changed |= self.reset_converted(Kind::Pod, pods.collect());
         changed |= self.reset_converted(Kind::NetworkPolicy, pols.collect());
-        changed |= cluster.cluster_policies != self.cluster_policies;
-        self.cluster_policies = cluster.cluster_policies;
+        let mut cps: BTreeMap<Kind, Vec<Converted>> =
+            [Kind::ClusterNetworkPolicy, Kind::AdminNetworkPolicy, Kind::BaselineAdminNetworkPolicy]
+                .into_iter()
+                .map(|k| (k, Vec::new()))
+                .collect();
+        for p in cluster.cluster_policies {
+            let kind = Kind::of_cluster(p.kind);
+            cps.entry(kind).or_default().push(Valid(Key::cluster(&p.name), Entry::ClusterPolicy(p)));
+        }
+        for (kind, objects) in cps {
+            changed |= self.reset_converted(kind, objects);
+        }
         changed
+    }
+
+    /// The API server does not serve `kind` (its CRD is not installed, or
+    /// was removed, which removes its objects): it is listed, and empty.
+    pub fn absent(&mut self, kind: Kind) -> bool {
+        self.reset_converted(kind, Vec::new())
     }
 
     /// Has every kind been listed at least once?
@@ -288,7 +423,7 @@ impl Index {
     }
 
     pub fn snapshot(&self) -> Cluster {
-        let mut c = Cluster { cluster_policies: self.cluster_policies.clone(), ..Cluster::default() };
+        let mut c = Cluster::default();
         for entry in self.entries.iter().flat_map(BTreeMap::values) {
             match entry.clone() {
                 Entry::Namespace(n) => {
@@ -299,6 +434,7 @@ impl Index {
                 }
                 Entry::Pod(p) => c.pods.push(p),
                 Entry::Policy(p) => c.policies.push(p),
+                Entry::ClusterPolicy(p) => c.cluster_policies.push(p),
             }
         }
         c.normalize();
@@ -360,7 +496,11 @@ mod tests {
         assert!(!ix.reset::<K8sNamespace>([]));
         assert!(!ix.reset::<K8sNode>([]));
         assert!(!ix.reset::<NetworkPolicy>([]));
-        assert!(ix.is_listed());
+        assert!(!ix.reset::<Crd<Cnp>>([]));
+        assert!(!ix.is_listed(), "cluster policies are watched kinds too");
+        assert!(!ix.absent(Kind::AdminNetworkPolicy));
+        assert!(!ix.absent(Kind::BaselineAdminNetworkPolicy));
+        assert!(ix.is_listed(), "a kind not installed counts as listed");
     }
 
     #[test]
@@ -375,7 +515,7 @@ mod tests {
         assert!(!ix.apply(&pod("x", "10.0.0.300", json!({}))));
         assert!(!ix.apply(&obj::<K8sNode>(json!({"metadata": {}}))));
         let counts: Vec<u64> = Kind::ALL.iter().map(|k| ix.invalid_objects().get(*k)).collect();
-        assert_eq!(counts, [0, 1, 1, 2]);
+        assert_eq!(counts, [0, 1, 1, 2, 0, 0, 0]);
     }
 
     #[test]
@@ -387,6 +527,39 @@ mod tests {
         assert!(ix.reset(&listing));
         let names: Vec<String> = ix.snapshot().policies.iter().map(|p| p.key()).collect();
         assert_eq!(names, ["x/p", "x/r"]);
+    }
+
+    fn cnp(name: &str, priority: serde_json::Value) -> Crd<Cnp> {
+        obj(json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name, "resourceVersion": "7"}, "status": {"conditions": []},
+            "spec": {"tier": "Admin", "priority": priority, "subject": {"namespaces": {}},
+                     "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}}))
+    }
+
+    #[test]
+    fn cluster_policies_are_validated_as_the_loader_does() {
+        let mut ix = Index::default();
+        assert!(ix.apply(&cnp("a", json!(5))));
+        assert!(!ix.apply(&cnp("a", json!(5))), "the same policy again changes nothing");
+        // Out of the CRD's range, and a type we cannot read: counted, skipped,
+        // the last valid version kept.
+        assert!(!ix.apply(&cnp("a", json!(1001))));
+        assert!(!ix.apply(&cnp("b", json!("high"))));
+        assert_eq!(ix.invalid_objects().get(Kind::ClusterNetworkPolicy), 2);
+        let anp: Crd<Anp> = obj(json!({"metadata": {"name": "x"}, "spec": {"priority": 3, "subject": {"namespaces": {}},
+            "egress": [{"name": "e", "action": "Allow", "to": [{"namespaces": {}}]}]}}));
+        assert!(ix.apply(&anp));
+        let got: Vec<(String, u32)> = ix.snapshot().cluster_policies.iter().map(|p| (p.key(), p.priority)).collect();
+        assert_eq!(got, [("a".to_string(), 5), ("anp:x".to_string(), 3)]);
+        // The same text through the loader gives the same policy.
+        let text = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: a}\nspec: {tier: Admin, priority: 5, subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}\n";
+        let loaded = crate::model::load::load_str("f.yaml", text).unwrap();
+        let (mut ours, theirs) = (ix.snapshot().cluster_policies[0].clone(), loaded.cluster_policies[0].clone());
+        ours.origin = theirs.origin.clone();
+        assert_eq!(ours, theirs);
+        assert!(ix.delete(Kind::ClusterNetworkPolicy, &Key::cluster("a")));
+        assert!(ix.absent(Kind::AdminNetworkPolicy), "a CRD removed takes its objects");
+        assert!(ix.snapshot().cluster_policies.is_empty());
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct Metrics {
     pub ready_gauge: Gauge,
     pub invalid_objects: InvalidObjects,
     pub watch_errors: Family<KindLabel, Counter>,
+    /// Per watched kind, once the API server answered: 1 served, 0 not
+    /// installed (a CRD kind; retried periodically).
+    pub kind_available: Family<KindLabel, Gauge>,
     pub source_errors: Counter,
     pub conntrack_examined: Counter,
     pub conntrack_cut: Family<ReasonLabel, Counter>,
@@ -114,6 +117,7 @@ impl Metrics {
             ready_gauge: Gauge::default(),
             invalid_objects: InvalidObjects::default(),
             watch_errors: Family::default(),
+            kind_available: Family::default(),
             source_errors: Counter::default(),
             conntrack_examined: Counter::default(),
             conntrack_cut: Family::default(),
@@ -169,6 +173,11 @@ impl Metrics {
         );
         r.register("invalid_objects", "Objects skipped because they failed validation, by kind", self.invalid_objects.0.clone());
         r.register("watch_errors", "Errors from the API watchers, by kind (each is retried with backoff)", self.watch_errors.clone());
+        r.register(
+            "watch_kind_available",
+            "Per watched kind, once the API server answered its list: 1 served, 0 its CRD is not installed (treated as no objects, retried)",
+            self.kind_available.clone(),
+        );
         r.register("source_load_errors", "Files of the --source folder that failed to load, each version once (its last valid objects are kept), and failures to list the folder", self.source_errors.clone());
         r.register(
             "conntrack_examined_entries",
@@ -207,6 +216,10 @@ impl Metrics {
 
     pub fn rule_counters(&self) -> Option<std::sync::Arc<RuleCounters>> {
         self.rule_counters.clone()
+    }
+
+    pub fn set_available(&self, kind: Kind, available: bool) {
+        self.kind_available.get_or_create(&KindLabel { kind: kind.name() }).set(i64::from(available));
     }
 
     /// Whether the last sync succeeded.

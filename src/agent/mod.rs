@@ -12,7 +12,9 @@
 //!
 //! Invariants, stated as absences:
 //! - no sync happens before every watched kind has been listed once, so the
-//!   first ruleset is never computed from a partial cluster;
+//!   first ruleset is never computed from a partial cluster (a CRD kind the
+//!   API server answers `404` for counts as listed, empty: a cluster
+//!   without the network-policy-api CRDs has no such policies);
 //! - a failed sync never removes rules: the dataplane's transactions are
 //!   atomic, so the last good ruleset stays until a later sync succeeds;
 //! - the index never holds an invalid object: one that fails validation is
@@ -72,6 +74,10 @@ pub struct WatchedResource {
     pub version: &'static str,
     pub plural: &'static str,
     pub namespaced: bool,
+    /// A CustomResourceDefinition's kind, which a cluster may not have
+    /// installed: a `404` for its list means "no such objects", not an
+    /// error, and is asked again every [`Config::absent_kind_retry`].
+    pub crd: bool,
 }
 
 impl WatchedResource {
@@ -93,23 +99,46 @@ impl WatchedResource {
     }
 }
 
-pub const WATCHED: [WatchedResource; 4] = [
-    WatchedResource { kind: Kind::Namespace, group: "", version: "v1", plural: "namespaces", namespaced: false },
-    WatchedResource { kind: Kind::Node, group: "", version: "v1", plural: "nodes", namespaced: false },
-    WatchedResource { kind: Kind::Pod, group: "", version: "v1", plural: "pods", namespaced: true },
+const fn core(kind: Kind, plural: &'static str, namespaced: bool) -> WatchedResource {
+    WatchedResource { kind, group: "", version: "v1", plural, namespaced, crd: false }
+}
+
+/// A cluster-policy kind of network-policy-api, from its type in [`index`].
+const fn crd<K: index::CrdKind>() -> WatchedResource {
+    WatchedResource {
+        kind: Kind::of_cluster(K::KIND),
+        group: index::CRD_GROUP,
+        version: K::VERSION,
+        plural: K::PLURAL,
+        namespaced: false,
+        crd: true,
+    }
+}
+
+pub const WATCHED: [WatchedResource; 7] = [
+    core(Kind::Namespace, "namespaces", false),
+    core(Kind::Node, "nodes", false),
+    core(Kind::Pod, "pods", true),
     WatchedResource {
         kind: Kind::NetworkPolicy,
         group: "networking.k8s.io",
         version: "v1",
         plural: "networkpolicies",
         namespaced: true,
+        crd: false,
     },
+    crd::<index::Cnp>(),
+    crd::<index::Anp>(),
+    crd::<index::Banp>(),
 ];
 
 /// The verbs the watchers use: kube-runtime's watcher lists, then watches.
 /// The agent never reads single objects or writes anything, so `get` and
 /// every write verb are deliberately absent from its ClusterRole.
 pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
+
+/// How often a kind whose CRD is not installed is asked for again.
+pub const ABSENT_KIND_RETRY: Duration = Duration::from_secs(30);
 
 /// The default port of /healthz, /readyz and /metrics; the DaemonSet's
 /// probes point at it.
@@ -170,6 +199,9 @@ pub struct Config {
     /// bridge carrying pods needs br_netfilter); None: never (tests whose
     /// agent does not run in a node's namespace).
     pub precondition_interval: Option<Duration>,
+    /// How often the watchers ask again for a kind whose CRD is not
+    /// installed ([`ABSENT_KIND_RETRY`]; tests shorten it).
+    pub absent_kind_retry: Duration,
 }
 
 /// The index shared by the sources (writers) and the reconcile loop
@@ -302,7 +334,7 @@ pub async fn start(config: Config, dataplane: Box<dyn Dataplane>, conntrack: Opt
     let (metrics_addr, server) = http::serve(config.metrics_addr, metrics.clone())
         .await
         .with_context(|| format!("cannot serve metrics on {}", config.metrics_addr))?;
-    let sources = match source::spawn(&config.source, &store, &metrics).await {
+    let sources = match source::spawn(&config.source, &store, &metrics, config.absent_kind_retry).await {
         Ok(tasks) => tasks,
         Err(e) => {
             server.abort();

@@ -419,6 +419,12 @@ mod tests {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     use serde_json::json;
 
+    /// A cluster without the network-policy-api CRDs: those kinds listed empty.
+    fn no_crds(ix: &mut Index) -> bool {
+        use crate::agent::index::Kind as K;
+        [K::ClusterNetworkPolicy, K::AdminNetworkPolicy, K::BaselineAdminNetworkPolicy].into_iter().fold(false, |c, k| ix.absent(k) | c)
+    }
+
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
@@ -475,7 +481,7 @@ mod tests {
 
         fn list_all(&self, pods: &[Pod]) {
             self.store.update(|ix| {
-                ix.reset::<Namespace>([]) | ix.reset::<Node>([]) | ix.reset::<NetworkPolicy>([]) | ix.reset(pods)
+                no_crds(ix) | ix.reset::<Namespace>([]) | ix.reset::<Node>([]) | ix.reset::<NetworkPolicy>([]) | ix.reset(pods)
             });
         }
 
@@ -508,7 +514,7 @@ mod tests {
     async fn no_sync_until_every_kind_is_listed_then_a_full_one() {
         let h = Harness::start(cfg());
         h.apply(pod("a", "10.0.0.1"));
-        h.store.update(|ix| ix.reset::<Namespace>([]) | ix.reset::<Node>([]) | ix.reset::<NetworkPolicy>([]));
+        h.store.update(|ix| no_crds(ix) | ix.reset::<Namespace>([]) | ix.reset::<Node>([]) | ix.reset::<NetworkPolicy>([]));
         advance(1000).await;
         assert!(h.dp.history().is_empty());
         assert!(!h.metrics.is_ready());
@@ -767,7 +773,8 @@ mod tests {
                     let _ = rx.await;
                 }));
                 store.update(|ix| {
-                    ix.reset::<Namespace>([])
+                    no_crds(ix)
+                        | ix.reset::<Namespace>([])
                         | ix.reset(&[node()])
                         | ix.reset::<NetworkPolicy>([])
                         | ix.reset(&[pod_on_n1("a", "10.0.1.1"), pod_on_n1("b", "10.0.1.2")])

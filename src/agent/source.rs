@@ -6,6 +6,16 @@
 //! kube-runtime's well-tested logic; this module only maps its events onto
 //! index operations. A relist is buffered as converted model objects and
 //! applied as one reset, so the index never sees half a listing.
+//!
+//! The cluster-policy kinds are CRDs a cluster may lack. Their watcher
+//! treats a `404` for the list (or the watch) as "not installed": the kind
+//! is marked listed and empty in the index (so the first sync and readiness
+//! never wait for it), `netfence_watch_kind_available` says 0, a warning is
+//! logged once per transition, and the list is tried again every
+//! `absent_kind_retry`, so installing the CRD later starts the watch.
+//! Any other error (a `403` from an outdated ClusterRole) is retried with
+//! backoff and never taken for "no objects": that would enforce a cluster
+//! without policies that may exist.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,17 +31,22 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tokio::task::JoinHandle;
 
-use super::index::{convert, Key, Kind, Watched};
+use super::index::{convert, Anp, Banp, Cnp, Crd, Key, Kind, Watched};
 use super::metrics::{KindLabel, Metrics};
-use super::{Source, Store, WATCHED};
+use super::{watched, Source, Store, WATCHED};
 use crate::model::load::{ClusterBuilder, LoadError, Objects};
 use crate::model::Cluster;
 
 /// Start the source's tasks; they run until aborted.
-pub async fn spawn(source: &Source, store: &Store, metrics: &Arc<Metrics>) -> anyhow::Result<Vec<JoinHandle<()>>> {
+pub async fn spawn(
+    source: &Source,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    absent_retry: Duration,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
     Ok(match source {
-        Source::Kube { kubeconfig } => spawn_watchers(client(kubeconfig.as_deref()).await?, store, metrics),
-        Source::Client(client) => spawn_watchers(client.clone(), store, metrics),
+        Source::Kube { kubeconfig } => spawn_watchers(client(kubeconfig.as_deref()).await?, store, metrics, absent_retry),
+        Source::Client(client) => spawn_watchers(client.clone(), store, metrics, absent_retry),
         Source::Folder { dir, poll } => {
             vec![tokio::spawn(poll_folder(dir.clone(), *poll, store.clone(), metrics.clone()))]
         }
@@ -54,26 +69,73 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
     Client::try_from(config).context("cannot build the Kubernetes client")
 }
 
-/// One watcher per entry of [`WATCHED`].
-pub fn spawn_watchers(client: Client, store: &Store, metrics: &Arc<Metrics>) -> Vec<JoinHandle<()>> {
+/// One watcher per entry of [`WATCHED`]; a kind whose CRD is absent is
+/// asked for again every `absent_retry`.
+pub fn spawn_watchers(client: Client, store: &Store, metrics: &Arc<Metrics>, absent_retry: Duration) -> Vec<JoinHandle<()>> {
     WATCHED
         .iter()
         .map(|w| {
-            let (c, s, m) = (client.clone(), store.clone(), metrics.clone());
+            let (c, s, m, r) = (client.clone(), store.clone(), metrics.clone(), absent_retry);
             match w.kind {
-                Kind::Namespace => tokio::spawn(watch::<Namespace>(Api::all(c), s, m)),
-                Kind::Node => tokio::spawn(watch::<Node>(Api::all(c), s, m)),
-                Kind::Pod => tokio::spawn(watch::<Pod>(Api::all(c), s, m)),
-                Kind::NetworkPolicy => tokio::spawn(watch::<NetworkPolicy>(Api::all(c), s, m)),
+                Kind::Namespace => tokio::spawn(watch::<Namespace>(Api::all(c), s, m, r)),
+                Kind::Node => tokio::spawn(watch::<Node>(Api::all(c), s, m, r)),
+                Kind::Pod => tokio::spawn(watch::<Pod>(Api::all(c), s, m, r)),
+                Kind::NetworkPolicy => tokio::spawn(watch::<NetworkPolicy>(Api::all(c), s, m, r)),
+                Kind::ClusterNetworkPolicy => tokio::spawn(watch::<Crd<Cnp>>(Api::all(c), s, m, r)),
+                Kind::AdminNetworkPolicy => tokio::spawn(watch::<Crd<Anp>>(Api::all(c), s, m, r)),
+                Kind::BaselineAdminNetworkPolicy => tokio::spawn(watch::<Crd<Banp>>(Api::all(c), s, m, r)),
             }
         })
         .collect()
 }
 
-async fn watch<K: Watched>(api: Api<K>, store: Store, metrics: Arc<Metrics>) {
+/// Is this the API server saying it does not serve the resource at all
+/// (for a CRD kind: the CRD is not installed, or was removed)?
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.is_not_found(),
+        watcher::Error::WatchError(s) => s.is_not_found(),
+        _ => false,
+    }
+}
+
+/// Watch one kind until aborted. For a CRD kind, a `404` ends the watcher:
+/// the kind is recorded absent and listed again after `absent_retry`.
+async fn watch<K: Watched>(api: Api<K>, store: Store, metrics: Arc<Metrics>, absent_retry: Duration) {
+    let kind = K::KIND;
+    let crd = watched(kind).crd;
+    // None until the API server first answered: each transition is logged once.
+    let mut available: Option<bool> = None;
+    loop {
+        watch_until_absent(&api, &store, &metrics, crd, &mut available).await;
+        if !crd {
+            return;
+        }
+        if available != Some(false) {
+            tracing::warn!(%kind, retry = ?absent_retry, "not installed (the API server answers 404): no such policies; asking again periodically");
+        }
+        available = Some(false);
+        metrics.set_available(kind, false);
+        let changed = store.update(|ix| ix.absent(kind));
+        tracing::debug!(%kind, changed, "absent");
+        tokio::time::sleep(absent_retry).await;
+    }
+}
+
+/// Run kube-runtime's watcher on `api` into the index; returns only when
+/// the kind turns out not to be served (`crd` kinds only).
+async fn watch_until_absent<K: Watched>(
+    api: &Api<K>,
+    store: &Store,
+    metrics: &Metrics,
+    crd: bool,
+    available: &mut Option<bool>,
+) {
     let kind = K::KIND;
     let invalid = metrics.invalid_objects.clone();
-    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff().boxed();
     let mut relist = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
@@ -83,6 +145,11 @@ async fn watch<K: Watched>(api: Api<K>, store: Store, metrics: Arc<Metrics>) {
                 let objects = std::mem::take(&mut relist);
                 let n = objects.len();
                 let changed = store.update(|ix| ix.reset_converted(kind, objects));
+                if *available == Some(false) {
+                    tracing::info!(%kind, "installed now: watching");
+                }
+                *available = Some(true);
+                metrics.set_available(kind, true);
                 tracing::info!(%kind, objects = n, changed, "listed");
             }
             Ok(Event::Apply(obj)) => {
@@ -95,6 +162,7 @@ async fn watch<K: Watched>(api: Api<K>, store: Store, metrics: Arc<Metrics>) {
                     tracing::debug!(%kind, object = %key, changed, "deleted");
                 }
             }
+            Err(e) if crd && not_served(&e) => return,
             Err(e) => {
                 metrics.watch_errors.get_or_create(&KindLabel { kind: kind.name() }).inc();
                 tracing::warn!(%kind, error = %e, "watch error; retrying with backoff");
@@ -294,6 +362,9 @@ mod tests {
         check::<Node>();
         check::<Pod>();
         check::<NetworkPolicy>();
+        check::<Crd<Cnp>>();
+        check::<Crd<Anp>>();
+        check::<Crd<Banp>>();
     }
 
     fn pod(name: &str, ip: &str) -> String {

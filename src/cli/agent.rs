@@ -188,6 +188,7 @@ impl Args {
             rule_counters: None,
             drop_log: None,
             precondition_interval: Some(self.precondition_interval).filter(|d| !d.is_zero()),
+            absent_kind_retry: agent::ABSENT_KIND_RETRY,
         }
     }
 }
