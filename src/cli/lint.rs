@@ -56,7 +56,8 @@ pub fn run(args: Args) -> i32 {
     let resolved = start.elapsed();
     let findings = lint::lint(&cluster, &ir, &sources, &config);
     tracing::debug!(?loaded, resolve = ?(resolved - loaded), lint = ?(start.elapsed() - resolved), "lint timings");
-    let policies = cluster.policies.len();
+    // Cluster policies are linted too, so the summary counts them.
+    let policies = cluster.policies.len() + cluster.cluster_policies.len();
     match args.format {
         Format::Text => print!("{}", render::text(&findings, policies)),
         Format::Json => println!("{}", pretty(&render::json(&findings, policies))),

@@ -1,4 +1,4 @@
-//! Lint: NetworkPolicies that very likely do not do what their author
+//! Lint: NetworkPolicies (and cluster policies) that very likely do not do what their author
 //! meant, judged against the cluster they run in.
 //!
 //! The API server accepts every policy linted here; what makes each a
@@ -10,13 +10,14 @@
 //! [`crate::eval`], so lint never disagrees with `explain` or `test`.
 //!
 //! The rules live in one file per family (`selectors`, `shape`, `ports`,
-//! `ipblock`, `reach`); [`RULES`] is the catalogue (docs/lint.md explains
+//! `ipblock`, `reach`, `cluster`); [`RULES`] is the catalogue (docs/lint.md explains
 //! each with its evidence, `fixtures/lint/<id>/` shows each firing and
 //! fixed). Rule ids are a public interface: never renamed or reused.
 //!
 //! Invariants: pure (no I/O; the caller loads, [`render`] formats); findings
 //! come out in a deterministic order; nothing here changes a verdict.
 
+mod cluster;
 mod ipblock;
 mod ports;
 mod reach;
@@ -113,6 +114,9 @@ pub static RULES: &[&Rule] = &[
     &reach::EGRESS_WITHOUT_DNS,
     &reach::OTHER_SIDE_DENIES,
     &reach::NO_ENFORCING_CNI,
+    &cluster::EQUAL_PRIORITY_OVERLAP,
+    &cluster::BASELINE_PASS,
+    &cluster::SHADOWED_DENY,
 ];
 
 pub fn rule(id: &str) -> Option<&'static Rule> {
@@ -146,7 +150,8 @@ impl Config {
 pub struct Finding {
     pub rule: &'static str,
     pub severity: Severity,
-    /// `NetworkPolicy` or `Pod`.
+    /// `NetworkPolicy`, `Pod`, or a cluster policy's kind
+    /// (`ClusterNetworkPolicy`, `AdminNetworkPolicy`, `BaselineAdminNetworkPolicy`).
     pub kind: &'static str,
     /// `namespace/name`.
     pub object: String,
@@ -172,6 +177,7 @@ pub fn lint(cluster: &Cluster, ir: &Ir, sources: &Sources, config: &Config) -> V
     ports::check(&mut cx);
     ipblock::check(&mut cx);
     reach::check(&mut cx);
+    cluster::check(&mut cx);
     let mut out = cx.out;
     out.sort_by(|a, b| {
         (&a.file, a.line, a.column, a.rule, &a.object, &a.message).cmp(&(&b.file, b.line, b.column, b.rule, &b.object, &b.message))
@@ -335,6 +341,20 @@ impl<'a> Ctx<'a> {
         let at = self.policy_location(pid, &field);
         let object = self.cluster.policies[pid].key();
         self.push(rule, "NetworkPolicy", object, at, field, message, fix);
+    }
+
+    /// Report `rule` about `field` of cluster policy `index` (in
+    /// `Cluster::cluster_policies`); without sources, the policy's own line.
+    pub fn cluster_policy(&mut self, rule: &'static Rule, index: usize, field: String, message: String, fix: String) {
+        if !self.on(rule) {
+            return;
+        }
+        let p = &self.cluster.cluster_policies[index];
+        let at = match self.sources.cluster_policy(p.kind, &p.name) {
+            Some(s) => s.locate(&field),
+            None => Location { file: p.origin.file.clone(), pos: crate::yaml::Pos { line: p.origin.line.unwrap_or(1), col: 1 } },
+        };
+        self.push(rule, p.kind.name(), p.key(), at, field, message, fix);
     }
 
     /// Report `rule` about a pod (its document's first line).

@@ -217,6 +217,10 @@ impl Objects {
                         }
                     }
                 }
+                if let Some(s) = &mut self.sources {
+                    let key = (policy.kind, policy.name.clone());
+                    s.cluster_policies.entry(key).or_default().push(PolicySource { file: file.into(), doc: doc.clone() });
+                }
                 self.cluster_policies.push(policy);
             }
             other => {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::cluster_policy::ClusterKind;
 use crate::yaml::{Doc, Pos};
 
 /// A point in a source file.
@@ -63,6 +64,10 @@ pub struct Sources {
     /// Every NetworkPolicy document by (namespace, name), in reading order:
     /// more than one means the input defines that name more than once.
     pub policies: HashMap<(String, String), Vec<PolicySource>>,
+    /// Every cluster policy document (ClusterNetworkPolicy, ANP, BANP) by
+    /// (kind, name), in reading order, as for NetworkPolicies: lint names
+    /// the very rule field of a cluster policy too.
+    pub cluster_policies: HashMap<(ClusterKind, String), Vec<PolicySource>>,
     /// Where each Pod's document starts, by (namespace, name).
     pub pods: HashMap<(String, String), Location>,
     /// How many objects of each `kind` were read (ignored kinds included).
@@ -75,11 +80,19 @@ impl Sources {
         self.policies.get(&(namespace.to_string(), name.to_string())).and_then(|v| v.first())
     }
 
+    /// The first document of a cluster policy: the one the model holds.
+    pub fn cluster_policy(&self, kind: ClusterKind, name: &str) -> Option<&PolicySource> {
+        self.cluster_policies.get(&(kind, name.to_string())).and_then(|v| v.first())
+    }
+
     /// Add what a later file recorded, keeping reading order: its
     /// policies come after ours, a pod already seen keeps its first place.
     pub fn extend(&mut self, later: Sources) {
         for (k, v) in later.policies {
             self.policies.entry(k).or_default().extend(v);
+        }
+        for (k, v) in later.cluster_policies {
+            self.cluster_policies.entry(k).or_default().extend(v);
         }
         for (k, at) in later.pods {
             self.pods.entry(k).or_insert(at);
