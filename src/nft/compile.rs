@@ -84,8 +84,10 @@
 //!   counted, with a comment naming its source, accepting. Selector peers
 //!   are hash sets of pod addresses named from the selector's definition and
 //!   shared by every rule using it; ipBlocks are small interval sets; named
-//!   ports are `daddr . l4proto . dport` sets of every pod declaring the
-//!   name. A rule without ports matches every protocol (ICMP, GRE, ...), as
+//!   ports are `daddr . l4proto . dport` sets of the pods declaring the
+//!   name: on egress every pod of the cluster (`np4_tcp_http`), on ingress
+//!   only this node's (`npl4_tcp_http`), as an ingress packet's
+//!   destination is always a local pod. A rule without ports matches every protocol (ICMP, GRE, ...), as
 //!   Kubernetes says; a rule with ports only those protocols and ports.
 //!   Pod churn changes set and map elements only.
 //!
@@ -190,7 +192,7 @@ pub fn compile(cluster: &Cluster, ir: &Ir, node: &str) -> Program {
 /// [`compile`], with what each counted rule measures (for the agent's
 /// per-rule metrics; the program is the same).
 pub fn compile_with_origins(cluster: &Cluster, ir: &Ir, node: &str) -> (Program, Origins) {
-    let mut c = Compiler { cluster, ir, p: Program::default(), names: Names::default(), origins: Origins::new() };
+    let mut c = Compiler { cluster, ir, node, p: Program::default(), names: Names::default(), origins: Origins::new() };
     let local: Vec<PodId> = cluster
         .pods
         .iter()
@@ -217,6 +219,7 @@ pub fn compile_all(cluster: &Cluster, ir: &Ir) -> BTreeMap<String, Program> {
 struct Compiler<'a> {
     cluster: &'a Cluster,
     ir: &'a Ir,
+    node: &'a str,
     p: Program,
     names: Names,
     origins: Origins,
@@ -348,8 +351,12 @@ pub(crate) enum Fill {
     Pods { family: Family, key: PeerKey, rule: usize, peer: usize },
     /// Fixed prefixes: an ipBlock's CIDR or its excepts.
     Nets(BTreeSet<Element>),
-    /// `addr . proto . port` of every policy pod declaring `name`/`proto`.
-    NamedPort { family: Family, proto: Protocol, name: String },
+    /// `addr . proto . port` of every policy pod declaring `name`/`proto`;
+    /// with `local`, of this node's pods only: an ingress rule's named port
+    /// is read on the packet's destination, which on ingress is always a
+    /// local pod, so the rest of the cluster would only be dead weight
+    /// (most of a busy node's elements at 100k pods).
+    NamedPort { family: Family, proto: Protocol, name: String, local: bool },
 }
 
 /// A set a rule chain reads: its declaration, and what fills it.
@@ -455,20 +462,20 @@ impl ChainBuilder<'_> {
                 _ => {}
             }
             if let Some(spec) = port {
-                m.push(self.port_match(spec, family));
+                m.push(self.port_match(spec, family, dir == Direction::Ingress));
             }
             out.push(m);
         }
         out
     }
 
-    fn port_match(&mut self, spec: &PortSpec, family: Option<Family>) -> Match {
+    fn port_match(&mut self, spec: &PortSpec, family: Option<Family>, local: bool) -> Match {
         match (&spec.port, family) {
             (None, _) => Match::Proto { proto: spec.protocol, dport: None },
             (Some(PortRef::Number(p)), _) => {
                 Match::Proto { proto: spec.protocol, dport: Some(PortRange { lo: *p, hi: spec.end_port.unwrap_or(*p) }) }
             }
-            (Some(PortRef::Named(n)), Some(f)) => Match::NamedPort { family: f, set: self.named_port_set(f, n, spec.protocol) },
+            (Some(PortRef::Named(n)), Some(f)) => Match::NamedPort { family: f, set: self.named_port_set(f, n, spec.protocol, local) },
             (Some(PortRef::Named(_)), None) => unreachable!("named ports are compiled per family"),
         }
     }
@@ -512,12 +519,23 @@ impl ChainBuilder<'_> {
         (block, except)
     }
 
-    /// `addr . proto . port` of every policy pod declaring `name`/`proto`.
-    fn named_port_set(&mut self, f: Family, name: &str, proto: Protocol) -> String {
-        let set_name = format!("np{}_{}_{}", fam_digit(f), proto.nft_name(), name);
+    /// `addr . proto . port` of every policy pod declaring `name`/`proto`
+    /// (with `local`, of this node's pods: see [`Fill::NamedPort`]).
+    fn named_port_set(&mut self, f: Family, name: &str, proto: Protocol, local: bool) -> String {
+        let set_name = named_port_set_name(f, name, proto, local);
         let def = set_name.clone();
-        self.set(set_name, KeyType::AddrProtoPort(f), false, def, Fill::NamedPort { family: f, proto, name: name.to_string() })
+        self.set(set_name, KeyType::AddrProtoPort(f), false, def, Fill::NamedPort { family: f, proto, name: name.to_string(), local })
     }
+}
+
+/// `np4_tcp_http`, or `npl4_tcp_http` for the set of this node's pods only.
+fn named_port_set_name(f: Family, name: &str, proto: Protocol, local: bool) -> String {
+    format!("np{}{}_{}_{}", if local { "l" } else { "" }, fam_digit(f), proto.nft_name(), name)
+}
+
+/// Whether `pod` gives elements to a named-port set of `node`.
+pub(crate) fn named_port_member(pod: &crate::model::Pod, local: bool, node: &str) -> bool {
+    pod.is_policy_pod() && (!local || node_of(pod) == node)
 }
 
 /// The element a policy pod contributes to a named-port set, if any.
@@ -629,7 +647,10 @@ impl Compiler<'_> {
                                 // Declared with any protocol: one rule per protocol's set.
                                 Some((_, ClusterPort::Named(n))) => Protocol::ALL
                                     .into_iter()
-                                    .map(|proto| Some(Match::NamedPort { family: f, set: self.cluster_named_port_set(f, n, proto) }))
+                                    .map(|proto| {
+                                        let set = self.cluster_named_port_set(f, n, proto, dir == Direction::Ingress);
+                                        Some(Match::NamedPort { family: f, set })
+                                    })
                                     .collect(),
                             };
                             for pm in port_matches {
@@ -707,16 +728,21 @@ impl Compiler<'_> {
         Some(vec![addr_match(f, field, false, AddrMatch::Set(name))])
     }
 
-    /// `addr . proto . port` of every policy pod declaring `name`/`proto`:
-    /// the same set a NetworkPolicy rule's named port uses.
-    fn cluster_named_port_set(&mut self, f: Family, name: &str, proto: Protocol) -> String {
-        let set_name = format!("np{}_{}_{}", fam_digit(f), proto.nft_name(), name);
+    /// `addr . proto . port` of every policy pod declaring `name`/`proto`
+    /// (with `local`, of this node's): the same set a NetworkPolicy rule's
+    /// named port uses.
+    fn cluster_named_port_set(&mut self, f: Family, name: &str, proto: Protocol, local: bool) -> String {
+        let set_name = named_port_set_name(f, name, proto, local);
         if !self.p.sets.contains_key(&set_name) {
-            let elements =
-                self.cluster.pods.iter().filter(|p| p.is_policy_pod()).filter_map(|p| named_port_element(p, f, proto, name)).collect();
+            let elements = self.named_port_elements(f, proto, name, local);
             self.p.add_set(Set::of(set_name.clone(), KeyType::AddrProtoPort(f), false, elements));
         }
         set_name
+    }
+
+    fn named_port_elements(&self, f: Family, proto: Protocol, name: &str, local: bool) -> BTreeSet<Element> {
+        let members = self.cluster.pods.iter().filter(|p| named_port_member(p, local, self.node));
+        members.filter_map(|p| named_port_element(p, f, proto, name)).collect()
     }
 
     /// The anti-spoofing chain (see the module doc, "Anti-spoofing").
@@ -747,13 +773,7 @@ impl Compiler<'_> {
                     }
                 }
                 Fill::Nets(nets) => nets.clone(),
-                Fill::NamedPort { family, proto, name } => self
-                    .cluster
-                    .pods
-                    .iter()
-                    .filter(|p| p.is_policy_pod())
-                    .filter_map(|p| named_port_element(p, *family, *proto, name))
-                    .collect(),
+                Fill::NamedPort { family, proto, name, local } => self.named_port_elements(*family, *proto, name, *local),
             };
             self.p.add_set(Set::of(s.name, s.key, s.interval, elements));
         }
@@ -968,13 +988,13 @@ counter drop comment \"x/web ingress: isolated, no rule allowed\"
 ip6 saddr @POD6 tcp dport 80 counter accept comment \"x/web ingress rule 0 peer 0 port 0\"
 ip saddr @POD4 udp dport 81-90 counter accept comment \"x/web ingress rule 0 peer 0 port 1\"
 ip6 saddr @POD6 udp dport 81-90 counter accept comment \"x/web ingress rule 0 peer 0 port 1\"
-ip saddr @POD4 ip daddr . meta l4proto . th dport @np4_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 0 port 2\"
-ip6 saddr @POD6 ip6 daddr . meta l4proto . th dport @np6_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 0 port 2\"
+ip saddr @POD4 ip daddr . meta l4proto . th dport @npl4_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 0 port 2\"
+ip6 saddr @POD6 ip6 daddr . meta l4proto . th dport @npl6_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 0 port 2\"
 ip saddr @POD4 meta l4proto sctp counter accept comment \"x/web ingress rule 0 peer 0 port 3\"
 ip6 saddr @POD6 meta l4proto sctp counter accept comment \"x/web ingress rule 0 peer 0 port 3\"
 ip saddr @BLK ip saddr != @EXC tcp dport 80 counter accept comment \"x/web ingress rule 0 peer 1 port 0\"
 ip saddr @BLK ip saddr != @EXC udp dport 81-90 counter accept comment \"x/web ingress rule 0 peer 1 port 1\"
-ip saddr @BLK ip saddr != @EXC ip daddr . meta l4proto . th dport @np4_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 1 port 2\"
+ip saddr @BLK ip saddr != @EXC ip daddr . meta l4proto . th dport @npl4_tcp_serve-80-tcp counter accept comment \"x/web ingress rule 0 peer 1 port 2\"
 ip saddr @BLK ip saddr != @EXC meta l4proto sctp counter accept comment \"x/web ingress rule 0 peer 1 port 3\"
 counter accept comment \"x/web ingress rule 1\"
 "
@@ -987,7 +1007,7 @@ counter accept comment \"x/web ingress rule 1\"
         assert_eq!(elems(&pod4), "10.244.2.11");
         assert_eq!(elems(&pod6), "");
         assert_eq!(elems(&exc), "192.0.2.0/25", "nested excepts aggregated");
-        assert_eq!(elems("np4_tcp_serve-80-tcp").matches(". tcp . 80").count(), 9, "every pod declaring the name");
+        assert_eq!(elems("npl4_tcp_serve-80-tcp").matches(". tcp . 80").count(), 6, "the 6 pods of node-1 among the 9 declaring the name");
     }
 
     #[test]

@@ -65,7 +65,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::compile::{
-    self, add_chain, base_rules, group_name, group_rules, map_name, named_port_element, node_of, policy_chain, Fill, Names,
+    self, add_chain, base_rules, group_name, group_rules, map_name, named_port_element, named_port_member, node_of, policy_chain, Fill, Names,
     PolicyChain, SetRef, BASES, FAMILIES,
 };
 use super::counters::Origins;
@@ -646,8 +646,8 @@ impl Incremental {
             }
         }
         for name in &self.np_sets {
-            if let Some(Fill::NamedPort { family, proto, name: port }) = self.sets.get(name).map(|s| &s.fill) {
-                if let Some(e) = named_port_element(pod, *family, *proto, port) {
+            if let Some(Fill::NamedPort { family, proto, name: port, local }) = self.sets.get(name).map(|s| &s.fill) {
+                if let Some(e) = named_port_element(pod, *family, *proto, port).filter(|_| named_port_member(pod, *local, &self.node)) {
                     changes.push((name.clone(), e));
                 }
             }
@@ -952,8 +952,8 @@ impl Incremental {
                 }
             }
             Fill::Nets(nets) => nets.iter().for_each(|e| put(*e)),
-            Fill::NamedPort { family, proto, name } => {
-                for pod in self.pods.values().flat_map(|m| m.values()).filter(|p| p.is_policy_pod()) {
+            Fill::NamedPort { family, proto, name, local } => {
+                for pod in self.pods.values().flat_map(|m| m.values()).filter(|p| named_port_member(p, *local, &self.node)) {
                     if let Some(e) = named_port_element(pod, *family, *proto, name) {
                         put(e);
                     }
