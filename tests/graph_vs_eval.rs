@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use netfence::eval::{evaluate, Endpoint, Flow};
 use netfence::gen::Rng;
 use netfence::graph::query::{reach_from, who_can_reach, EntryKind};
-use netfence::graph::sides::Sides;
+use netfence::graph::sides::{Peer, Sides};
 use netfence::graph::{AllowGraph, At, PortSet};
 use netfence::ir::Ir;
-use netfence::model::{Cluster, Family, PortRef, Protocol};
+use netfence::model::cluster_policy::{ClusterPeer, ClusterPort};
+use netfence::model::{Cluster, Direction, Family, PortRef, Protocol};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,6 +59,19 @@ fn addresses(c: &Cluster, rng: &mut Rng) -> Vec<IpAddr> {
             }
         }
     }
+    for pol in &c.cluster_policies {
+        for rule in pol.ingress.iter().chain(&pol.egress) {
+            for peer in &rule.peers {
+                if let ClusterPeer::Networks(nets) = peer {
+                    for net in nets {
+                        for ip in [net.network(), net.broadcast()] {
+                            out.extend([ip, step(ip, -1), step(ip, 1)]);
+                        }
+                    }
+                }
+            }
+        }
+    }
     for _ in 0..8 {
         out.push(IpAddr::from((rng.next_u64() as u32).to_be_bytes()));
         out.push(IpAddr::V6(Ipv6Addr::from((rng.next_u64() as u128) << 64 | rng.next_u64() as u128)));
@@ -83,6 +97,15 @@ fn ports(c: &Cluster, rng: &mut Rng) -> Vec<u16> {
                 if let Some(PortRef::Number(n)) = p.port {
                     let e = p.end_port.unwrap_or(n);
                     out.extend([n.saturating_sub(1).max(1), n, e, e.saturating_add(1)]);
+                }
+            }
+        }
+    }
+    for pol in &c.cluster_policies {
+        for rule in pol.ingress.iter().chain(&pol.egress) {
+            for p in &rule.ports {
+                if let ClusterPort::Range { start, end, .. } = *p {
+                    out.extend([start.saturating_sub(1).max(1), start, end, end.saturating_add(1)]);
                 }
             }
         }
@@ -252,10 +275,73 @@ fn graph_equals_eval_on_the_demo_and_scale_fixtures() {
     println!("{} flow checks, {} allowed", stats.flows, stats.allowed);
 }
 
+/// The tier-aware side computation (`Sides::pair_ports`, `side_ports`)
+/// against eval, in every policy test cluster with cluster-scoped policies
+/// and in random halves of their policies: pods, host-network pods, nodes
+/// at each of their addresses (ExternalIP too), outside addresses around
+/// every network, on every port that matters.
+#[test]
+fn sides_equal_eval_with_cluster_policies() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("policy-tests"), &mut files);
+    let mut rng = Rng::new(17, 5);
+    let (mut checks, mut allowed, mut clusters) = (0usize, 0usize, 0usize);
+    for f in &files {
+        let t = netfence::policytest::format::PolicyTest::load(f).unwrap_or_else(|e| panic!("{e}"));
+        if t.cluster.cluster_policies.is_empty() {
+            continue;
+        }
+        let mut variants = vec![t.cluster.clone()];
+        variants.extend((0..4).map(|_| some_policies(&t.cluster, &mut rng)));
+        for c in &variants {
+            clusters += 1;
+            let ir = netfence::ir::resolve(c);
+            let sides = Sides::new(c, &ir);
+            let mut eps = endpoints(c, &mut rng);
+            for n in c.nodes.values() {
+                eps.extend(n.addresses.iter().map(|&ip| Endpoint::NodeAddr(n.name.clone(), ip)));
+            }
+            let ports = ports(c, &mut rng);
+            for src in &eps {
+                for dst in &eps {
+                    for protocol in Protocol::ALL {
+                        for &port in &ports {
+                            let flow = Flow { src: src.clone(), dst: dst.clone(), protocol, port, family: None };
+                            let Ok(v) = evaluate(c, &ir, &flow) else { continue };
+                            for fv in &v.families {
+                                let fam = fv.family;
+                                let got = match (at(c, src, fam), at(c, dst, fam)) {
+                                    (At::Pod(a), At::Pod(b)) if a == b => true,
+                                    (At::Addr(_), At::Addr(_)) => true,
+                                    (At::Addr(s), At::Pod(b)) => {
+                                        netfence::graph::node_local(c, s, b)
+                                            || sides.side_ports(b, Direction::Ingress, Peer::Addr(s), fam).contains(protocol, port)
+                                    }
+                                    (At::Pod(a), At::Addr(d)) => sides.side_ports(a, Direction::Egress, Peer::Addr(d), fam).contains(protocol, port),
+                                    (At::Pod(a), At::Pod(b)) => sides.pair_ports(a, b, fam).contains(protocol, port),
+                                };
+                                assert_eq!(got, fv.allowed, "{}: {} -> {} {port}/{protocol} {fam}: sides say {got}, eval {fv:#?}", f.display(), src.display(c), dst.display(c));
+                                checks += 1;
+                                allowed += usize::from(got);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(clusters >= 8 * 5, "{clusters} clusters");
+    // Address-to-address flows are always allowed: both verdicts must
+    // still be well represented.
+    assert!(allowed > 10_000 && checks - allowed > 10_000, "{allowed} of {checks} allowed");
+    println!("{checks} side checks over {clusters} clusters with cluster policies, {allowed} allowed");
+}
+
 /// The policies a random half of `c`'s, each kept with probability 1/2.
 fn some_policies(c: &Cluster, rng: &mut Rng) -> Cluster {
     let mut out = c.clone();
     out.policies.retain(|_| rng.percent(50));
+    out.cluster_policies.retain(|_| rng.percent(50));
     out
 }
 
@@ -267,22 +353,23 @@ fn diff_equals_its_definition_on_random_changes() {
     let mut files = Vec::new();
     yaml_files(&root().join("policy-tests"), &mut files);
     let mut rng = Rng::new(5, 3);
-    let mut changed = 0;
+    let (mut changed, mut with_cluster) = (0, 0);
     for f in &files {
         let t = netfence::policytest::format::PolicyTest::load(f).unwrap_or_else(|e| panic!("{e}"));
-        if !t.cluster.cluster_policies.is_empty() {
-            continue; // diff refuses cluster-scoped policies
-        }
-        for _ in 0..2 {
+        // Clusters with cluster-scoped policies get more tries: fewer files.
+        let tries = if t.cluster.cluster_policies.is_empty() { 2 } else { 12 };
+        for _ in 0..tries {
             let (b, a) = (some_policies(&t.cluster, &mut rng), some_policies(&t.cluster, &mut rng));
             let (ib, ia) = (netfence::ir::resolve(&b), netfence::ir::resolve(&a));
             let found = netfence::impact::impact((&b, &ib), (&a, &ia));
             let fast = netfence::impact::pod_changes(&found, &a);
             assert_eq!(fast, netfence::impact::impact_by_eval((&b, &ib), (&a, &ia)), "{}", f.display());
             changed += usize::from(!fast.is_empty());
+            with_cluster += usize::from(!fast.is_empty() && b.cluster_policies != a.cluster_policies);
         }
     }
     assert!(changed > files.len() / 2, "only {changed} changes flipped a verdict");
+    assert!(with_cluster >= 30, "only {with_cluster} cluster-policy changes flipped a verdict");
 }
 
 /// Redundancy (exact, by port sets and address ranges) against brute
@@ -296,7 +383,6 @@ fn redundancy_equals_brute_force() {
     let mut clusters: Vec<(String, Cluster)> = files
         .iter()
         .map(|f| (f.display().to_string(), netfence::policytest::format::PolicyTest::load(f).unwrap().cluster))
-        .filter(|(_, c)| c.cluster_policies.is_empty())
         .collect();
     let demo = netfence::model::load_paths(&[root().join("fixtures/demo/cluster.yaml"), root().join("fixtures/demo/policies")]).unwrap().0;
     clusters.push(("demo".into(), demo));
