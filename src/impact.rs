@@ -5,10 +5,12 @@
 //! 10k² pairs one by one. Pods present in both snapshots are grouped by
 //! (workload after, policy signature before) ([`crate::graph::workload`]),
 //! so each group's pods are interchangeable in both snapshots; only pairs
-//! of groups that some isolating rule decides (in either snapshot), or one
-//! of whose sides changes isolation, are compared, since every other pair
-//! allows everything or nothing in both. A pair's allowed ports come from
-//! [`crate::graph::sides`] as exact port sets; [`impact_by_eval`], the
+//! of groups that some isolating or cluster-policy rule decides (in either
+//! snapshot), or one of whose sides changes isolation, are compared, since
+//! every other pair allows everything or nothing in both. A pair's allowed
+//! ports come from [`crate::graph::sides`] as exact port sets, every
+//! cluster-policy tier included (so a ClusterNetworkPolicy, ANP or BANP
+//! change shows as the flows it opens and closes); [`impact_by_eval`], the
 //! original definition (one representative per port interval, judged by
 //! `eval`), is kept as the oracle the tests compare against.
 //!
@@ -28,6 +30,7 @@ use crate::graph::sides::{candidates, Groups, Sides};
 use crate::graph::workload::{self, Signature};
 use crate::graph::PortSet;
 use crate::ir::Ir;
+use crate::model::cluster_policy::ClusterPort;
 use crate::model::{Cluster, Direction, Family, PodId, PortRef, Protocol};
 
 /// One changed flow between two pods: the text output's line.
@@ -226,7 +229,9 @@ pub fn pod_changes(impact: &Impact, after: &Cluster) -> Vec<Change> {
     out
 }
 
-/// Port intervals with a constant verdict in both snapshots, per protocol.
+/// Port intervals with a constant verdict in both snapshots, per protocol
+/// (cut at every port number and range of NetworkPolicies and cluster
+/// policies, and at every container port, which named ports resolve to).
 fn intervals(snaps: &[&Cluster], protocol: Protocol) -> Vec<(u16, u16)> {
     let mut cuts: BTreeSet<u32> = [1, 65536].into();
     for c in snaps {
@@ -242,6 +247,18 @@ fn intervals(snaps: &[&Cluster], protocol: Protocol) -> Vec<(u16, u16)> {
                     if let Some(PortRef::Number(n)) = p.port {
                         cuts.insert(n as u32);
                         cuts.insert(p.end_port.unwrap_or(n) as u32 + 1);
+                    }
+                }
+            }
+        }
+        for pol in &c.cluster_policies {
+            for rule in pol.ingress.iter().chain(&pol.egress) {
+                for p in &rule.ports {
+                    if let ClusterPort::Range { protocol: pr, start, end } = *p {
+                        if pr == protocol {
+                            cuts.insert(start as u32);
+                            cuts.insert(end as u32 + 1);
+                        }
                     }
                 }
             }
@@ -646,6 +663,49 @@ mod tests {
         assert!(md.contains("| `team-00/api` | egress | 2 | newly isolated |"), "{md}");
         assert!(md.contains("| and 2 more | | | |\n"), "{md}");
         assert!(md.lines().count() < 110, "{md}");
+    }
+
+    const TENANTS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {pod: a}}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x, labels: {pod: b}}\nstatus: {podIP: 10.0.0.2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: y, labels: {pod: c}}\nstatus: {podIP: 10.0.0.3}\n";
+
+    fn cnp(name: &str, tier: &str, ingress: &str) -> String {
+        format!("---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: {tier}\n  priority: 10\n  subject: {{namespaces: {{matchLabels: {{ns: x}}}}}}\n  ingress: {ingress}\n")
+    }
+
+    const FROM_Y_80: &str = "from: [{namespaces: {matchLabels: {ns: y}}}], protocols: [{tcp: {destinationPort: {number: 80}}}]";
+
+    /// A cluster policy added, changed or removed: its opened and closed
+    /// flows, checked against eval by `run`.
+    #[test]
+    fn cluster_policy_changes_open_and_close_flows() {
+        let deny = cnp("guard", "Admin", &format!("[{{action: Deny, {FROM_Y_80}}}]"));
+        let (_, changes) = run(&snap(TENANTS, ""), &snap(TENANTS, &deny));
+        assert_eq!(render_text(&changes), "closes y/c -> x/a 80/TCP IPv4\ncloses y/c -> x/b 80/TCP IPv4\n0 opened, 2 closed\n");
+        // Removed: the same flows open again.
+        let (_, changes) = run(&snap(TENANTS, &deny), &snap(TENANTS, ""));
+        assert_eq!(render_text(&changes), "opens  y/c -> x/a 80/TCP IPv4\nopens  y/c -> x/b 80/TCP IPv4\n2 opened, 0 closed\n");
+        // Changed from Deny to Accept under a NetworkPolicy default deny:
+        // Accept admits what the NetworkPolicies deny, for y only.
+        let np_deny = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
+        let accept = cnp("guard", "Admin", &format!("[{{action: Accept, {FROM_Y_80}}}]"));
+        let (i, changes) = run(&snap(TENANTS, &format!("{np_deny}{deny}")), &snap(TENANTS, &format!("{np_deny}{accept}")));
+        assert_eq!(render_text(&changes), "opens  y/c -> x/a 80/TCP IPv4\nopens  y/c -> x/b 80/TCP IPv4\n2 opened, 0 closed\n");
+        assert!(i.isolation.is_empty(), "cluster policies never isolate");
+        // Baseline Deny of everything from y: decides only where no
+        // NetworkPolicy isolates (x/a's does, admitting y on 443).
+        let np_a = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 443}]}]}\n";
+        let baseline = cnp("tenants", "Baseline", "[{action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}]");
+        let (_, changes) = run(&snap(TENANTS, np_a), &snap(TENANTS, &format!("{np_a}{baseline}")));
+        assert_eq!(
+            render_text(&changes),
+            "closes y/c -> x/b 1-65535/TCP IPv4\ncloses y/c -> x/b 1-65535/UDP IPv4\ncloses y/c -> x/b 1-65535/SCTP IPv4\n0 opened, 3 closed\n"
+        );
+        // Admin Pass hands the port on: to the Baseline Deny, here.
+        let pass = cnp("guard", "Admin", &format!("[{{action: Pass, {FROM_Y_80}}}, {{action: Accept, from: [{{namespaces: {{}}}}]}}]"));
+        let (_, changes) = run(&snap(TENANTS, &baseline), &snap(TENANTS, &format!("{baseline}{pass}")));
+        // Accept opens every port from y but 80/TCP (passed on, still denied) to x/a and x/b.
+        let text = render_text(&changes);
+        assert!(text.contains("opens  y/c -> x/a 1-79/TCP IPv4\nopens  y/c -> x/a 81-65535/TCP IPv4\n"), "{text}");
+        assert!(text.ends_with("8 opened, 0 closed\n"), "{text}");
     }
 
     #[test]

@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use netfence::eval::{evaluate, Endpoint, Flow};
 use netfence::gen::Rng;
 use netfence::graph::query::{reach_from, who_can_reach, EntryKind};
-use netfence::graph::sides::Sides;
+use netfence::graph::sides::{Peer, Sides};
 use netfence::graph::{AllowGraph, At, PortSet};
 use netfence::ir::Ir;
-use netfence::model::{Cluster, Family, PortRef, Protocol};
+use netfence::model::cluster_policy::{ClusterPeer, ClusterPort};
+use netfence::model::{Cluster, Direction, Family, PortRef, Protocol};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,6 +59,19 @@ fn addresses(c: &Cluster, rng: &mut Rng) -> Vec<IpAddr> {
             }
         }
     }
+    for pol in &c.cluster_policies {
+        for rule in pol.ingress.iter().chain(&pol.egress) {
+            for peer in &rule.peers {
+                if let ClusterPeer::Networks(nets) = peer {
+                    for net in nets {
+                        for ip in [net.network(), net.broadcast()] {
+                            out.extend([ip, step(ip, -1), step(ip, 1)]);
+                        }
+                    }
+                }
+            }
+        }
+    }
     for _ in 0..8 {
         out.push(IpAddr::from((rng.next_u64() as u32).to_be_bytes()));
         out.push(IpAddr::V6(Ipv6Addr::from((rng.next_u64() as u128) << 64 | rng.next_u64() as u128)));
@@ -83,6 +97,15 @@ fn ports(c: &Cluster, rng: &mut Rng) -> Vec<u16> {
                 if let Some(PortRef::Number(n)) = p.port {
                     let e = p.end_port.unwrap_or(n);
                     out.extend([n.saturating_sub(1).max(1), n, e, e.saturating_add(1)]);
+                }
+            }
+        }
+    }
+    for pol in &c.cluster_policies {
+        for rule in pol.ingress.iter().chain(&pol.egress) {
+            for p in &rule.ports {
+                if let ClusterPort::Range { start, end, .. } = *p {
+                    out.extend([start.saturating_sub(1).max(1), start, end, end.saturating_add(1)]);
                 }
             }
         }
@@ -252,10 +275,204 @@ fn graph_equals_eval_on_the_demo_and_scale_fixtures() {
     println!("{} flow checks, {} allowed", stats.flows, stats.allowed);
 }
 
+/// A flow's verdict from `Sides` alone (what `diff` compares).
+fn sides_allow(c: &Cluster, sides: &Sides<'_>, src: At, dst: At, protocol: Protocol, port: u16, fam: Family) -> bool {
+    match (src, dst) {
+        (At::Pod(a), At::Pod(b)) if a == b => true,
+        (At::Addr(_), At::Addr(_)) => true,
+        (At::Addr(s), At::Pod(b)) => {
+            netfence::graph::node_local(c, s, b) || sides.side_ports(b, Direction::Ingress, Peer::Addr(s), fam).contains(protocol, port)
+        }
+        (At::Pod(a), At::Addr(d)) => sides.side_ports(a, Direction::Egress, Peer::Addr(d), fam).contains(protocol, port),
+        (At::Pod(a), At::Pod(b)) => sides.pair_ports(a, b, fam).contains(protocol, port),
+    }
+}
+
+/// Random cluster policies over a generated cluster's own labels, CIDRs
+/// around its pods' addresses, its ports and named ports: every tier,
+/// action, peer kind and protocol form, equal priorities included.
+fn random_cluster_policies(c: &Cluster, rng: &mut Rng, n: usize) -> String {
+    let pods: Vec<&netfence::model::Pod> = c.pods.iter().filter(|p| p.is_policy_pod()).collect();
+    let label = |rng: &mut Rng, key: &str| -> Option<String> {
+        let p = pods[rng.below(pods.len())];
+        p.labels.get(key).map(|v| format!("{{matchLabels: {{{key}: {v:?}}}}}"))
+    };
+    let ns_sel = |rng: &mut Rng| -> String {
+        match rng.below(4) {
+            0 => "{}".into(),
+            1 => format!("{{matchLabels: {{kubernetes.io/metadata.name: {}}}}}", pods[rng.below(pods.len())].namespace),
+            _ => ["{matchLabels: {env: prod}}", "{matchLabels: {env: dev}}", "{matchExpressions: [{key: env, operator: NotIn, values: [prod]}]}"][rng.below(3)].into(),
+        }
+    };
+    let pod_sel = |rng: &mut Rng| -> String {
+        let key = ["app", "tier", "version"][rng.below(3)];
+        label(rng, key).unwrap_or_else(|| "{}".into())
+    };
+    let mut out = String::new();
+    for k in 0..n {
+        let tier = if rng.percent(60) { "Admin" } else { "Baseline" };
+        let subject = if rng.percent(50) {
+            format!("{{namespaces: {}}}", ns_sel(rng))
+        } else {
+            format!("{{pods: {{namespaceSelector: {}, podSelector: {}}}}}", ns_sel(rng), pod_sel(rng))
+        };
+        out += &format!(
+            "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: rnd-{k}}}\nspec:\n  tier: {tier}\n  priority: {}\n  subject: {subject}\n",
+            rng.below(3)
+        );
+        for dir in ["ingress", "egress"] {
+            let rules = rng.below(4);
+            if rules == 0 {
+                continue;
+            }
+            out += &format!("  {dir}:\n");
+            for _ in 0..rules {
+                let action = ["Accept", "Deny", "Pass"][rng.below(3)];
+                let mut peers = Vec::new();
+                for _ in 0..1 + rng.below(2) {
+                    let kinds = if dir == "egress" { 4 } else { 2 };
+                    peers.push(match rng.below(kinds) {
+                        0 => format!("{{namespaces: {}}}", ns_sel(rng)),
+                        1 => format!("{{pods: {{namespaceSelector: {}, podSelector: {}}}}}", ns_sel(rng), pod_sel(rng)),
+                        2 => {
+                            let p = pods[rng.below(pods.len())];
+                            let ip = p.ips[rng.below(p.ips.len())];
+                            let len = match (ip.is_ipv4(), rng.below(3)) {
+                                (true, 0) => 32,
+                                (true, 1) => 28,
+                                (true, _) => 0,
+                                (false, 0) => 128,
+                                (false, 1) => 124,
+                                (false, _) => 0,
+                            };
+                            let net = ipnet::IpNet::new(ip, len).unwrap().trunc();
+                            format!("{{networks: [{net}]}}")
+                        }
+                        _ => "{nodes: {}}".into(),
+                    });
+                }
+                let to = if dir == "egress" { "to" } else { "from" };
+                let protocols = match rng.below(5) {
+                    0 | 1 => String::new(),
+                    2 => format!(", protocols: [{{tcp: {{destinationPort: {{number: {}}}}}}}]", [80, 8080, 5432, 53][rng.below(4)]),
+                    3 => format!(
+                        ", protocols: [{{tcp: {{destinationPort: {{range: {{start: 1000, end: 9000}}}}}}}}, {{udp: {{destinationPort: {{number: 53}}}}}}]"
+                    ),
+                    _ if peers.iter().all(|p| p.starts_with("{namespaces") || p.starts_with("{pods")) => {
+                        format!(", protocols: [{{destinationNamedPort: {}}}]", ["http", "metrics", "dns"][rng.below(3)])
+                    }
+                    _ => ", protocols: [{sctp: {destinationPort: {number: 9090}}}]".into(),
+                };
+                out += &format!("  - {{action: {action}, {to}: [{}]{protocols}}}\n", peers.join(", "));
+            }
+        }
+    }
+    out
+}
+
+/// Grouping under tiers: a generated cluster (workloads of many pods, dual
+/// stack) with random cluster policies. Sides against eval on random flows,
+/// and diff against its definition on random changes of both kinds.
+#[test]
+fn diff_and_sides_equal_eval_with_random_cluster_policies() {
+    let mut rng = Rng::new(23, 6);
+    let (mut changed, mut flows) = (0, 0);
+    for round in 0..6u64 {
+        let mut text = Vec::new();
+        let spec = netfence::gen::Spec { pods: 60, nodes: 3, namespaces: 5, policies: 8, seed: 100 + round };
+        netfence::gen::Plan::new(spec).unwrap().write_stream(&mut text).unwrap();
+        let mut text = String::from_utf8(text).unwrap();
+        let base = netfence::model::load::load_str("gen.yaml", &text).unwrap();
+        text += &random_cluster_policies(&base, &mut rng, 6);
+        let c = netfence::model::load::load_str("gen.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.cluster_policies.len(), 6);
+        let ir = netfence::ir::resolve(&c);
+        let sides = Sides::new(&c, &ir);
+        let eps = endpoints(&c, &mut rng);
+        let ports = ports(&c, &mut rng);
+        for _ in 0..4000 {
+            let (src, dst) = (eps[rng.below(eps.len())].clone(), eps[rng.below(eps.len())].clone());
+            let (protocol, port) = (Protocol::ALL[rng.below(3)], ports[rng.below(ports.len())]);
+            let flow = Flow { src: src.clone(), dst: dst.clone(), protocol, port, family: None };
+            let Ok(v) = evaluate(&c, &ir, &flow) else { continue };
+            for fv in &v.families {
+                let got = sides_allow(&c, &sides, at(&c, &src, fv.family), at(&c, &dst, fv.family), protocol, port, fv.family);
+                assert_eq!(got, fv.allowed, "round {round}: {} -> {} {port}/{protocol} {}\n{fv:#?}", src.display(&c), dst.display(&c), fv.family);
+                flows += 1;
+            }
+        }
+        for _ in 0..3 {
+            let (b, a) = (some_policies(&c, &mut rng), some_policies(&c, &mut rng));
+            let (ib, ia) = (netfence::ir::resolve(&b), netfence::ir::resolve(&a));
+            let found = netfence::impact::impact((&b, &ib), (&a, &ia));
+            let fast = netfence::impact::pod_changes(&found, &a);
+            assert!(found.groups.len() < a.pods.len(), "workloads of several pods");
+            assert_eq!(fast, netfence::impact::impact_by_eval((&b, &ib), (&a, &ia)), "round {round}");
+            changed += usize::from(!fast.is_empty());
+        }
+    }
+    assert!(changed >= 12, "only {changed} changes flipped a verdict");
+    println!("{flows} flows, {changed} changes");
+}
+
+/// The tier-aware side computation (`Sides::pair_ports`, `side_ports`)
+/// against eval, in every policy test cluster with cluster-scoped policies
+/// and in random halves of their policies: pods, host-network pods, nodes
+/// at each of their addresses (ExternalIP too), outside addresses around
+/// every network, on every port that matters.
+#[test]
+fn sides_equal_eval_with_cluster_policies() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("policy-tests"), &mut files);
+    let mut rng = Rng::new(17, 5);
+    let (mut checks, mut allowed, mut clusters) = (0usize, 0usize, 0usize);
+    for f in &files {
+        let t = netfence::policytest::format::PolicyTest::load(f).unwrap_or_else(|e| panic!("{e}"));
+        if t.cluster.cluster_policies.is_empty() {
+            continue;
+        }
+        let mut variants = vec![t.cluster.clone()];
+        variants.extend((0..4).map(|_| some_policies(&t.cluster, &mut rng)));
+        for c in &variants {
+            clusters += 1;
+            let ir = netfence::ir::resolve(c);
+            let sides = Sides::new(c, &ir);
+            let mut eps = endpoints(c, &mut rng);
+            for n in c.nodes.values() {
+                eps.extend(n.addresses.iter().map(|&ip| Endpoint::NodeAddr(n.name.clone(), ip)));
+            }
+            let ports = ports(c, &mut rng);
+            for src in &eps {
+                for dst in &eps {
+                    for protocol in Protocol::ALL {
+                        for &port in &ports {
+                            let flow = Flow { src: src.clone(), dst: dst.clone(), protocol, port, family: None };
+                            let Ok(v) = evaluate(c, &ir, &flow) else { continue };
+                            for fv in &v.families {
+                                let fam = fv.family;
+                                let got = sides_allow(c, &sides, at(c, src, fam), at(c, dst, fam), protocol, port, fam);
+                                assert_eq!(got, fv.allowed, "{}: {} -> {} {port}/{protocol} {fam}: sides say {got}, eval {fv:#?}", f.display(), src.display(c), dst.display(c));
+                                checks += 1;
+                                allowed += usize::from(got);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(clusters >= 8 * 5, "{clusters} clusters");
+    // Address-to-address flows are always allowed: both verdicts must
+    // still be well represented.
+    assert!(allowed > 10_000 && checks - allowed > 10_000, "{allowed} of {checks} allowed");
+    println!("{checks} side checks over {clusters} clusters with cluster policies, {allowed} allowed");
+}
+
 /// The policies a random half of `c`'s, each kept with probability 1/2.
 fn some_policies(c: &Cluster, rng: &mut Rng) -> Cluster {
     let mut out = c.clone();
     out.policies.retain(|_| rng.percent(50));
+    out.cluster_policies.retain(|_| rng.percent(50));
     out
 }
 
@@ -267,22 +484,23 @@ fn diff_equals_its_definition_on_random_changes() {
     let mut files = Vec::new();
     yaml_files(&root().join("policy-tests"), &mut files);
     let mut rng = Rng::new(5, 3);
-    let mut changed = 0;
+    let (mut changed, mut with_cluster) = (0, 0);
     for f in &files {
         let t = netfence::policytest::format::PolicyTest::load(f).unwrap_or_else(|e| panic!("{e}"));
-        if !t.cluster.cluster_policies.is_empty() {
-            continue; // diff refuses cluster-scoped policies
-        }
-        for _ in 0..2 {
+        // Clusters with cluster-scoped policies get more tries: fewer files.
+        let tries = if t.cluster.cluster_policies.is_empty() { 2 } else { 12 };
+        for _ in 0..tries {
             let (b, a) = (some_policies(&t.cluster, &mut rng), some_policies(&t.cluster, &mut rng));
             let (ib, ia) = (netfence::ir::resolve(&b), netfence::ir::resolve(&a));
             let found = netfence::impact::impact((&b, &ib), (&a, &ia));
             let fast = netfence::impact::pod_changes(&found, &a);
             assert_eq!(fast, netfence::impact::impact_by_eval((&b, &ib), (&a, &ia)), "{}", f.display());
             changed += usize::from(!fast.is_empty());
+            with_cluster += usize::from(!fast.is_empty() && b.cluster_policies != a.cluster_policies);
         }
     }
     assert!(changed > files.len() / 2, "only {changed} changes flipped a verdict");
+    assert!(with_cluster >= 30, "only {with_cluster} cluster-policy changes flipped a verdict");
 }
 
 /// Redundancy (exact, by port sets and address ranges) against brute
@@ -296,7 +514,6 @@ fn redundancy_equals_brute_force() {
     let mut clusters: Vec<(String, Cluster)> = files
         .iter()
         .map(|f| (f.display().to_string(), netfence::policytest::format::PolicyTest::load(f).unwrap().cluster))
-        .filter(|(_, c)| c.cluster_policies.is_empty())
         .collect();
     let demo = netfence::model::load_paths(&[root().join("fixtures/demo/cluster.yaml"), root().join("fixtures/demo/policies")]).unwrap().0;
     clusters.push(("demo".into(), demo));

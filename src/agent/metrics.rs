@@ -86,6 +86,9 @@ pub struct Metrics {
     pub conntrack_duration: Histogram,
     /// 1 while a precondition fails, by reason ([`super::precondition`]).
     pub precondition_failed: Family<ReasonLabel, Gauge>,
+    /// Egress rules of cluster policies in force with `domainNames` peers
+    /// (which match nothing: host names resolve only at run time).
+    pub domain_name_rules: Gauge,
     /// Per-rule counters, read from the kernel on scrape.
     rule_counters: Option<std::sync::Arc<RuleCounters>>,
     /// The last sync succeeded (and there was one).
@@ -124,6 +127,7 @@ impl Metrics {
             conntrack_errors: Counter::default(),
             conntrack_duration: seconds_histogram(),
             precondition_failed: Family::default(),
+            domain_name_rules: Gauge::default(),
             rule_counters: None,
             synced: AtomicBool::new(false),
             preconditions: Mutex::new(Vec::new()),
@@ -170,6 +174,11 @@ impl Metrics {
             "precondition_failed",
             "1 while a precondition of enforcement fails, by reason (e.g. bridged pod traffic bypassing the hooks without br_netfilter); the rules stay applied",
             self.precondition_failed.clone(),
+        );
+        r.register(
+            "cluster_policy_domain_name_rules",
+            "Egress rules of the cluster policies in force with domainNames peers: those peers match nothing (host names resolve only at run time, which netfence does not do); the rest of each rule is enforced",
+            self.domain_name_rules.clone(),
         );
         r.register("invalid_objects", "Objects skipped because they failed validation, by kind", self.invalid_objects.0.clone());
         r.register("watch_errors", "Errors from the API watchers, by kind (each is retried with backoff)", self.watch_errors.clone());

@@ -168,6 +168,9 @@ pub(crate) struct Reconciler {
     pending_since: Option<Instant>,
     /// Names drops after the cluster in force.
     drop_log: Option<Arc<super::drop_log::DropLogger>>,
+    /// The `domainNames` notices of the cluster in force: each is logged
+    /// when it appears, not on every sync.
+    notices: std::collections::BTreeSet<String>,
 }
 
 impl Reconciler {
@@ -193,6 +196,7 @@ impl Reconciler {
             need_full: true,
             pending_since: None,
             drop_log: None,
+            notices: Default::default(),
         }
     }
 
@@ -270,6 +274,7 @@ impl Reconciler {
         match result {
             Ok(report) => {
                 self.succeeded(&report, full, now);
+                self.notice_unenforceable(&cluster);
                 if let Some(d) = &self.drop_log {
                     d.committed_cluster(cluster.clone());
                 }
@@ -309,6 +314,20 @@ impl Reconciler {
             }
         }
         Ok(result)
+    }
+
+    /// Warn once per cluster policy with `domainNames` peers while it is
+    /// in force (what they cannot match, see
+    /// [`crate::model::cluster_policy::ClusterPolicy::domain_names_notice`]),
+    /// and count its rules in a gauge.
+    fn notice_unenforceable(&mut self, cluster: &Cluster) {
+        let now: std::collections::BTreeSet<String> = cluster.cluster_policies.iter().filter_map(|p| p.domain_names_notice()).collect();
+        for n in now.difference(&self.notices) {
+            tracing::warn!("{n}");
+        }
+        let rules: usize = cluster.cluster_policies.iter().map(|p| p.domain_name_rules().len()).sum();
+        self.metrics.domain_name_rules.set(rules as i64);
+        self.notices = now;
     }
 
     fn succeeded(&mut self, r: &SyncReport, full: bool, now: Instant) {

@@ -130,6 +130,7 @@ pub(crate) fn load(files: &[std::path::PathBuf]) -> Result<crate::model::Cluster
             for n in notices {
                 tracing::info!("{n}");
             }
+            warn_unenforceable(&cluster, &mut std::collections::BTreeSet::new());
             Ok(cluster)
         }
         Err(e) => {
@@ -139,14 +140,29 @@ pub(crate) fn load(files: &[std::path::PathBuf]) -> Result<crate::model::Cluster
     }
 }
 
-/// The allow graph, its queries and `diff` judge NetworkPolicies only: on a
-/// cluster with cluster-scoped policies their answers would be wrong, so
-/// they refuse it (exit 2) rather than answer. `test` and `explain` judge
-/// every tier.
+/// Say once (per message in `seen`) what of the cluster's policies cannot
+/// be judged from manifests: `domainNames` peers (see
+/// [`crate::model::cluster_policy::ClusterPolicy::domain_names_notice`]).
+/// A warning, so it shows without `NETFENCE_LOG`.
+pub(crate) fn warn_unenforceable(cluster: &crate::model::Cluster, seen: &mut std::collections::BTreeSet<String>) {
+    for n in cluster.cluster_policies.iter().filter_map(|p| p.domain_names_notice()) {
+        if seen.insert(n.clone()) {
+            eprintln!("warning: {n}");
+        }
+    }
+}
+
+/// The allow graph and its queries judge NetworkPolicies only: their
+/// hubs (`*/open-egress`: "every port to every open workload") and address
+/// nodes (`outside`: "what rules naming no peer allow") have no way to say
+/// "except where an Admin rule denies" or "these networks, those nodes",
+/// so on a cluster with cluster-scoped policies their answers would be
+/// wrong, and they refuse it (exit 2) rather than answer. `diff`, `test`
+/// and `explain` judge every tier.
 pub(crate) fn refuse_cluster_policies(cluster: &crate::model::Cluster, what: &str) -> Result<(), i32> {
     if let Some(p) = cluster.cluster_policies.first() {
         eprintln!(
-            "error: {what} does not model cluster-scoped policies yet ({} {:?} at {}, {} in all): use `netfence explain` or `netfence test`, which judge every tier",
+            "error: {what} does not model cluster-scoped policies yet ({} {:?} at {}, {} in all): use `netfence diff` (every tier), `netfence explain` or `netfence test`",
             p.kind.name(),
             p.name,
             p.origin,

@@ -109,6 +109,13 @@ pub fn run(args: Args) -> i32 {
     done.sort_by_key(|(i, _)| *i);
     let mut results: Vec<TestResult> = done.into_iter().map(|(_, r)| r).collect();
     policytest::check_unique_names(&mut results);
+    // Once per policy, however many tests share its file.
+    let mut seen = std::collections::BTreeSet::new();
+    for n in results.iter().flat_map(|r| &r.notices) {
+        if seen.insert(n) {
+            eprintln!("warning: {n}");
+        }
+    }
     match args.output {
         super::Output::Json => {
             let (passed, failed, invalid) = policytest::summary(&results);

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
+use crate::model::cluster_policy::ClusterPort;
 use crate::model::{Pod, PortRef, PortSpec, Protocol};
 
 /// Ranges are kept normalised (sorted, disjoint, not adjacent), so derived
@@ -88,6 +89,30 @@ impl PortSet {
                 Some(PortRef::Named(n)) => {
                     if let Some(p) = dst.and_then(|d| d.named_port(n, spec.protocol)) {
                         s.add(spec.protocol, p, p);
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// What a cluster policy rule's `protocols` admit toward destination
+    /// `dst`: none listed admits everything; a named port resolves on the
+    /// destination pod with whichever protocol it is declared with. This is
+    /// [`crate::model::cluster_policy::ports_match`] lifted to all ports.
+    pub fn of_cluster_rule(ports: &[ClusterPort], dst: Option<&Pod>) -> PortSet {
+        if ports.is_empty() {
+            return PortSet::all();
+        }
+        let mut s = PortSet::empty();
+        for p in ports {
+            match p {
+                ClusterPort::Range { protocol, start, end } => s.add(*protocol, *start, *end),
+                ClusterPort::Named(name) => {
+                    for protocol in Protocol::ALL {
+                        if let Some(port) = dst.and_then(|d| d.named_port(name, protocol)) {
+                            s.add(protocol, port, port);
+                        }
                     }
                 }
             }

@@ -27,6 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::sides::{Groups, IpBlock, Peer, PeerIndex, Sides};
 use super::workload::{self, Workloads};
 use crate::ir::{Ir, PeerIr};
+use crate::model::cluster_policy::ClusterPeer;
 use crate::model::{Cluster, Direction, Family, PodId, PolicyId};
 
 /// Reusable state for judging many policies of one snapshot.
@@ -120,6 +121,27 @@ impl<'a> Redundancy<'a> {
                             if end < max {
                                 cuts.insert(end + 1);
                             }
+                        }
+                    }
+                }
+            }
+        }
+        // Cluster policies' networks and nodes cut the address space too:
+        // their tiers decide before (Admin) or instead of (Baseline) the
+        // NetworkPolicies, so a range must hold one verdict of theirs.
+        for policy in sides.cluster_subject(rep, dir) {
+            for rule in policy.rules(dir) {
+                for peer in &rule.peers {
+                    let nets: Vec<ipnet::IpNet> = match peer {
+                        ClusterPeer::Networks(nets) => nets.clone(),
+                        ClusterPeer::Nodes(_) => c.nodes.values().flat_map(|n| n.addresses.iter().copied()).map(ipnet::IpNet::from).collect(),
+                        _ => Vec::new(),
+                    };
+                    for net in nets.iter().filter(|n| Family::of_net(n) == family) {
+                        cuts.insert(num(net.network()));
+                        let end = num(net.broadcast());
+                        if end < max {
+                            cuts.insert(end + 1);
                         }
                     }
                 }

@@ -10,6 +10,16 @@
 //!
 //! `without` leaves one policy out, which is how redundancy ("would removing
 //! it change any verdict?") is judged without rebuilding anything.
+//!
+//! Cluster-scoped policies: [`Sides::side_ports`] (and so
+//! [`Sides::pair_ports`]) walks the tiers as `eval` does, over port sets:
+//! the Admin tier's first matching rule per port (Accept adds it whatever
+//! NetworkPolicies say, Deny removes it, Pass hands it on), then the
+//! NetworkPolicies for the ports left (when they isolate the pod), else
+//! the Baseline tier (Deny removes, Accept and Pass leave allowed), else
+//! allowed. [`Sides::side`] and the halves stay the NetworkPolicy rules:
+//! the graph's edges and address nodes name those, and its commands
+//! refuse cluster policies.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,6 +29,7 @@ use serde::Serialize;
 
 use super::ports::PortSet;
 use crate::ir::{Ir, PeerIr, RuleRef};
+use crate::model::cluster_policy::{Action, ClusterPeer, ClusterPolicy, Tier};
 use crate::model::{Cluster, Direction, Family, PodId, PolicyId};
 
 /// An ipBlock peer, as the graph's node for "these addresses".
@@ -155,14 +166,90 @@ impl<'a> Sides<'a> {
         }
     }
 
-    /// Every port a side allows (all of them when it is open).
-    pub fn side_ports(&self, me: PodId, dir: Direction, peer: Peer<'_>, family: Family) -> PortSet {
-        ports_of(&self.side(me, dir, peer, family))
+    /// The cluster policies whose subject is `pod` and that have rules in
+    /// `dir`, in judging order (Admin tier first).
+    pub fn cluster_subject(&self, pod: PodId, dir: Direction) -> impl Iterator<Item = &'a ClusterPolicy> + '_ {
+        let c = self.cluster;
+        c.cluster_policies.iter().filter(move |p| !p.rules(dir).is_empty() && p.subject.selects(c, pod))
     }
 
-    /// What policy allows from policy pod `src` to policy pod `dst` in
+    /// Every port a side allows, every tier considered (see the module doc).
+    pub fn side_ports(&self, me: PodId, dir: Direction, peer: Peer<'_>, family: Family) -> PortSet {
+        let subject: Vec<&ClusterPolicy> = self.cluster_subject(me, dir).collect();
+        if subject.is_empty() {
+            return ports_of(&self.side(me, dir, peer, family));
+        }
+        let dst = match (dir, peer) {
+            (Direction::Ingress, _) => Some(&self.cluster.pods[me]),
+            (Direction::Egress, Peer::Pod(q)) => Some(&self.cluster.pods[q]),
+            (Direction::Egress, _) => None,
+        };
+        // One tier: per port, the first matching rule's action. Returns
+        // (accepted, denied, passed); ports no rule matched are in none.
+        let walk = |tier: Tier| {
+            let mut undecided = PortSet::all();
+            let mut by: [PortSet; 3] = Default::default();
+            for policy in subject.iter().filter(|p| p.tier == tier) {
+                for rule in policy.rules(dir) {
+                    if undecided.is_empty() {
+                        return by;
+                    }
+                    if !rule.peers.iter().any(|q| self.cluster_peer_matches(q, peer, family)) {
+                        continue;
+                    }
+                    let here = undecided.intersect(&PortSet::of_cluster_rule(&rule.ports, dst));
+                    undecided = undecided.minus(&here);
+                    let i = match rule.action {
+                        Action::Accept => 0,
+                        Action::Deny => 1,
+                        Action::Pass => 2,
+                    };
+                    by[i].union_with(&here);
+                }
+            }
+            by
+        };
+        let [accepted, denied, _passed] = walk(Tier::Admin);
+        // What the Admin tier did not decide (Pass included) goes on.
+        let rest = PortSet::all().minus(&accepted).minus(&denied);
+        let below = if self.isolated(me, dir) {
+            rest.intersect(&ports_of(&self.side(me, dir, peer, family)))
+        } else {
+            // Baseline: only Deny removes; Accept, Pass and no match allow.
+            let [_, denied, _] = walk(Tier::Baseline);
+            rest.minus(&denied)
+        };
+        accepted.union(&below)
+    }
+
+    /// Does cluster peer `rule_peer` match `peer` (at its address in
+    /// `family`)? As [`crate::eval`] judges it: pod selectors match policy
+    /// pods, networks any address, nodes their nodes' addresses, domain
+    /// names nothing. The graph's ipBlock and outside nodes are no
+    /// address: cluster peers never match them.
+    pub fn cluster_peer_matches(&self, rule_peer: &ClusterPeer, peer: Peer<'_>, family: Family) -> bool {
+        let c = self.cluster;
+        let ip = match peer {
+            Peer::Pod(q) => {
+                if rule_peer.has_pod(c, q) {
+                    return true;
+                }
+                c.pods[q].ip(family)
+            }
+            Peer::Addr(ip) => Some(ip),
+            Peer::Block(_) | Peer::Outside => None,
+        };
+        let Some(ip) = ip else { return false };
+        match rule_peer {
+            ClusterPeer::Networks(nets) => nets.iter().any(|n| n.contains(&ip)),
+            ClusterPeer::Nodes(sel) => c.nodes.values().find(|n| n.has_address(ip)).is_some_and(|n| sel.matches(&n.labels)),
+            ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. } | ClusterPeer::DomainNames(_) => false,
+        }
+    }
+
+    /// What NetworkPolicies allow from policy pod `src` to policy pod `dst` in
     /// `family`, both sides considered, with the rules that allow some of
-    /// it. A pod reaching itself is always allowed; this does not know it
+    /// it (cluster policies not considered: see [`Sides::pair_ports`]). A pod reaching itself is always allowed; this does not know it
     /// (groups ask about "another pod like this one").
     pub fn pair(&self, src: PodId, dst: PodId, family: Family) -> (PortSet, Half, Half) {
         let e = self.side(src, Direction::Egress, Peer::Pod(dst), family);
@@ -171,7 +258,8 @@ impl<'a> Sides<'a> {
         (ports.clone(), half(&e, &ports), half(&i, &ports))
     }
 
-    /// Only the ports of [`Sides::pair`].
+    /// What policy allows from policy pod `src` to policy pod `dst` in
+    /// `family`, both sides and every tier considered.
     pub fn pair_ports(&self, src: PodId, dst: PodId, family: Family) -> PortSet {
         let e = self.side_ports(src, Direction::Egress, Peer::Pod(dst), family);
         if e.is_empty() {
@@ -240,11 +328,23 @@ pub struct PeerIndex<'g> {
     groups: &'g Groups<'g>,
     by_list: HashMap<*const Vec<PodId>, Vec<usize>>,
     by_block: HashMap<IpBlock, Vec<usize>>,
+    by_cluster_peer: HashMap<*const ClusterPeer, Vec<usize>>,
 }
 
 impl<'g> PeerIndex<'g> {
     pub fn new(groups: &'g Groups<'g>) -> PeerIndex<'g> {
-        PeerIndex { groups, by_list: HashMap::new(), by_block: HashMap::new() }
+        PeerIndex { groups, by_list: HashMap::new(), by_block: HashMap::new(), by_cluster_peer: HashMap::new() }
+    }
+
+    /// The groups a cluster policy peer matches (by its representative, in
+    /// any family), cached per peer of the cluster.
+    pub fn groups_of_cluster_peer(&mut self, sides: &Sides<'_>, peer: &ClusterPeer) -> &[usize] {
+        let groups = self.groups;
+        self.by_cluster_peer.entry(peer as *const ClusterPeer).or_insert_with(|| {
+            (0..groups.reps.len())
+                .filter(|&h| [Family::IPv4, Family::IPv6].into_iter().any(|f| sides.cluster_peer_matches(peer, Peer::Pod(groups.reps[h]), f)))
+                .collect()
+        })
     }
 
     pub fn groups_of(&mut self, cluster: &Cluster, peer: &PeerIr) -> &[usize] {
@@ -285,15 +385,26 @@ impl<'g> PeerIndex<'g> {
 
 /// The pairs of groups whose flows some isolating rule decides: every pair
 /// (a, b) for which a's egress is isolated and one of its rules names b, or
-/// b's ingress is isolated and one of its rules names a. A pair outside
-/// this list allows nothing (a side is isolated with no rule for the
-/// other) or everything (neither side is isolated). Sorted, no duplicates.
+/// b's ingress is isolated and one of its rules names a, or a cluster
+/// policy whose subject is a (b) has an egress (ingress) rule naming b (a).
+/// A pair outside this list allows nothing (a side is isolated with no
+/// rule for the other) or everything (neither side is isolated): tiers
+/// only decide for the peers their rules name. Sorted, no duplicates.
 pub fn candidates(sides: &Sides<'_>, groups: &Groups<'_>) -> Vec<(usize, usize)> {
     let mut index = PeerIndex::new(groups);
     let n = groups.reps.len();
     let mut out: Vec<(usize, usize)> = Vec::new();
     for (g, &rep) in groups.reps.iter().enumerate() {
         for dir in Direction::BOTH {
+            for policy in sides.cluster_subject(rep, dir) {
+                for rule in policy.rules(dir) {
+                    for peer in &rule.peers {
+                        for &h in index.groups_of_cluster_peer(sides, peer) {
+                            out.push(if dir == Direction::Egress { (g, h) } else { (h, g) });
+                        }
+                    }
+                }
+            }
             if !sides.isolated(rep, dir) {
                 continue;
             }

@@ -15,7 +15,9 @@
 //! family, addresses inside or outside an ipBlock). So a group is an owner
 //! plus a *policy signature*: the policies selecting the pod, the resolved
 //! peer lists it is in, the ipBlocks holding its addresses, the numbers of
-//! the named ports policies use, and its families. Pods with equal
+//! the named ports policies use, its families, and for cluster-scoped
+//! policies the ones whose subject it is and the peers (pods, namespaces,
+//! networks, nodes) that match it. Pods with equal
 //! signatures get equal answers from [`crate::eval`] against every peer
 //! (eval reads nothing else of a pod, except its node, which only matters
 //! to that node's own address and is answered per pod). Labels that no
@@ -26,8 +28,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::sides::{ip_blocks, IpBlock};
+use super::sides::{ip_blocks, IpBlock, Peer, Sides};
 use crate::ir::{Ir, PeerIr};
+use crate::model::cluster_policy::{ClusterPeer, ClusterPort};
 use crate::model::{Cluster, Direction, Family, Pod, PodId, PolicyId, PortRef, Protocol};
 use crate::selector::Labels;
 
@@ -87,6 +90,9 @@ pub struct Signature {
     blocks: Vec<u32>,
     named: Vec<Option<u16>>,
     families: [bool; 2],
+    /// Cluster policies whose subject it is, then (numbered after them)
+    /// the distinct cluster policy peers matching it, per family.
+    cluster: Vec<u32>,
 }
 
 /// The signature of every policy pod (`None` for other pods).
@@ -115,8 +121,33 @@ pub fn signatures(cluster: &Cluster, ir: &Ir) -> Vec<Option<Signature>> {
             }
         }
     }
+    let mut cluster_peers: Vec<&ClusterPeer> = Vec::new();
+    for cp in &cluster.cluster_policies {
+        for rule in cp.ingress.iter().chain(&cp.egress) {
+            cluster_peers.extend(&rule.peers);
+            for p in &rule.ports {
+                if let ClusterPort::Named(n) = p {
+                    named.extend(Protocol::ALL.map(|proto| (n.clone(), proto)));
+                }
+            }
+        }
+    }
+    cluster_peers.sort();
+    cluster_peers.dedup();
     named.sort();
     named.dedup();
+    let sides = Sides::new(cluster, ir);
+    let n_cp = cluster.cluster_policies.len() as u32;
+    let cluster_sig = |id: PodId| -> Vec<u32> {
+        let subject = (0..n_cp).filter(|&i| cluster.cluster_policies[i as usize].subject.selects(cluster, id));
+        // Per family: a networks peer may hold one pod's IPv4 address and
+        // another's IPv6 one.
+        let peers = (0..2 * cluster_peers.len() as u32).filter(|&k| {
+            let family = if k % 2 == 0 { Family::IPv4 } else { Family::IPv6 };
+            sides.cluster_peer_matches(cluster_peers[k as usize / 2], Peer::Pod(id), family)
+        });
+        subject.chain(peers.map(|k| n_cp + k)).collect()
+    };
     let blocks: Vec<IpBlock> = ip_blocks(cluster, ir);
     let mut in_lists: Vec<Vec<u32>> = vec![Vec::new(); cluster.pods.len()];
     for (id, list) in lists.iter().enumerate() {
@@ -137,6 +168,7 @@ pub fn signatures(cluster: &Cluster, ir: &Ir) -> Vec<Option<Signature>> {
                     .collect(),
                 named: named.iter().map(|(n, proto)| pod.named_port(n, *proto)).collect(),
                 families: [pod.ip(Family::IPv4).is_some(), pod.ip(Family::IPv6).is_some()],
+                cluster: if cluster.cluster_policies.is_empty() { Vec::new() } else { cluster_sig(id) },
             })
         })
         .collect()

@@ -174,6 +174,34 @@ impl ClusterPolicy {
             super::Direction::Egress => &self.egress,
         }
     }
+
+    /// The egress rules with a `domainNames` peer (only egress has them).
+    pub fn domain_name_rules(&self) -> Vec<usize> {
+        let has = |r: &ClusterRule| r.peers.iter().any(|p| matches!(p, ClusterPeer::DomainNames(_)));
+        self.egress.iter().enumerate().filter(|(_, r)| has(r)).map(|(i, _)| i).collect()
+    }
+
+    /// What every command that judges or enforces this policy says, once,
+    /// when it has `domainNames` peers: a host name's addresses come from
+    /// DNS answers at run time, which manifests do not have, so those peers
+    /// match nothing (as the policy test format says), in `test`, `explain`,
+    /// `diff` and in the kernel alike. Never a silent allow or deny: the
+    /// rule's other peers still apply, and traffic the peer would have
+    /// matched goes on to the next rule and tier.
+    pub fn domain_names_notice(&self) -> Option<String> {
+        let rules = self.domain_name_rules();
+        if rules.is_empty() {
+            return None;
+        }
+        let list = rules.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        Some(format!(
+            "{}: {} {:?} egress rule{} {list}: domainNames peers cannot be enforced from manifests (host names resolve only at run time) and match nothing here: traffic to those hosts goes on to the next rule and tier",
+            self.origin,
+            self.kind.name(),
+            self.name,
+            if rules.len() == 1 { "" } else { "s" }
+        ))
+    }
 }
 
 /// The serde types of the three kinds, as written. Unknown fields are
@@ -698,6 +726,20 @@ mod tests {
             assert_eq!(e.path, path, "{spec}: {e}");
             assert!(e.message.contains(msg), "{spec}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn domain_names_are_noticed_once_per_policy() {
+        let p = cnp(with(json!({"egress": [
+            {"action": "Accept", "to": [{"domainNames": ["example.com"]}, {"namespaces": {}}]},
+            {"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]},
+            {"action": "Deny", "to": [{"domainNames": ["*.example.org"]}]}]})))
+        .unwrap();
+        assert_eq!(p.domain_name_rules(), [0, 2]);
+        let n = p.domain_names_notice().unwrap();
+        assert!(n.contains("ClusterNetworkPolicy \"p\" egress rules 0, 2: domainNames peers cannot be enforced"), "{n}");
+        assert!(n.contains("match nothing here"), "{n}");
+        assert_eq!(cnp(base()).unwrap().domain_names_notice(), None);
     }
 
     #[test]

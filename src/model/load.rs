@@ -205,18 +205,6 @@ impl Objects {
                 let w: cluster_policy::wire::Object = typed(file, doc)?;
                 let origin = Origin::new(file, Some(doc.start));
                 let policy = cluster_policy::convert(ck, &w, origin).map_err(|e| field_error(file, doc, e))?;
-                for (dir, rules) in [("egress", &policy.egress)] {
-                    for (i, r) in rules.iter().enumerate() {
-                        if let Some(j) = r.peers.iter().position(|p| matches!(p, cluster_policy::ClusterPeer::DomainNames(_))) {
-                            self.notices.push(format!(
-                                "{file}:{}: {} {:?} spec.{dir}[{i}].to[{j}]: domainNames peers cannot be judged offline and match nothing here",
-                                doc.pos(&format!("spec.{dir}[{i}].to[{j}]")).line,
-                                kind,
-                                policy.name
-                            ));
-                        }
-                    }
-                }
                 if let Some(s) = &mut self.sources {
                     let key = (policy.kind, policy.name.clone());
                     s.cluster_policies.entry(key).or_default().push(PolicySource { file: file.into(), doc: doc.clone() });

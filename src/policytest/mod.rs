@@ -61,6 +61,10 @@ pub struct TestResult {
     /// Where the test's `name` is, for the error about a name used twice.
     #[serde(skip)]
     pub name_pos: Option<crate::yaml::Pos>,
+    /// What of the test's policies cannot be judged from manifests
+    /// (`domainNames` peers), one line per policy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,15 +140,17 @@ pub fn run_file(path: &Path, backends: &mut [Box<dyn Backend>]) -> TestResult {
         failures: vec![],
         unjudged: vec![],
         name_pos: None,
+        notices: vec![],
     };
     let test = match PolicyTest::load(path) {
         Ok(t) => t,
         Err(e) => return invalid(String::new(), e.to_string()),
     };
     let ir = ir::resolve(&test.cluster);
+    let notices = test.cluster.cluster_policies.iter().filter_map(|p| p.domain_names_notice()).collect();
     match run_test(&test, &ir, backends) {
         Ok(r) => r,
-        Err(e) => invalid(test.name.clone(), e),
+        Err(e) => TestResult { notices, ..invalid(test.name.clone(), e) },
     }
     .with_name_pos(test.name_pos)
 }
@@ -256,6 +262,7 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
         failures,
         unjudged,
         name_pos: Some(test.name_pos),
+        notices: test.cluster.cluster_policies.iter().filter_map(|p| p.domain_names_notice()).collect(),
     })
 }
 
