@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -116,7 +117,8 @@ impl fmt::Display for Key {
 pub enum Entry {
     Namespace(Namespace),
     Node(Node),
-    Pod(Pod),
+    /// Shared with the snapshots and the incremental engine.
+    Pod(Arc<Pod>),
     Policy(Policy),
     ClusterPolicy(ClusterPolicy),
 }
@@ -146,7 +148,7 @@ impl Watched for K8sNode {
 impl Watched for K8sPod {
     const KIND: Kind = Kind::Pod;
     fn to_entry(&self) -> Result<Entry, FieldError> {
-        convert::pod(self).map(Entry::Pod)
+        convert::pod(self).map(|p| Entry::Pod(Arc::new(p)))
     }
 }
 
@@ -417,7 +419,7 @@ impl Index {
     /// The pods placed on a node (every phase).
     pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a crate::model::Pod> + 'a {
         self.entries[Kind::Pod.slot()].values().filter_map(move |e| match e {
-            Entry::Pod(p) if p.node.as_deref() == Some(node) => Some(p),
+            Entry::Pod(p) if p.node.as_deref() == Some(node) => Some(&**p),
             _ => None,
         })
     }

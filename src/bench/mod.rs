@@ -32,6 +32,7 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,7 +41,7 @@ use crate::apply::{Kernel, NftKernel};
 use crate::eval::{evaluate, Endpoint, Flow};
 use crate::gen::{Plan, Size, Spec};
 use crate::ir::{self, Ir};
-use crate::model::{Cluster, Direction, Peer, PodId, PortRef, PortSpec, Protocol, Rule};
+use crate::model::{Cluster, Direction, Peer, Pod, PodId, PortRef, PortSpec, Protocol, Rule};
 use crate::netns::Netns;
 use crate::nft::incremental::Incremental;
 use crate::nft::{self, compile::node_of, Op, Program, Transaction};
@@ -539,21 +540,21 @@ impl Change {
         let subject = match self {
             Change::PodAdded => {
                 let ip = free_address(c, node)?;
-                let mut added = pod.clone();
+                let mut added = Pod::clone(pod);
                 let stem = pod.name.rsplit_once('-').map_or(pod.name.as_str(), |(s, _)| s);
                 added.name = format!("{stem}-bench");
                 added.ips = vec![ip];
                 let name = added.name.clone();
                 objects = (Object::Pod(pod.namespace.clone(), name.clone(), Some(added.clone())), Object::Pod(pod.namespace.clone(), name, None));
-                changed.pods.push(added);
+                changed.pods.push(Arc::new(added));
                 changed.normalize();
                 format!("{}/{stem}-bench ({ip})", pod.namespace)
             }
             Change::PodRelabelled => {
                 let app = format!("{}-debug", pod.labels.get("app")?);
-                changed.pods[id].labels = pod.labels.with("app", &app);
+                Arc::make_mut(&mut changed.pods[id]).labels = pod.labels.with("app", &app);
                 let (ns, name) = (pod.namespace.clone(), pod.name.clone());
-                objects = (Object::Pod(ns.clone(), name.clone(), Some(changed.pods[id].clone())), Object::Pod(ns, name, Some(pod.clone())));
+                objects = (Object::Pod(ns.clone(), name.clone(), Some(Pod::clone(&changed.pods[id]))), Object::Pod(ns, name, Some(Pod::clone(pod))));
                 format!("{} app={app}", pod.key())
             }
             Change::PolicyChanged => {

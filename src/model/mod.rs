@@ -353,7 +353,7 @@ impl fmt::Display for PortSpec {
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub nodes: BTreeMap<String, Node>,
-    pub pods: Vec<Pod>,
+    pub pods: Vec<std::sync::Arc<Pod>>,
     pub policies: Vec<Policy>,
     /// Cluster-scoped policies (ClusterNetworkPolicy, ANP, BANP) in the
     /// order they are judged ([`ClusterPolicy::order_key`]).

@@ -63,6 +63,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::compile::{
     self, add_chain, base_rules, group_name, group_rules, map_name, named_port_element, node_of, policy_chain, Fill, Names,
@@ -95,7 +96,8 @@ pub struct Incremental {
     namespaces: BTreeMap<String, Namespace>,
     /// This node's object (the only one its program reads).
     this_node: Option<Node>,
-    pods: BTreeMap<String, BTreeMap<String, Pod>>,
+    /// Shared with whoever handed them in (the agent's index).
+    pods: BTreeMap<String, BTreeMap<String, Arc<Pod>>>,
     policies: BTreeMap<String, BTreeMap<String, PolicyState>>,
     /// Policy pods of this node: their group chain per direction (`None`:
     /// not isolated).
@@ -385,6 +387,12 @@ impl Incremental {
 
     /// A pod was added or changed (`Some`), or deleted (`None`).
     pub fn set_pod(&mut self, namespace: &str, name: &str, pod: Option<Pod>) {
+        self.set_pod_shared(namespace, name, pod.map(Arc::new))
+    }
+
+    /// [`Incremental::set_pod`] with a pod the engine shares rather than
+    /// copies (the agent's index holds the same).
+    pub fn set_pod_shared(&mut self, namespace: &str, name: &str, pod: Option<Arc<Pod>>) {
         let old = self.pods.get(namespace).and_then(|m| m.get(name));
         if old == pod.as_ref() {
             return;
@@ -406,7 +414,7 @@ impl Incremental {
         let was_local = old.as_ref().is_some_and(|o| self.is_local(o));
         let Some(new) = pod else {
             if was_local {
-                self.local_removed(&r, old.map(|o| o.ips).unwrap_or_default());
+                self.local_removed(&r, old.map(|o| o.ips.clone()).unwrap_or_default());
             }
             return;
         };
@@ -417,9 +425,9 @@ impl Incremental {
         match (was_local, now_local) {
             (false, false) => {}
             (false, true) => self.local_added(&r),
-            (true, false) => self.local_removed(&r, old.map(|o| o.ips).unwrap_or_default()),
+            (true, false) => self.local_removed(&r, old.map(|o| o.ips.clone()).unwrap_or_default()),
             (true, true) => {
-                let old_ips = old.map(|o| o.ips).unwrap_or_default();
+                let old_ips = old.map(|o| o.ips.clone()).unwrap_or_default();
                 for ip in &old_ips {
                     self.disown(*ip, &r);
                 }
@@ -560,7 +568,7 @@ impl Incremental {
         let pods = changes(held, cluster.pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), p)));
         let (gone, changed): (Vec<_>, Vec<_>) = pods.into_iter().partition(|(_, p)| p.is_none());
         for ((ns, n), p) in gone.into_iter().chain(changed) {
-            self.set_pod(&ns, &n, p);
+            self.set_pod_shared(&ns, &n, p);
         }
     }
 
@@ -617,7 +625,7 @@ impl Incremental {
     }
 
     fn pod(&self, r: &Ref) -> Option<&Pod> {
-        self.pods.get(&r.0)?.get(&r.1)
+        self.pods.get(&r.0)?.get(&r.1).map(|p| &**p)
     }
 
     /// Add (or take away) what policy pod `pod` gives the live sets.
@@ -998,7 +1006,7 @@ mod tests {
             let mut c = Cluster {
                 namespaces: self.namespaces.clone(),
                 nodes: self.nodes.clone(),
-                pods: self.pods.values().cloned().collect(),
+                pods: self.pods.values().cloned().map(Arc::new).collect(),
                 policies: self.policies.values().cloned().collect(),
                 cluster_policies: Vec::new(),
             };
@@ -1309,7 +1317,7 @@ mod tests {
         .join("\n---\n");
         let c = crate::model::load::load_str("t.yaml", &text).expect("loads");
         let mut e = Incremental::new(&c, NODE);
-        let mut p = c.pods[0].clone();
+        let mut p = Pod::clone(&c.pods[0]);
         for (i, (name, app, node)) in [("w2", "web", NODE), ("a1", "api", "n2"), ("a2", "api", NODE)].into_iter().enumerate() {
             p.name = name.to_string();
             p.labels = labels(&[("app", app)]);
