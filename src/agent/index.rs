@@ -284,9 +284,24 @@ pub fn convert<K: Watched>(obj: &K, invalid: &InvalidObjects) -> Converted {
     }
 }
 
+/// One object changed since the last [`Index::take_changes`]: its value
+/// then and now (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: Kind,
+    pub key: Key,
+    pub before: Option<Entry>,
+    pub after: Option<Entry>,
+}
+
 #[derive(Debug, Default)]
 pub struct Index {
     entries: [BTreeMap<Key, Entry>; KINDS],
+    /// Per kind: the objects changed since the last take, with their value
+    /// as of that take. What a delta sync applies, so it never walks the
+    /// whole cluster; and what the program in force was compiled from,
+    /// together with `entries` ([`Index::synced_pods_holding`]).
+    changed: [BTreeMap<Key, Option<Entry>>; KINDS],
     /// Per kind: has a full listing been seen (reset or replace)? A kind
     /// whose CRD is not installed counts as listed, empty
     /// ([`Index::absent`]).
@@ -321,12 +336,57 @@ impl Index {
         if map.get(&key) == Some(&entry) {
             return false;
         }
-        map.insert(key, entry);
+        let old = map.insert(key.clone(), entry);
+        self.changed[kind.slot()].entry(key).or_insert(old);
         true
     }
 
     pub fn delete(&mut self, kind: Kind, key: &Key) -> bool {
-        self.entries[kind.slot()].remove(key).is_some()
+        let Some(old) = self.entries[kind.slot()].remove(key) else { return false };
+        self.changed[kind.slot()].entry(key.clone()).or_insert(Some(old));
+        true
+    }
+
+    /// The objects changed since the last take (by key, each with its value
+    /// then and now), and forget them: the caller now holds what the index
+    /// holds. Costs what changed, not the cluster.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            for (key, before) in std::mem::take(&mut self.changed[kind.slot()]) {
+                let after = self.entries[kind.slot()].get(&key).cloned();
+                if before != after {
+                    out.push(Change { kind, key, before, after });
+                }
+            }
+        }
+        out
+    }
+
+    /// The pods holding any of `addrs` and every node, as of the last take
+    /// (what the program in force was compiled from, whatever arrived
+    /// since): enough of the cluster to place and judge connections
+    /// between these addresses ([`super::conntrack`]). A scan of the pods,
+    /// no copy of them.
+    pub fn synced_pods_holding(&self, addrs: &std::collections::BTreeSet<std::net::IpAddr>) -> Cluster {
+        let mut c = Cluster::default();
+        let holds = |e: &Entry| matches!(e, Entry::Pod(p) if p.ips.iter().any(|ip| addrs.contains(ip)));
+        let pods = &self.changed[Kind::Pod.slot()];
+        let now = self.entries[Kind::Pod.slot()].iter().filter(|(k, _)| !pods.contains_key(*k)).map(|(_, e)| e);
+        for e in now.chain(pods.values().flatten()).filter(|e| holds(e)) {
+            if let Entry::Pod(p) = e {
+                c.pods.push(p.clone());
+            }
+        }
+        let nodes = &self.changed[Kind::Node.slot()];
+        let now = self.entries[Kind::Node.slot()].iter().filter(|(k, _)| !nodes.contains_key(*k)).map(|(_, e)| e);
+        for e in now.chain(nodes.values().flatten()) {
+            if let Entry::Node(n) = e {
+                c.nodes.insert(n.name.clone(), n.clone());
+            }
+        }
+        c.normalize();
+        c
     }
 
     /// A relist: `objects` is now the whole of `kind`.
@@ -356,6 +416,17 @@ impl Index {
             }
         }
         let changed = new != old;
+        if changed {
+            let log = &mut self.changed[kind.slot()];
+            for (k, v) in &old {
+                if new.get(k) != Some(v) {
+                    log.entry(k.clone()).or_insert_with(|| Some(v.clone()));
+                }
+            }
+            for k in new.keys().filter(|k| !old.contains_key(*k)) {
+                log.entry(k.clone()).or_insert(None);
+            }
+        }
         self.entries[kind.slot()] = new;
         self.listed[kind.slot()] = true;
         changed

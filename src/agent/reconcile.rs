@@ -28,10 +28,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::conntrack::{Cutter, Table};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use super::conntrack::{gone_in, Cutter, Table, World};
 use super::dataplane::{Changes, Dataplane, SyncError, SyncReport};
+use super::index::Change;
 use super::metrics::{Metrics, ModeLabel, ReasonLabel};
-use super::{Established, Store};
+use super::{Established, Store, Taken};
 use crate::model::Cluster;
 
 #[derive(Debug, Clone)]
@@ -153,8 +157,9 @@ pub(crate) struct Reconciler {
     dataplane: Option<Box<dyn Dataplane>>,
     /// `Some` with `--established cut`; taken while a cut runs.
     cutter: Option<Cutter>,
-    /// The cluster the kernel enforces (the last one synced successfully).
-    committed: Option<Arc<Cluster>>,
+    /// Addresses pods held and no longer hold, in changes taken since the
+    /// last successful sync: what its cut must cut.
+    unsynced_gone: BTreeSet<IpAddr>,
     store: Store,
     metrics: Arc<Metrics>,
     coalescer: Coalescer,
@@ -181,7 +186,7 @@ impl Reconciler {
         let cutter = conntrack.filter(|_| cfg.established == Established::Cut).map(Cutter::new);
         Reconciler {
             cutter,
-            committed: None,
+            unsynced_gone: BTreeSet::new(),
             coalescer: Coalescer::new(cfg.debounce, cfg.max_delay),
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
             cfg,
@@ -246,36 +251,75 @@ impl Reconciler {
         // A wake-up whose change an earlier snapshot already took (the
         // trigger keeps one permit) finds nothing to do and syncs nothing.
         let force = full || self.pending_since.is_some();
-        // Off the async threads: a snapshot at 100k pods is not free.
+        // A delta takes only the objects changed (the dataplane applies
+        // them one by one); a full sync, or a dataplane that compiles
+        // deltas from whole clusters, a snapshot too.
+        let snapshot = full || !self.dataplane.as_ref().is_some_and(|d| d.takes_changes());
+        let Some(taken) = self.take(force, snapshot).await? else { return Ok(()) };
+        self.sync(taken, full).await
+    }
+
+    /// Take from the store (off the async threads when it is a snapshot:
+    /// one at 100k pods is not free), keeping when the oldest change
+    /// happened and the addresses that went away.
+    async fn take(&mut self, force: bool, snapshot: bool) -> anyhow::Result<Option<Taken>> {
         let store = self.store.clone();
-        let (taken, cluster) = tokio::task::spawn_blocking(move || store.take_snapshot(force))
-            .await
-            .map_err(|e| anyhow::anyhow!("taking a snapshot panicked: {e}"))?;
-        self.pending_since = self.pending_since.or(taken);
-        let Some(cluster) = cluster else { return Ok(()) };
-        self.sync(Arc::new(cluster), full).await
+        let taken = if snapshot {
+            tokio::task::spawn_blocking(move || store.take(force, true))
+                .await
+                .map_err(|e| anyhow::anyhow!("taking a snapshot panicked: {e}"))?
+        } else {
+            store.take(force, false)
+        };
+        if let Some(t) = &taken {
+            self.pending_since = self.pending_since.or(t.since);
+            self.unsynced_gone.extend(gone_in(&t.changes));
+        }
+        Ok(taken)
     }
 
     /// The fallback ladder: delta, then full, then keep the last good
     /// ruleset and retry later.
-    async fn sync(&mut self, cluster: Arc<Cluster>, full: bool) -> anyhow::Result<()> {
+    async fn sync(&mut self, taken: Taken, full: bool) -> anyhow::Result<()> {
         let mut full = full;
-        let mut result = self.attempt(&cluster, full).await?;
+        let mut cluster = taken.cluster.map(Arc::new);
+        let mut result = match &cluster {
+            Some(c) => Some(self.attempt(c, full).await?),
+            None => self.attempt_changes(taken.changes).await?,
+        };
+        if result.is_none() {
+            // The dataplane cannot take these changes alone: a snapshot.
+            let c = Arc::new(self.take(true, true).await?.and_then(|t| t.cluster).unwrap_or_default());
+            result = Some(self.attempt(&c, false).await?);
+            cluster = Some(c);
+        }
+        let mut result = result.expect("attempted above");
         if let (Err(e), false) = (&result, full) {
             tracing::warn!(error = %e, "delta sync failed; applying the full ruleset");
             full = true;
-            result = self.attempt(&cluster, true).await?;
+            let c = match cluster.take() {
+                Some(c) => c,
+                None => Arc::new(self.take(true, true).await?.and_then(|t| t.cluster).unwrap_or_default()),
+            };
+            result = self.attempt(&c, true).await?;
+            cluster = Some(c);
         }
         let now = Instant::now();
         match result {
             Ok(report) => {
                 self.succeeded(&report, full, now);
                 if let Some(d) = &self.drop_log {
-                    d.committed_cluster(cluster.clone());
+                    // Names for the drop log (off by default): a snapshot
+                    // shares the index's pods.
+                    let c = match &cluster {
+                        Some(c) => c.clone(),
+                        None => Arc::new(self.store.snapshot().unwrap_or_default()),
+                    };
+                    d.committed_cluster(c);
                 }
-                let old = self.committed.replace(cluster.clone());
+                let gone = std::mem::take(&mut self.unsynced_gone);
                 if let Some(changes) = report.changes {
-                    self.cut(old, cluster, changes).await?;
+                    self.cut(cluster, gone, changes).await?;
                 }
             }
             Err(e) => {
@@ -287,6 +331,30 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// A delta from the objects changed alone; `None` when the dataplane
+    /// cannot take it (nothing was applied).
+    async fn attempt_changes(&mut self, changes: Vec<Change>) -> anyhow::Result<Option<Result<SyncReport, SyncError>>> {
+        let dataplane = self.dataplane.take().expect("the dataplane is put back after every call");
+        let started = std::time::Instant::now();
+        let (dataplane, result) = tokio::task::spawn_blocking(move || {
+            let mut dataplane = dataplane;
+            let result = dataplane.sync_changes(&changes);
+            (dataplane, result)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the dataplane panicked: {e}"))?;
+        self.dataplane = Some(dataplane);
+        let mode = ModeLabel::of(false);
+        match &result {
+            Some(Ok(_)) => self.metrics.sync_duration.get_or_create(&mode).observe(started.elapsed().as_secs_f64()),
+            Some(Err(_)) => {
+                self.metrics.apply_failures.get_or_create(&mode).inc();
+            }
+            None => {}
+        }
+        Ok(result)
     }
 
     async fn attempt(&mut self, cluster: &Arc<Cluster>, full: bool) -> anyhow::Result<Result<SyncReport, SyncError>> {
@@ -346,11 +414,17 @@ impl Reconciler {
     /// Cut what the program a sync put in force denies. Runs on the
     /// blocking pool; the next sync waits for it, so a cut never judges
     /// against a program that is no longer in force.
-    async fn cut(&mut self, old: Option<Arc<Cluster>>, new: Arc<Cluster>, changes: Changes) -> anyhow::Result<()> {
+    /// `cluster`: what the sync compiled, when it took a snapshot; else the
+    /// index says (as of the sync's take) whom the judged addresses are.
+    async fn cut(&mut self, cluster: Option<Arc<Cluster>>, gone: BTreeSet<IpAddr>, changes: Changes) -> anyhow::Result<()> {
         let Some(mut cutter) = self.cutter.take() else { return Ok(()) };
         let started = std::time::Instant::now();
+        let store = self.store.clone();
         let (cutter, result) = tokio::task::spawn_blocking(move || {
-            let r = cutter.after_sync(old.as_deref(), &new, &changes);
+            let r = match &cluster {
+                Some(c) => cutter.after_sync(&**c, gone, &changes),
+                None => cutter.after_sync(&Synced(store), gone, &changes),
+            };
             (cutter, r)
         })
         .await
@@ -391,6 +465,16 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+/// The cluster as of the index's last take (what the program in force was
+/// compiled from), as much of it as a cut asks for.
+struct Synced(Store);
+
+impl World for Synced {
+    fn holding(&self, addrs: &BTreeSet<IpAddr>) -> std::borrow::Cow<'_, Cluster> {
+        std::borrow::Cow::Owned(self.0.with_index(|ix| ix.synced_pods_holding(addrs)))
     }
 }
 

@@ -115,7 +115,10 @@ pub struct Incremental {
     np_sets: BTreeSet<String>,
     /// Of `ns_sets`, those reaching each namespace (a cache).
     reach: HashMap<String, Vec<String>>,
-    program: Program,
+    /// Shared with the dataplane's report of the sync (the conntrack cut
+    /// reads it) and copied on write, which never happens in practice: the
+    /// cut is done before the next change.
+    program: Arc<Program>,
     origins: Origins,
     journal: Journal,
     /// A name collision the full path resolves by order (see the module
@@ -328,22 +331,22 @@ impl Incremental {
             ns_sets: BTreeSet::new(),
             np_sets: BTreeSet::new(),
             reach: HashMap::new(),
-            program: Program::default(),
+            program: Arc::new(Program::default()),
             origins: Origins::new(),
             journal: Journal::default(),
             collided: false,
         };
         for dir in Direction::BOTH {
             for f in FAMILIES {
-                e.program.add_map(Map { name: map_name(dir, f), key: KeyType::Addr(f), elements: BTreeMap::new() });
+                Arc::make_mut(&mut e.program).add_map(Map { name: map_name(dir, f), key: KeyType::Addr(f), elements: BTreeMap::new() });
             }
             let rules = base_rules(dir, e.this_node.as_ref(), None);
             for b in BASES.iter().filter(|b| b.dir == dir) {
-                add_chain(&mut e.program, &mut e.origins, b.name.to_string(), Some(compile::base_hook(b)), rules.clone());
+                add_chain(Arc::make_mut(&mut e.program), &mut e.origins, b.name.to_string(), Some(compile::base_hook(b)), rules.clone());
             }
         }
         let (rules, base) = compile::antispoof();
-        add_chain(&mut e.program, &mut e.origins, compile::ANTISPOOF.to_string(), Some(base), rules);
+        add_chain(Arc::make_mut(&mut e.program), &mut e.origins, compile::ANTISPOOF.to_string(), Some(base), rules);
         for p in &cluster.policies {
             let (state, collided) = PolicyState::new(p.clone());
             e.collided |= collided;
@@ -368,6 +371,12 @@ impl Incremental {
     /// The program as of the last change (table `netfence`).
     pub fn program(&self) -> &Program {
         &self.program
+    }
+
+    /// The same program, shared rather than copied: hold it only until the
+    /// next change (a change made while it is held copies the program).
+    pub fn program_shared(&self) -> Arc<Program> {
+        self.program.clone()
     }
 
     /// What each counted rule of [`Incremental::program`] measures.
@@ -488,7 +497,7 @@ impl Incremental {
             let rules = base_rules(dir, self.this_node.as_ref(), None);
             for b in BASES.iter().filter(|b| b.dir == dir) {
                 self.journal.chain(&self.program, b.name);
-                add_chain(&mut self.program, &mut self.origins, b.name.to_string(), Some(compile::base_hook(b)), rules.clone());
+                add_chain(Arc::make_mut(&mut self.program), &mut self.origins, b.name.to_string(), Some(compile::base_hook(b)), rules.clone());
             }
         }
     }
@@ -667,7 +676,7 @@ impl Incremental {
 
     /// One pod more (or fewer) gives `e` to live set `name`.
     fn count(&mut self, name: &str, e: Element, add: bool) {
-        let (Some(set), Some(s)) = (self.sets.get_mut(name), self.program.sets.get_mut(name)) else { return };
+        let (Some(set), Some(s)) = (self.sets.get_mut(name), Arc::make_mut(&mut self.program).sets.get_mut(name)) else { return };
         let changed = if add {
             let new = s.elements.insert(e);
             if !new {
@@ -732,7 +741,7 @@ impl Incremental {
                     Some(name) => Verdict::Jump(name.clone()),
                 });
                 let map = map_name(dir, Family::of(ip));
-                let Some(m) = self.program.maps.get_mut(&map) else { continue };
+                let Some(m) = Arc::make_mut(&mut self.program).maps.get_mut(&map) else { continue };
                 let e = Element::Addr(*ip);
                 let old = m.elements.get(&e).cloned();
                 if old == verdict {
@@ -784,7 +793,7 @@ impl Incremental {
         }
         let chains: Vec<Option<String>> = keys.iter().map(|k| self.chain_use(k, dir)).collect();
         self.journal.chain(&self.program, &name);
-        add_chain(&mut self.program, &mut self.origins, name.clone(), None, group_rules(dir, &texts, chains.iter().cloned()));
+        add_chain(Arc::make_mut(&mut self.program), &mut self.origins, name.clone(), None, group_rules(dir, &texts, chains.iter().cloned()));
         self.groups.insert(name.clone(), Group { dir, keys, users: 1, chains: chains.into_iter().flatten().collect() });
         name
     }
@@ -803,7 +812,7 @@ impl Incremental {
         let chains: Vec<Option<String>> = keys.iter().map(|k| self.chain_use(k, dir)).collect();
         let texts: Vec<String> = keys.iter().map(key_string).collect();
         self.journal.chain(&self.program, name);
-        add_chain(&mut self.program, &mut self.origins, name.to_string(), None, group_rules(dir, &texts, chains.iter().cloned()));
+        add_chain(Arc::make_mut(&mut self.program), &mut self.origins, name.to_string(), None, group_rules(dir, &texts, chains.iter().cloned()));
         let old = match self.groups.get_mut(name) {
             Some(g) => std::mem::replace(&mut g.chains, chains.into_iter().flatten().collect()),
             None => Vec::new(),
@@ -831,7 +840,7 @@ impl Incremental {
             self.set_use(s);
         }
         self.journal.chain(&self.program, &chain.name);
-        add_chain(&mut self.program, &mut self.origins, chain.name.clone(), None, chain.rules);
+        add_chain(Arc::make_mut(&mut self.program), &mut self.origins, chain.name.clone(), None, chain.rules);
         let sets = chain.sets.into_iter().map(|s| s.name).collect();
         self.chains.insert(chain.name.clone(), LiveChain { policy: r.clone(), users: 1, sets });
         Some(chain.name)
@@ -857,7 +866,7 @@ impl Incremental {
             self.set_use(s);
         }
         self.journal.chain(&self.program, &new.name);
-        add_chain(&mut self.program, &mut self.origins, new.name.clone(), None, new.rules);
+        add_chain(Arc::make_mut(&mut self.program), &mut self.origins, new.name.clone(), None, new.rules);
         let names = new.sets.into_iter().map(|s| s.name).collect();
         let old = match self.chains.get_mut(&new.name) {
             Some(c) => std::mem::replace(&mut c.sets, names),
@@ -879,7 +888,7 @@ impl Incremental {
 
     fn remove_chain(&mut self, name: &str) {
         self.journal.chain(&self.program, name);
-        self.program.chains.remove(name);
+        Arc::make_mut(&mut self.program).chains.remove(name);
         self.origins.remove(name);
     }
 
@@ -891,7 +900,7 @@ impl Incremental {
         }
         let (elements, extra) = self.fill(&s.fill);
         self.journal.set_created(&s.name);
-        self.program.add_set(Set::of(s.name.clone(), s.key, s.interval, elements));
+        Arc::make_mut(&mut self.program).add_set(Set::of(s.name.clone(), s.key, s.interval, elements));
         match &s.fill {
             Fill::Pods { key, .. } => match key.own_namespace() {
                 Some(ns) => {
@@ -932,7 +941,7 @@ impl Incremental {
             }
             Fill::Nets(_) => {}
         }
-        if let Some(set) = self.program.sets.remove(name) {
+        if let Some(set) = Arc::make_mut(&mut self.program).sets.remove(name) {
             self.journal.set_deleted(set);
         }
     }
