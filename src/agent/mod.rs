@@ -251,9 +251,13 @@ impl Store {
         if !force && since.is_none() {
             return None;
         }
+        if snapshot {
+            let gone = index.take_gone();
+            return Some(Taken { since, changes: Vec::new(), gone, cluster: Some(index.snapshot()) });
+        }
         let changes = index.take_changes();
-        let cluster = snapshot.then(|| index.snapshot());
-        Some(Taken { since, changes, cluster })
+        let gone = conntrack::gone_in(&changes);
+        Some(Taken { since, changes, gone, cluster: None })
     }
 
     pub fn is_listed(&self) -> bool {
@@ -281,8 +285,11 @@ impl Store {
 pub struct Taken {
     /// When the oldest change taken happened.
     pub since: Option<tokio::time::Instant>,
-    /// The objects changed since the last take: what a delta applies.
+    /// The objects changed since the last take: what a delta applies
+    /// (empty with a snapshot).
     pub changes: Vec<index::Change>,
+    /// Addresses pods held at the last take and no longer hold.
+    pub gone: std::collections::BTreeSet<std::net::IpAddr>,
     /// The whole cluster, when asked for (a full sync, or a dataplane
     /// that compiles deltas from whole clusters).
     pub cluster: Option<Cluster>,

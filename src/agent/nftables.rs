@@ -364,7 +364,7 @@ impl Dataplane for NftDataplane {
                 }
                 (Some(Entry::Node(_)), after) => {
                     let node = match after {
-                        Some(Entry::Node(n)) => Some(n.clone()),
+                        Some(Entry::Node(n)) => Some(crate::model::Node::clone(n)),
                         _ => None,
                     };
                     engine.set_node(&c.key.name, node);
@@ -374,7 +374,7 @@ impl Dataplane for NftDataplane {
                         Some(Entry::Policy(p)) => Some(p.clone()),
                         _ => None,
                     };
-                    engine.set_policy(&p.namespace.clone(), &p.name.clone(), policy);
+                    engine.set_policy_shared(&p.namespace.clone(), &p.name.clone(), policy);
                 }
                 (Some(Entry::Pod(p)), after) => {
                     let pod = match after {

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use super::conntrack::{gone_in, Cutter, Table, World};
+use super::conntrack::{Cutter, Table, World};
 use super::dataplane::{Changes, Dataplane, SyncError, SyncReport};
 use super::index::Change;
 use super::metrics::{Metrics, ModeLabel, ReasonLabel};
@@ -273,7 +273,7 @@ impl Reconciler {
         };
         if let Some(t) = &taken {
             self.pending_since = self.pending_since.or(t.since);
-            self.unsynced_gone.extend(gone_in(&t.changes));
+            self.unsynced_gone.extend(t.gone.iter().copied());
         }
         Ok(taken)
     }
@@ -364,6 +364,12 @@ impl Reconciler {
         let (dataplane, result) = tokio::task::spawn_blocking(move || {
             let mut dataplane = dataplane;
             let result = dataplane.sync(&cluster, full);
+            if full {
+                // On the thread that allocated it: mimalloc purges a
+                // thread's freed pages only when that thread allocates
+                // again, and a blocking thread may sleep for minutes.
+                release_free_memory();
+            }
             (dataplane, result)
         })
         .await
@@ -401,10 +407,6 @@ impl Reconciler {
         self.backoff.reset();
         if full {
             self.next_resync = Some(now + self.cfg.resync);
-            // A full sync builds the whole program, its transaction and the
-            // IR beside the cluster, several times what the agent keeps;
-            // without this the freed pages would stay resident.
-            tokio::task::spawn_blocking(release_free_memory);
         }
         tracing::info!(full, ops = r.ops, element_ops = r.element_ops, rules = r.rules, sets = r.sets, elements = r.elements, "synced");
     }
@@ -478,9 +480,23 @@ impl World for Synced {
     }
 }
 
-/// Hand freed heap pages back to the system (glibc keeps them mapped).
+// mimalloc's own entry point, in the library libmimalloc-sys builds (its
+// Rust declaration needs a feature with a dependency we do not carry).
+extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Hand freed heap pages back to the system. A full sync builds the whole
+/// program, its transaction and the IR beside the cluster, several times
+/// what the agent keeps; without this the freed pages would stay resident.
+/// Both allocators: the binary's (mimalloc) and the tests' (glibc).
 fn release_free_memory() {
-    // SAFETY: malloc_trim only returns free heap memory to the system.
+    // SAFETY: mi_collect only frees what mimalloc's heaps no longer use
+    // (nothing when it is not the allocator); malloc_trim only returns
+    // free heap memory to the system.
+    unsafe {
+        mi_collect(true);
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::malloc_trim(0);

@@ -41,7 +41,7 @@ use crate::apply::{Kernel, NftKernel};
 use crate::eval::{evaluate, Endpoint, Flow};
 use crate::gen::{Plan, Size, Spec};
 use crate::ir::{self, Ir};
-use crate::model::{Cluster, Direction, Peer, Pod, PodId, PortRef, PortSpec, Protocol, Rule};
+use crate::model::{Cluster, Direction, Peer, Pod, Policy, PodId, PortRef, PortSpec, Protocol, Rule};
 use crate::netns::Netns;
 use crate::nft::incremental::Incremental;
 use crate::nft::{self, compile::node_of, Op, Program, Transaction};
@@ -559,12 +559,12 @@ impl Change {
             }
             Change::PolicyChanged => {
                 let pid = ir.selecting[id].iter().copied().find(|&p| c.policies[p].isolates(Direction::Ingress))?;
-                let policy = &mut changed.policies[pid];
+                let policy = Arc::make_mut(&mut changed.policies[pid]);
                 policy.ingress.push(Rule {
                     peers: vec![Peer::IpBlock { cidr: "192.0.2.0/24".parse().expect("a valid CIDR"), except: vec![] }],
                     ports: vec![PortSpec { protocol: Protocol::Tcp, port: Some(PortRef::Number(8443)), end_port: None }],
                 });
-                objects = (Object::Policy(policy.clone()), Object::Policy(c.policies[pid].clone()));
+                objects = (Object::Policy(policy.clone()), Object::Policy(Policy::clone(&c.policies[pid])));
                 format!("{} +ingress from 192.0.2.0/24 to 8443/TCP", policy.key())
             }
         };

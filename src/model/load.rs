@@ -328,7 +328,7 @@ impl ClusterBuilder {
             c.nodes.insert(n.name.clone(), n);
         }
         c.pods.extend(objects.pods.into_iter().map(Arc::new));
-        c.policies.extend(objects.policies);
+        c.policies.extend(objects.policies.into_iter().map(Arc::new));
         c.cluster_policies.extend(objects.cluster_policies);
         self.notices.extend(objects.notices);
         if let (Some(mine), Some(theirs)) = (&mut self.sources, objects.sources) {

@@ -127,13 +127,14 @@ pub struct Incremental {
 }
 
 struct PolicyState {
-    policy: Policy,
+    /// Shared with whoever handed it in (the agent's index).
+    policy: Arc<Policy>,
 }
 
 impl PolicyState {
     /// Rule chains are built when they become live, not here: a node's
     /// program holds a few hundred of the cluster's 10k policies.
-    fn new(policy: Policy) -> (PolicyState, bool) {
+    fn new(policy: Arc<Policy>) -> (PolicyState, bool) {
         (PolicyState { policy }, false)
     }
 }
@@ -504,6 +505,12 @@ impl Incremental {
 
     /// A policy was added or changed (`Some`), or deleted (`None`).
     pub fn set_policy(&mut self, namespace: &str, name: &str, policy: Option<Policy>) {
+        self.set_policy_shared(namespace, name, policy.map(Arc::new))
+    }
+
+    /// [`Incremental::set_policy`] with a policy the engine shares rather
+    /// than copies.
+    pub fn set_policy_shared(&mut self, namespace: &str, name: &str, policy: Option<Arc<Policy>>) {
         let old = self.policies.get(namespace).and_then(|m| m.get(name)).map(|s| &s.policy);
         if old == policy.as_ref() {
             return;
@@ -571,7 +578,7 @@ impl Incremental {
         // Deletions first: what goes frees what comes (groups, addresses).
         let (gone, changed): (Vec<_>, Vec<_>) = policies.into_iter().partition(|(_, p)| p.is_none());
         for ((ns, n), p) in gone.into_iter().chain(changed) {
-            self.set_policy(&ns, &n, p);
+            self.set_policy_shared(&ns, &n, p);
         }
         let held = self.pods.iter().flat_map(|(ns, m)| m.iter().map(move |(n, p)| ((ns.as_str(), n.as_str()), p)));
         let pods = changes(held, cluster.pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), p)));
@@ -1016,7 +1023,7 @@ mod tests {
                 namespaces: self.namespaces.clone(),
                 nodes: self.nodes.clone(),
                 pods: self.pods.values().cloned().map(Arc::new).collect(),
-                policies: self.policies.values().cloned().collect(),
+                policies: self.policies.values().cloned().map(Arc::new).collect(),
                 cluster_policies: Vec::new(),
             };
             c.normalize();
