@@ -3,9 +3,13 @@
 //!
 //! A full sync compiles through the full path (resolve, compile) and then
 //! builds the incremental engine ([`crate::nft::incremental`]) from the same
-//! cluster, kept only if its program is the full path's. A delta sync hands
-//! the engine the new cluster: it finds what changed and compiles only that,
-//! into the transaction the full path's diff would give.
+//! cluster, kept only if its program is the full path's, and from then on
+//! holds the program in force (one copy, lent to the conntrack cut). A delta
+//! sync hands the engine the objects changed since the last sync, each
+//! through its own method ([`Dataplane::sync_changes`]): no snapshot, no walk
+//! of the cluster, no copy of the program; it compiles only what they touch,
+//! into the transaction the full path's diff would give, and the cut's scope
+//! is read from that transaction ([`affected_by`]).
 //!
 //! The committed program is kept in memory and never read back on the sync
 //! path (`../shared/nft-facts.md`: listing a large table takes seconds). A

@@ -9,8 +9,10 @@
 //! period (`debounce`, bounded by `max_delay`) trades latency for fewer
 //! syncs on clusters that churn faster than a sync.
 //!
-//! Each sync snapshots the index and hands the cluster to the
-//! [`Dataplane`]. The fallback ladder: try a delta; if it fails, apply the
+//! A delta sync takes from the index only the objects changed since the
+//! last take and hands them to the [`Dataplane`]; a full sync (or a
+//! dataplane that cannot take changes alone) takes a snapshot of the
+//! index, which shares its pods and policies. The fallback ladder: try a delta; if it fails, apply the
 //! whole ruleset; if that fails too, keep the last good ruleset (the
 //! dataplane's transactions are atomic), report unready, and retry with a
 //! full apply after an exponential, capped backoff. A full apply also
@@ -336,53 +338,58 @@ impl Reconciler {
     /// A delta from the objects changed alone; `None` when the dataplane
     /// cannot take it (nothing was applied).
     async fn attempt_changes(&mut self, changes: Vec<Change>) -> anyhow::Result<Option<Result<SyncReport, SyncError>>> {
-        let dataplane = self.dataplane.take().expect("the dataplane is put back after every call");
-        let started = std::time::Instant::now();
-        let (dataplane, result) = tokio::task::spawn_blocking(move || {
-            let mut dataplane = dataplane;
-            let result = dataplane.sync_changes(&changes);
-            (dataplane, result)
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("the dataplane panicked: {e}"))?;
-        self.dataplane = Some(dataplane);
-        let mode = ModeLabel::of(false);
-        match &result {
-            Some(Ok(_)) => self.metrics.sync_duration.get_or_create(&mode).observe(started.elapsed().as_secs_f64()),
-            Some(Err(_)) => {
-                self.metrics.apply_failures.get_or_create(&mode).inc();
-            }
-            None => {}
+        let (result, took) = self.on_dataplane(move |d| d.sync_changes(&changes)).await?;
+        if let Some(r) = &result {
+            self.observe(r, took, false);
         }
         Ok(result)
     }
 
     async fn attempt(&mut self, cluster: &Arc<Cluster>, full: bool) -> anyhow::Result<Result<SyncReport, SyncError>> {
-        let dataplane = self.dataplane.take().expect("the dataplane is put back after every call");
         let cluster = cluster.clone();
+        let (result, took) = self
+            .on_dataplane(move |d| {
+                let result = d.sync(&cluster, full);
+                if full {
+                    // On the thread that allocated it: mimalloc purges a
+                    // thread's freed pages only when that thread allocates
+                    // again, and a blocking thread may sleep for minutes.
+                    release_free_memory();
+                }
+                result
+            })
+            .await?;
+        self.observe(&result, took, full);
+        Ok(result)
+    }
+
+    /// Run `f` on the dataplane on the blocking pool: (its result, how long
+    /// it took).
+    async fn on_dataplane<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Box<dyn Dataplane>) -> T + Send + 'static,
+    ) -> anyhow::Result<(T, std::time::Duration)> {
+        let mut dataplane = self.dataplane.take().expect("the dataplane is put back after every call");
         let started = std::time::Instant::now();
-        let (dataplane, result) = tokio::task::spawn_blocking(move || {
-            let mut dataplane = dataplane;
-            let result = dataplane.sync(&cluster, full);
-            if full {
-                // On the thread that allocated it: mimalloc purges a
-                // thread's freed pages only when that thread allocates
-                // again, and a blocking thread may sleep for minutes.
-                release_free_memory();
-            }
-            (dataplane, result)
+        let (dataplane, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut dataplane);
+            (dataplane, out)
         })
         .await
         .map_err(|e| anyhow::anyhow!("the dataplane panicked: {e}"))?;
         self.dataplane = Some(dataplane);
+        Ok((out, started.elapsed()))
+    }
+
+    /// A sync attempt's duration or failure, by mode.
+    fn observe(&self, result: &Result<SyncReport, SyncError>, took: std::time::Duration, full: bool) {
         let mode = ModeLabel::of(full);
-        match &result {
-            Ok(_) => self.metrics.sync_duration.get_or_create(&mode).observe(started.elapsed().as_secs_f64()),
+        match result {
+            Ok(_) => self.metrics.sync_duration.get_or_create(&mode).observe(took.as_secs_f64()),
             Err(_) => {
                 self.metrics.apply_failures.get_or_create(&mode).inc();
             }
         }
-        Ok(result)
     }
 
     fn succeeded(&mut self, r: &SyncReport, full: bool, now: Instant) {
