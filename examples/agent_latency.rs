@@ -347,7 +347,7 @@ impl Events {
         anyhow::ensure!(!free.is_empty(), "no free address in {cidr}");
         let node_pods = cluster.pods.iter().filter(|p| p.node.as_deref() == Some(node.as_str()) && p.takes_part()).count();
         let selected_by = ir.selecting[id].len();
-        Ok(Events { node, node_pods, template: template.clone(), selected_by, free })
+        Ok(Events { node, node_pods, template: (**template).clone(), selected_by, free })
     }
 
     /// The `run`th replica of the template, and its address.

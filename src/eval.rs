@@ -422,7 +422,7 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
     /// matching rule, and the misses before it.
     fn tier(&self, tier: Tier, dir: Direction, pod: PodId, peer: &Endpoint, peer_ip: IpAddr) -> TierStep {
         let c = self.cluster;
-        let dst = self.flow.dst.policy_pod(c).map(|id| &c.pods[id]);
+        let dst = self.flow.dst.policy_pod(c).map(|id| &*c.pods[id]);
         let mut misses = Vec::new();
         let mut matched = None;
         'policies: for (pi, policy) in c.cluster_policies.iter().enumerate() {
@@ -516,7 +516,7 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
     }
 
     fn port_matches(&self, spec: &PortSpec) -> bool {
-        let dst = self.flow.dst.policy_pod(self.cluster).map(|id| &self.cluster.pods[id]);
+        let dst = self.flow.dst.policy_pod(self.cluster).map(|id| &*self.cluster.pods[id]);
         port_matches(spec, dst, self.flow.protocol, self.flow.port)
     }
 
@@ -587,7 +587,7 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
         let ports = &c.policies[rule.policy].rules(rule.direction)[rule.rule].ports;
         let list = ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         let mut text = format!("port {}/{} not in [{list}]", self.flow.port, self.flow.protocol);
-        let dst = self.flow.dst.policy_pod(c).map(|id| &c.pods[id]);
+        let dst = self.flow.dst.policy_pod(c).map(|id| &*c.pods[id]);
         for p in ports {
             if let Some(PortRef::Named(n)) = &p.port {
                 match dst.and_then(|d| d.named_port(n, p.protocol).map(|port| (d, port))) {

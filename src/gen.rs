@@ -1124,7 +1124,7 @@ mod tests {
     fn small_preset_has_every_policy_feature() {
         let c = load(&generate(Size::Small.spec(1)));
         let pols = &c.policies;
-        let has = |what: &str, f: &dyn Fn(&crate::model::Policy) -> bool| assert!(pols.iter().any(f), "no policy with {what}");
+        let has = |what: &str, f: &dyn Fn(&crate::model::Policy) -> bool| assert!(pols.iter().any(|p| f(p)), "no policy with {what}");
         let rules = |p: &crate::model::Policy| p.ingress.iter().chain(&p.egress).cloned().collect::<Vec<_>>();
         let peers = |p: &crate::model::Policy| rules(p).into_iter().flat_map(|r| r.peers).collect::<Vec<_>>();
         let ports = |p: &crate::model::Policy| rules(p).into_iter().flat_map(|r| r.ports).collect::<Vec<_>>();

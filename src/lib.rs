@@ -9,6 +9,10 @@
 //! `policytest`, `dataplane`, `agent` and `cli` on top. No stage imports a
 //! later one.
 
+// Linked into every binary of the crate, tests included: the agent calls
+// mimalloc's `mi_collect` (agent::reconcile).
+extern crate mimalloc as _;
+
 pub mod intern;
 pub mod yaml;
 pub mod model;

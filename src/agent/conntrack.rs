@@ -290,8 +290,9 @@ impl Review {
     /// Add what an earlier cut could not finish. An address it found gone
     /// that a pod holds again is judged instead: cutting it unjudged would
     /// cut the new pod's own connections.
-    fn absorb(&mut self, earlier: Review, cluster: &Cluster) {
+    fn absorb(&mut self, earlier: Review, world: &dyn World) {
         self.judge.extend(earlier.judge);
+        let cluster = world.holding(&earlier.gone);
         let held: BTreeSet<IpAddr> = cluster.pods.iter().filter(|p| p.is_policy_pod()).flat_map(|p| p.ips.iter().copied()).collect();
         let (again, still_gone): (BTreeSet<IpAddr>, BTreeSet<IpAddr>) = earlier.gone.into_iter().partition(|ip| held.contains(ip));
         self.gone.extend(still_gone);
@@ -316,6 +317,37 @@ pub fn gone(old: &Cluster, new: &Cluster) -> BTreeSet<IpAddr> {
                 out.insert(*ip);
             }
         }
+    }
+    out
+}
+
+/// Where a cut finds the pods and nodes behind the addresses it judges.
+pub trait World {
+    /// A cluster with every pod holding one of `addrs` and every node, as
+    /// the program in force was compiled from: judging a connection needs
+    /// only its endpoints, so the agent never copies the whole cluster for
+    /// a cut (`agent::Index::synced_pods_holding`).
+    fn holding(&self, addrs: &BTreeSet<IpAddr>) -> std::borrow::Cow<'_, Cluster>;
+}
+
+impl World for Cluster {
+    fn holding(&self, _: &BTreeSet<IpAddr>) -> std::borrow::Cow<'_, Cluster> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+/// [`gone`] from the objects a delta changed (each pod's value before and
+/// after): its addresses that the same pod no longer holds.
+pub fn gone_in(changes: &[super::index::Change]) -> BTreeSet<IpAddr> {
+    use super::index::{Entry as Obj, Kind};
+    let policy_ips = |e: &Option<Obj>| match e {
+        Some(Obj::Pod(p)) if p.is_policy_pod() => p.ips.clone(),
+        _ => Vec::new(),
+    };
+    let mut out = BTreeSet::new();
+    for c in changes.iter().filter(|c| c.kind == Kind::Pod) {
+        let after = policy_ips(&c.after);
+        out.extend(policy_ips(&c.before).into_iter().filter(|ip| !after.contains(ip)));
     }
     out
 }
@@ -417,23 +449,33 @@ impl CutReport {
 /// Dump the table, pick the entries `review` names, delete the denied and
 /// the gone. Touches nothing when `review` is empty.
 pub fn cut(table: &mut dyn Table, now: Enforced<'_>, review: &Review) -> Result<CutReport, TableError> {
+    cut_in(table, now.node, now.program, now.cluster, review)
+}
+
+/// [`cut`], finding the endpoints of the entries to judge in `world`
+/// once the dump has said which they are.
+pub fn cut_in(table: &mut dyn Table, node: &str, program: &Program, world: &dyn World, review: &Review) -> Result<CutReport, TableError> {
     let mut report = CutReport::default();
     if review.is_empty() {
         return Ok(report);
     }
-    let local = if review.judge.is_empty() { Vec::new() } else { table.local_addrs()? };
-    let judge = Judge::new(now, &local);
-    let (mut gone, mut denied) = (Vec::new(), Vec::new());
+    let (mut gone, mut judged) = (Vec::new(), Vec::new());
     report.scanned = table.dump(&mut |e: Entry| {
         if !review.gone.is_empty() && e.addrs().iter().any(|ip| review.gone.contains(ip)) {
             gone.push(e);
         } else if review.judge.contains(&e.client()) || review.judge.contains(&e.backend()) {
-            report.examined += 1;
-            if !judge.allows(&e) {
-                denied.push(e);
-            }
+            judged.push(e);
         }
     })?;
+    report.examined = judged.len() as u64;
+    let mut denied = Vec::new();
+    if !judged.is_empty() {
+        let local = table.local_addrs()?;
+        let addrs: BTreeSet<IpAddr> = judged.iter().flat_map(|e| e.addrs()).chain(local.iter().copied()).collect();
+        let cluster = world.holding(&addrs);
+        let judge = Judge::new(Enforced { cluster: &cluster, node, program }, &local);
+        denied = judged.into_iter().filter(|e| !judge.allows(e)).collect();
+    }
     report.examined += gone.len() as u64;
     (report.gone, report.denied) = (gone.len() as u64, denied.len() as u64);
     if !gone.is_empty() {
@@ -460,19 +502,15 @@ impl Cutter {
     /// After a sync applied `changes` (the cluster going from `old`, `None`
     /// on the first sync, to `new`): cut what the new program denies, and
     /// everything of pods that went away. Blocking.
-    pub fn after_sync(&mut self, old: Option<&Cluster>, new: &Cluster, changes: &super::dataplane::Changes) -> Result<CutReport, TableError> {
-        let mut review = Review {
-            judge: match &changes.old {
-                Some(before) => super::nftables::affected(before, &changes.new),
-                None => Scope::All,
-            },
-            gone: old.map(|o| gone(o, new)).unwrap_or_default(),
-        };
+    /// `gone`: the addresses pods held before and no longer hold
+    /// ([`gone`], or [`gone_in`] from the objects changed); `world` the
+    /// cluster the program in force was compiled from.
+    pub fn after_sync(&mut self, world: &dyn World, gone: BTreeSet<IpAddr>, changes: &super::dataplane::Changes) -> Result<CutReport, TableError> {
+        let mut review = Review { judge: changes.scope.clone(), gone };
         if let Some(earlier) = self.carry.take() {
-            review.absorb(earlier, new);
+            review.absorb(earlier, world);
         }
-        let now = Enforced { cluster: new, node: &changes.node, program: &changes.new };
-        let result = cut(self.table.as_mut(), now, &review);
+        let result = cut_in(self.table.as_mut(), &changes.node, &changes.new, world, &review);
         if !matches!(&result, Ok(r) if r.deleted().failed == 0) {
             self.carry = Some(review);
         }
@@ -801,15 +839,15 @@ spec:
         let p = Arc::new(program(&c));
         let t = FakeTable::with(&[tcp("10.244.1.11:40001 -> 10.244.1.12:81")]);
         let mut cutter = Cutter::new(Box::new(t.clone()));
-        let changes = |old: Option<Arc<Program>>| super::super::dataplane::Changes { node: "node-1".into(), old, new: p.clone() };
+        let changes = |scope: Scope| super::super::dataplane::Changes { node: "node-1".into(), scope, new: p.clone() };
         t.fail_next(1);
-        assert!(cutter.after_sync(None, &c, &changes(None)).is_err());
+        assert!(cutter.after_sync(&c, BTreeSet::new(), &changes(Scope::All)).is_err());
         assert_eq!(t.entries().len(), 1);
         // Nothing changed since, but the first sync's review is still owed.
-        let r = cutter.after_sync(Some(&c), &c, &changes(Some(p.clone()))).unwrap();
+        let r = cutter.after_sync(&c, BTreeSet::new(), &changes(Scope::default())).unwrap();
         assert_eq!((r.denied, t.entries().len()), (1, 0));
         // Paid: the next one with nothing changed does not dump.
-        cutter.after_sync(Some(&c), &c, &changes(Some(p.clone()))).unwrap();
+        cutter.after_sync(&c, BTreeSet::new(), &changes(Scope::default())).unwrap();
         assert_eq!(t.dumps(), 2);
     }
 

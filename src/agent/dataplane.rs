@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::conntrack::Scope;
+use super::index::Change;
 use crate::model::Cluster;
 use crate::nft::Program;
 
@@ -32,14 +34,15 @@ pub struct SyncReport {
     pub changes: Option<Changes>,
 }
 
-/// What an applied sync changed on the node, as programs (shared, not
-/// copied: the dataplane keeps the new one as its committed state).
+/// What an applied sync changed on the node: the program now in force
+/// (shared, not copied: the dataplane keeps it as its committed state)
+/// and the local addresses whose verdicts may have changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes {
     pub node: String,
-    /// What the kernel held before; `None` when this process does not know
+    /// `All` when this process does not know what the kernel held before
     /// (its first sync adopts whatever an earlier run left).
-    pub old: Option<Arc<Program>>,
+    pub scope: Scope,
     pub new: Arc<Program>,
 }
 
@@ -66,11 +69,30 @@ pub enum SyncError {
 /// `sync` is blocking; the loop runs it on tokio's blocking pool.
 pub trait Dataplane: Send + 'static {
     fn sync(&mut self, cluster: &Cluster, full: bool) -> Result<SyncReport, SyncError>;
+
+    /// Would [`Dataplane::sync_changes`] take the next delta? When not, the
+    /// loop snapshots the cluster for [`Dataplane::sync`].
+    fn takes_changes(&self) -> bool {
+        false
+    }
+
+    /// A delta from the objects changed since the last sync (the index's
+    /// [`Change`]s), without the whole cluster. `None`: this dataplane
+    /// cannot (nothing was applied); the loop then syncs a snapshot.
+    fn sync_changes(&mut self, _changes: &[Change]) -> Option<Result<SyncReport, SyncError>> {
+        None
+    }
 }
 
 impl<D: Dataplane + ?Sized> Dataplane for Box<D> {
     fn sync(&mut self, cluster: &Cluster, full: bool) -> Result<SyncReport, SyncError> {
         (**self).sync(cluster, full)
+    }
+    fn takes_changes(&self) -> bool {
+        (**self).takes_changes()
+    }
+    fn sync_changes(&mut self, changes: &[Change]) -> Option<Result<SyncReport, SyncError>> {
+        (**self).sync_changes(changes)
     }
 }
 

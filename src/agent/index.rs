@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -115,10 +116,14 @@ impl fmt::Display for Key {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Namespace(Namespace),
-    Node(Node),
-    Pod(Pod),
-    Policy(Policy),
-    ClusterPolicy(ClusterPolicy),
+    /// Boxed, as cluster policies: an entry is as large as its largest
+    /// kind, and 100k pods are entries too.
+    Node(Box<Node>),
+    /// Shared with the snapshots and the incremental engine.
+    Pod(Arc<Pod>),
+    /// Shared with the snapshots and the incremental engine.
+    Policy(Arc<Policy>),
+    ClusterPolicy(Box<ClusterPolicy>),
 }
 
 /// A k8s-openapi type the agent watches, with its conversion to the model.
@@ -139,14 +144,14 @@ impl Watched for K8sNamespace {
 impl Watched for K8sNode {
     const KIND: Kind = Kind::Node;
     fn to_entry(&self) -> Result<Entry, FieldError> {
-        convert::node(self).map(Entry::Node)
+        convert::node(self).map(|n| Entry::Node(Box::new(n)))
     }
 }
 
 impl Watched for K8sPod {
     const KIND: Kind = Kind::Pod;
     fn to_entry(&self) -> Result<Entry, FieldError> {
-        convert::pod(self).map(Entry::Pod)
+        convert::pod(self).map(|p| Entry::Pod(Arc::new(p)))
     }
 }
 
@@ -156,7 +161,7 @@ impl Watched for NetworkPolicy {
         // Policies from the API have no file; messages name the object.
         let name = Key::of(&self.metadata).map(|k| k.to_string()).unwrap_or_default();
         let origin = Origin { file: format!("networkpolicy/{name}").into(), line: None };
-        convert::policy(self, origin).map(Entry::Policy)
+        convert::policy(self, origin).map(|p| Entry::Policy(Arc::new(p)))
     }
 }
 
@@ -249,7 +254,7 @@ impl<K: CrdKind> Watched for Crd<K> {
         // As for NetworkPolicies: no file, messages name the object.
         let name = self.metadata.name.clone().unwrap_or_default();
         let origin = Origin { file: format!("{}/{name}", K::KIND.name().to_lowercase()).into(), line: None };
-        cluster_policy::convert(K::KIND, &obj, origin).map(Entry::ClusterPolicy)
+        cluster_policy::convert(K::KIND, &obj, origin).map(|p| Entry::ClusterPolicy(Box::new(p)))
     }
 }
 
@@ -282,9 +287,27 @@ pub fn convert<K: Watched>(obj: &K, invalid: &InvalidObjects) -> Converted {
     }
 }
 
+/// One object changed since the last [`Index::take_changes`]: its value
+/// then and now (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: Kind,
+    pub key: Key,
+    pub before: Option<Entry>,
+    pub after: Option<Entry>,
+}
+
 #[derive(Debug, Default)]
 pub struct Index {
     entries: [BTreeMap<Key, Entry>; KINDS],
+    /// Per kind: the objects changed since the last take, with their value
+    /// as of that take. What a delta sync applies, so it never walks the
+    /// whole cluster; and what the program in force was compiled from,
+    /// together with `entries` ([`Index::synced_pods_holding`]).
+    changed: [BTreeMap<Key, Option<Entry>>; KINDS],
+    /// Nothing is logged in `changed` before the first take: the first
+    /// sync is a whole snapshot (and there were no pods before it).
+    logging: bool,
     /// Per kind: has a full listing been seen (reset or replace)? A kind
     /// whose CRD is not installed counts as listed, empty
     /// ([`Index::absent`]).
@@ -319,12 +342,83 @@ impl Index {
         if map.get(&key) == Some(&entry) {
             return false;
         }
-        map.insert(key, entry);
+        let old = map.insert(key.clone(), entry);
+        if self.logging {
+            self.changed[kind.slot()].entry(key).or_insert(old);
+        }
         true
     }
 
     pub fn delete(&mut self, kind: Kind, key: &Key) -> bool {
-        self.entries[kind.slot()].remove(key).is_some()
+        let Some(old) = self.entries[kind.slot()].remove(key) else { return false };
+        if self.logging {
+            self.changed[kind.slot()].entry(key.clone()).or_insert(Some(old));
+        }
+        true
+    }
+
+    /// The objects changed since the last take (by key, each with its value
+    /// then and now), and forget them: the caller now holds what the index
+    /// holds. Costs what changed, not the cluster.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.logging = true;
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            for (key, before) in std::mem::take(&mut self.changed[kind.slot()]) {
+                let after = self.entries[kind.slot()].get(&key).cloned();
+                if before != after {
+                    out.push(Change { kind, key, before, after });
+                }
+            }
+        }
+        out
+    }
+
+    /// [`Index::take_changes`] when a snapshot is taken too, which is all
+    /// the changes a sync needs: only the addresses pods held at the last
+    /// take and no longer hold (what a cut must cut; see
+    /// `conntrack::gone_in`), without a list of every change.
+    pub fn take_gone(&mut self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.logging = true;
+        let mut out = std::collections::BTreeSet::new();
+        for (key, before) in std::mem::take(&mut self.changed[Kind::Pod.slot()]) {
+            let Some(Entry::Pod(was)) = before.filter(|e| matches!(e, Entry::Pod(p) if p.is_policy_pod())) else { continue };
+            let now = match self.entries[Kind::Pod.slot()].get(&key) {
+                Some(Entry::Pod(p)) if p.is_policy_pod() => p.ips.as_slice(),
+                _ => &[],
+            };
+            out.extend(was.ips.iter().filter(|ip| !now.contains(ip)));
+        }
+        for kind in Kind::ALL {
+            self.changed[kind.slot()].clear();
+        }
+        out
+    }
+
+    /// The pods holding any of `addrs` and every node, as of the last take
+    /// (what the program in force was compiled from, whatever arrived
+    /// since): enough of the cluster to place and judge connections
+    /// between these addresses ([`super::conntrack`]). A scan of the pods,
+    /// no copy of them.
+    pub fn synced_pods_holding(&self, addrs: &std::collections::BTreeSet<std::net::IpAddr>) -> Cluster {
+        let mut c = Cluster::default();
+        let holds = |e: &Entry| matches!(e, Entry::Pod(p) if p.ips.iter().any(|ip| addrs.contains(ip)));
+        let pods = &self.changed[Kind::Pod.slot()];
+        let now = self.entries[Kind::Pod.slot()].iter().filter(|(k, _)| !pods.contains_key(*k)).map(|(_, e)| e);
+        for e in now.chain(pods.values().flatten()).filter(|e| holds(e)) {
+            if let Entry::Pod(p) = e {
+                c.pods.push(p.clone());
+            }
+        }
+        let nodes = &self.changed[Kind::Node.slot()];
+        let now = self.entries[Kind::Node.slot()].iter().filter(|(k, _)| !nodes.contains_key(*k)).map(|(_, e)| e);
+        for e in now.chain(nodes.values().flatten()) {
+            if let Entry::Node(n) = e {
+                c.nodes.insert(n.name.clone(), Node::clone(n));
+            }
+        }
+        c.normalize();
+        c
     }
 
     /// A relist: `objects` is now the whole of `kind`.
@@ -354,6 +448,17 @@ impl Index {
             }
         }
         let changed = new != old;
+        if changed && self.logging {
+            let log = &mut self.changed[kind.slot()];
+            for (k, v) in &old {
+                if new.get(k) != Some(v) {
+                    log.entry(k.clone()).or_insert_with(|| Some(v.clone()));
+                }
+            }
+            for k in new.keys().filter(|k| !old.contains_key(*k)) {
+                log.entry(k.clone()).or_insert(None);
+            }
+        }
         self.entries[kind.slot()] = new;
         self.listed[kind.slot()] = true;
         changed
@@ -364,7 +469,7 @@ impl Index {
     pub fn replace(&mut self, cluster: Cluster) -> bool {
         use Converted::Valid;
         let ns = cluster.namespaces.into_values().map(|n| Valid(Key::cluster(&n.name), Entry::Namespace(n)));
-        let nodes = cluster.nodes.into_values().map(|n| Valid(Key::cluster(&n.name), Entry::Node(n)));
+        let nodes = cluster.nodes.into_values().map(|n| Valid(Key::cluster(&n.name), Entry::Node(Box::new(n))));
         let pods = cluster.pods.into_iter().map(|p| Valid(Key::namespaced(&p.namespace, &p.name), Entry::Pod(p)));
         let pols =
             cluster.policies.into_iter().map(|p| Valid(Key::namespaced(&p.namespace, &p.name), Entry::Policy(p)));
@@ -379,7 +484,7 @@ impl Index {
                 .collect();
         for p in cluster.cluster_policies {
             let kind = Kind::of_cluster(p.kind);
-            cps.entry(kind).or_default().push(Valid(Key::cluster(&p.name), Entry::ClusterPolicy(p)));
+            cps.entry(kind).or_default().push(Valid(Key::cluster(&p.name), Entry::ClusterPolicy(Box::new(p))));
         }
         for (kind, objects) in cps {
             changed |= self.reset_converted(kind, objects);
@@ -417,7 +522,7 @@ impl Index {
     /// The pods placed on a node (every phase).
     pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a crate::model::Pod> + 'a {
         self.entries[Kind::Pod.slot()].values().filter_map(move |e| match e {
-            Entry::Pod(p) if p.node.as_deref() == Some(node) => Some(p),
+            Entry::Pod(p) if p.node.as_deref() == Some(node) => Some(&**p),
             _ => None,
         })
     }
@@ -430,11 +535,11 @@ impl Index {
                     c.namespaces.insert(n.name.clone(), n);
                 }
                 Entry::Node(n) => {
-                    c.nodes.insert(n.name.clone(), n);
+                    c.nodes.insert(n.name.clone(), *n);
                 }
                 Entry::Pod(p) => c.pods.push(p),
                 Entry::Policy(p) => c.policies.push(p),
-                Entry::ClusterPolicy(p) => c.cluster_policies.push(p),
+                Entry::ClusterPolicy(p) => c.cluster_policies.push(*p),
             }
         }
         c.normalize();
@@ -481,6 +586,30 @@ mod tests {
         assert_eq!(pod_ips(&ix), ["a=10.0.0.9"]);
         // The pod's namespace exists in the snapshot even before it is listed.
         assert!(ix.snapshot().namespaces.contains_key("x"));
+    }
+
+    #[test]
+    fn changes_since_the_last_take_and_the_cluster_as_of_it() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let mut ix = Index::default();
+        ix.apply(&pod("a", "10.0.0.1", json!({})));
+        assert!(ix.take_changes().is_empty(), "nothing is logged before the first take");
+        ix.apply(&pod("b", "10.0.0.2", json!({})));
+        ix.apply(&pod("a", "10.0.0.9", json!({})));
+        ix.apply(&pod("c", "10.0.0.3", json!({})));
+        assert!(ix.delete(Kind::Pod, &Key::namespaced("x", "c")));
+        // What the last take saw: a at its first address, no b.
+        let synced = ix.synced_pods_holding(&[ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.9")].into());
+        let got: Vec<String> = synced.pods.iter().map(|p| format!("{}={}", p.name, p.ips[0])).collect();
+        assert_eq!(got, ["a=10.0.0.1"]);
+        // c came and went: not a change.
+        let got: Vec<(String, bool, bool)> = ix.take_changes().iter().map(|c| (c.key.to_string(), c.before.is_some(), c.after.is_some())).collect();
+        assert_eq!(got, [("x/a".to_string(), true, true), ("x/b".to_string(), false, true)]);
+        assert!(ix.take_changes().is_empty());
+        assert!(ix.delete(Kind::Pod, &Key::namespaced("x", "b")));
+        ix.apply(&pod("a", "10.0.0.5", json!({})));
+        assert_eq!(ix.take_gone(), [ip("10.0.0.2"), ip("10.0.0.9")].into());
+        assert!(ix.take_changes().is_empty());
     }
 
     #[test]

@@ -56,7 +56,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::Cluster;
 
-pub use index::{Index, Key, Kind, Watched};
+pub use index::{Change, Index, Key, Kind, Watched};
 pub use metrics::Metrics;
 pub use conntrack::{FakeTable, NetlinkTable, Table};
 pub use dataplane::{Changes, Dataplane, DryRun, FakeDataplane, SyncError, SyncReport};
@@ -237,19 +237,27 @@ impl Store {
         index.is_listed().then(|| index.snapshot())
     }
 
-    /// Take the pending changes and, if there were any (or `force`), the
-    /// cluster they lead to, atomically: a change is either in this
-    /// snapshot and taken, or still pending for the next one. The time is
-    /// that of the oldest change taken. `None` for the cluster until every
-    /// kind was listed once, or when nothing was pending and not `force`.
-    pub fn take_snapshot(&self, force: bool) -> (Option<tokio::time::Instant>, Option<Cluster>) {
-        let index = self.lock();
+    /// Take the pending changes (the objects changed since the last take)
+    /// and, with `snapshot`, the whole cluster they lead to, atomically: a
+    /// change is either taken here or still pending for the next take. The
+    /// time is that of the oldest change taken. `None` until every kind was
+    /// listed once, or when nothing was pending and not `force`.
+    pub fn take(&self, force: bool, snapshot: bool) -> Option<Taken> {
+        let mut index = self.lock();
         if !index.is_listed() {
-            return (None, None);
+            return None;
         }
         let since = self.trigger.take();
-        let cluster = (force || since.is_some()).then(|| index.snapshot());
-        (since, cluster)
+        if !force && since.is_none() {
+            return None;
+        }
+        if snapshot {
+            let gone = index.take_gone();
+            return Some(Taken { since, changes: Vec::new(), gone, cluster: Some(index.snapshot()) });
+        }
+        let changes = index.take_changes();
+        let gone = conntrack::gone_in(&changes);
+        Some(Taken { since, changes, gone, cluster: None })
     }
 
     pub fn is_listed(&self) -> bool {
@@ -270,6 +278,21 @@ impl Store {
         // another holder does not make its content unusable.
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// What one sync takes from the index ([`Store::take`]).
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// When the oldest change taken happened.
+    pub since: Option<tokio::time::Instant>,
+    /// The objects changed since the last take: what a delta applies
+    /// (empty with a snapshot).
+    pub changes: Vec<index::Change>,
+    /// Addresses pods held at the last take and no longer hold.
+    pub gone: std::collections::BTreeSet<std::net::IpAddr>,
+    /// The whole cluster, when asked for (a full sync, or a dataplane
+    /// that compiles deltas from whole clusters).
+    pub cluster: Option<Cluster>,
 }
 
 /// A started agent: its tasks run until [`Running::stop`].

@@ -9,8 +9,10 @@
 //! period (`debounce`, bounded by `max_delay`) trades latency for fewer
 //! syncs on clusters that churn faster than a sync.
 //!
-//! Each sync snapshots the index and hands the cluster to the
-//! [`Dataplane`]. The fallback ladder: try a delta; if it fails, apply the
+//! A delta sync takes from the index only the objects changed since the
+//! last take and hands them to the [`Dataplane`]; a full sync (or a
+//! dataplane that cannot take changes alone) takes a snapshot of the
+//! index, which shares its pods and policies. The fallback ladder: try a delta; if it fails, apply the
 //! whole ruleset; if that fails too, keep the last good ruleset (the
 //! dataplane's transactions are atomic), report unready, and retry with a
 //! full apply after an exponential, capped backoff. A full apply also
@@ -28,10 +30,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::conntrack::{Cutter, Table};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use super::conntrack::{Cutter, Table, World};
 use super::dataplane::{Changes, Dataplane, SyncError, SyncReport};
+use super::index::Change;
 use super::metrics::{Metrics, ModeLabel, ReasonLabel};
-use super::{Established, Store};
+use super::{Established, Store, Taken};
 use crate::model::Cluster;
 
 #[derive(Debug, Clone)]
@@ -153,8 +159,9 @@ pub(crate) struct Reconciler {
     dataplane: Option<Box<dyn Dataplane>>,
     /// `Some` with `--established cut`; taken while a cut runs.
     cutter: Option<Cutter>,
-    /// The cluster the kernel enforces (the last one synced successfully).
-    committed: Option<Arc<Cluster>>,
+    /// Addresses pods held and no longer hold, in changes taken since the
+    /// last successful sync: what its cut must cut.
+    unsynced_gone: BTreeSet<IpAddr>,
     store: Store,
     metrics: Arc<Metrics>,
     coalescer: Coalescer,
@@ -184,7 +191,7 @@ impl Reconciler {
         let cutter = conntrack.filter(|_| cfg.established == Established::Cut).map(Cutter::new);
         Reconciler {
             cutter,
-            committed: None,
+            unsynced_gone: BTreeSet::new(),
             coalescer: Coalescer::new(cfg.debounce, cfg.max_delay),
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
             cfg,
@@ -250,25 +257,58 @@ impl Reconciler {
         // A wake-up whose change an earlier snapshot already took (the
         // trigger keeps one permit) finds nothing to do and syncs nothing.
         let force = full || self.pending_since.is_some();
-        // Off the async threads: a snapshot at 100k pods is not free.
+        // A delta takes only the objects changed (the dataplane applies
+        // them one by one); a full sync, or a dataplane that compiles
+        // deltas from whole clusters, a snapshot too.
+        let snapshot = full || !self.dataplane.as_ref().is_some_and(|d| d.takes_changes());
+        let Some(taken) = self.take(force, snapshot).await? else { return Ok(()) };
+        self.sync(taken, full).await
+    }
+
+    /// Take from the store (off the async threads when it is a snapshot:
+    /// one at 100k pods is not free), keeping when the oldest change
+    /// happened and the addresses that went away.
+    async fn take(&mut self, force: bool, snapshot: bool) -> anyhow::Result<Option<Taken>> {
         let store = self.store.clone();
-        let (taken, cluster) = tokio::task::spawn_blocking(move || store.take_snapshot(force))
-            .await
-            .map_err(|e| anyhow::anyhow!("taking a snapshot panicked: {e}"))?;
-        self.pending_since = self.pending_since.or(taken);
-        let Some(cluster) = cluster else { return Ok(()) };
-        self.sync(Arc::new(cluster), full).await
+        let taken = if snapshot {
+            tokio::task::spawn_blocking(move || store.take(force, true))
+                .await
+                .map_err(|e| anyhow::anyhow!("taking a snapshot panicked: {e}"))?
+        } else {
+            store.take(force, false)
+        };
+        if let Some(t) = &taken {
+            self.pending_since = self.pending_since.or(t.since);
+            self.unsynced_gone.extend(t.gone.iter().copied());
+        }
+        Ok(taken)
     }
 
     /// The fallback ladder: delta, then full, then keep the last good
     /// ruleset and retry later.
-    async fn sync(&mut self, cluster: Arc<Cluster>, full: bool) -> anyhow::Result<()> {
+    async fn sync(&mut self, taken: Taken, full: bool) -> anyhow::Result<()> {
         let mut full = full;
-        let mut result = self.attempt(&cluster, full).await?;
+        let mut cluster = taken.cluster.map(Arc::new);
+        let mut result = match &cluster {
+            Some(c) => Some(self.attempt(c, full).await?),
+            None => self.attempt_changes(taken.changes).await?,
+        };
+        if result.is_none() {
+            // The dataplane cannot take these changes alone: a snapshot.
+            let c = Arc::new(self.take(true, true).await?.and_then(|t| t.cluster).unwrap_or_default());
+            result = Some(self.attempt(&c, false).await?);
+            cluster = Some(c);
+        }
+        let mut result = result.expect("attempted above");
         if let (Err(e), false) = (&result, full) {
             tracing::warn!(error = %e, "delta sync failed; applying the full ruleset");
             full = true;
-            result = self.attempt(&cluster, true).await?;
+            let c = match cluster.take() {
+                Some(c) => c,
+                None => Arc::new(self.take(true, true).await?.and_then(|t| t.cluster).unwrap_or_default()),
+            };
+            result = self.attempt(&c, true).await?;
+            cluster = Some(c);
         }
         let now = Instant::now();
         match result {
@@ -276,11 +316,17 @@ impl Reconciler {
                 self.succeeded(&report, full, now);
                 self.notice_unenforceable(&cluster);
                 if let Some(d) = &self.drop_log {
-                    d.committed_cluster(cluster.clone());
+                    // Names for the drop log (off by default): a snapshot
+                    // shares the index's pods.
+                    let c = match &cluster {
+                        Some(c) => c.clone(),
+                        None => Arc::new(self.store.snapshot().unwrap_or_default()),
+                    };
+                    d.committed_cluster(c);
                 }
-                let old = self.committed.replace(cluster.clone());
+                let gone = std::mem::take(&mut self.unsynced_gone);
                 if let Some(changes) = report.changes {
-                    self.cut(old, cluster, changes).await?;
+                    self.cut(cluster, gone, changes).await?;
                 }
             }
             Err(e) => {
@@ -294,26 +340,61 @@ impl Reconciler {
         Ok(())
     }
 
+    /// A delta from the objects changed alone; `None` when the dataplane
+    /// cannot take it (nothing was applied).
+    async fn attempt_changes(&mut self, changes: Vec<Change>) -> anyhow::Result<Option<Result<SyncReport, SyncError>>> {
+        let (result, took) = self.on_dataplane(move |d| d.sync_changes(&changes)).await?;
+        if let Some(r) = &result {
+            self.observe(r, took, false);
+        }
+        Ok(result)
+    }
+
     async fn attempt(&mut self, cluster: &Arc<Cluster>, full: bool) -> anyhow::Result<Result<SyncReport, SyncError>> {
-        let dataplane = self.dataplane.take().expect("the dataplane is put back after every call");
         let cluster = cluster.clone();
+        let (result, took) = self
+            .on_dataplane(move |d| {
+                let result = d.sync(&cluster, full);
+                if full {
+                    // On the thread that allocated it: mimalloc purges a
+                    // thread's freed pages only when that thread allocates
+                    // again, and a blocking thread may sleep for minutes.
+                    release_free_memory();
+                }
+                result
+            })
+            .await?;
+        self.observe(&result, took, full);
+        Ok(result)
+    }
+
+    /// Run `f` on the dataplane on the blocking pool: (its result, how long
+    /// it took).
+    async fn on_dataplane<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Box<dyn Dataplane>) -> T + Send + 'static,
+    ) -> anyhow::Result<(T, std::time::Duration)> {
+        let mut dataplane = self.dataplane.take().expect("the dataplane is put back after every call");
         let started = std::time::Instant::now();
-        let (dataplane, result) = tokio::task::spawn_blocking(move || {
-            let mut dataplane = dataplane;
-            let result = dataplane.sync(&cluster, full);
-            (dataplane, result)
+        let (dataplane, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut dataplane);
+            (dataplane, out)
         })
         .await
         .map_err(|e| anyhow::anyhow!("the dataplane panicked: {e}"))?;
         self.dataplane = Some(dataplane);
+        Ok((out, started.elapsed()))
+    }
+
+    /// A sync attempt's duration or failure, by mode.
+    fn observe(&self, result: &Result<SyncReport, SyncError>, took: std::time::Duration, full: bool) {
         let mode = ModeLabel::of(full);
-        match &result {
-            Ok(_) => self.metrics.sync_duration.get_or_create(&mode).observe(started.elapsed().as_secs_f64()),
+        match result {
+            Ok(_) => self.metrics.sync_duration.get_or_create(&mode).observe(took.as_secs_f64()),
             Err(_) => {
                 self.metrics.apply_failures.get_or_create(&mode).inc();
             }
         }
-        Ok(result)
     }
 
     /// Warn once per cluster policy with `domainNames` peers while it is
@@ -352,10 +433,6 @@ impl Reconciler {
         self.backoff.reset();
         if full {
             self.next_resync = Some(now + self.cfg.resync);
-            // A full sync builds the whole program, its transaction and the
-            // IR beside the cluster, several times what the agent keeps;
-            // without this the freed pages would stay resident.
-            tokio::task::spawn_blocking(release_free_memory);
         }
         tracing::info!(full, ops = r.ops, element_ops = r.element_ops, rules = r.rules, sets = r.sets, elements = r.elements, "synced");
     }
@@ -365,11 +442,17 @@ impl Reconciler {
     /// Cut what the program a sync put in force denies. Runs on the
     /// blocking pool; the next sync waits for it, so a cut never judges
     /// against a program that is no longer in force.
-    async fn cut(&mut self, old: Option<Arc<Cluster>>, new: Arc<Cluster>, changes: Changes) -> anyhow::Result<()> {
+    /// `cluster`: what the sync compiled, when it took a snapshot; else the
+    /// index says (as of the sync's take) whom the judged addresses are.
+    async fn cut(&mut self, cluster: Option<Arc<Cluster>>, gone: BTreeSet<IpAddr>, changes: Changes) -> anyhow::Result<()> {
         let Some(mut cutter) = self.cutter.take() else { return Ok(()) };
         let started = std::time::Instant::now();
+        let store = self.store.clone();
         let (cutter, result) = tokio::task::spawn_blocking(move || {
-            let r = cutter.after_sync(old.as_deref(), &new, &changes);
+            let r = match &cluster {
+                Some(c) => cutter.after_sync(&**c, gone, &changes),
+                None => cutter.after_sync(&Synced(store), gone, &changes),
+            };
             (cutter, r)
         })
         .await
@@ -413,9 +496,33 @@ impl Reconciler {
     }
 }
 
-/// Hand freed heap pages back to the system (glibc keeps them mapped).
+/// The cluster as of the index's last take (what the program in force was
+/// compiled from), as much of it as a cut asks for.
+struct Synced(Store);
+
+impl World for Synced {
+    fn holding(&self, addrs: &BTreeSet<IpAddr>) -> std::borrow::Cow<'_, Cluster> {
+        std::borrow::Cow::Owned(self.0.with_index(|ix| ix.synced_pods_holding(addrs)))
+    }
+}
+
+// mimalloc's own entry point, in the library libmimalloc-sys builds (its
+// Rust declaration needs a feature with a dependency we do not carry).
+extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Hand freed heap pages back to the system. A full sync builds the whole
+/// program, its transaction and the IR beside the cluster, several times
+/// what the agent keeps; without this the freed pages would stay resident.
+/// Both allocators: the binary's (mimalloc) and the tests' (glibc).
 fn release_free_memory() {
-    // SAFETY: malloc_trim only returns free heap memory to the system.
+    // SAFETY: mi_collect only frees what mimalloc's heaps no longer use
+    // (nothing when it is not the allocator); malloc_trim only returns
+    // free heap memory to the system.
+    unsafe {
+        mi_collect(true);
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::malloc_trim(0);

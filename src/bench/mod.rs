@@ -32,6 +32,7 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,7 +41,7 @@ use crate::apply::{Kernel, NftKernel};
 use crate::eval::{evaluate, Endpoint, Flow};
 use crate::gen::{Plan, Size, Spec};
 use crate::ir::{self, Ir};
-use crate::model::{Cluster, Direction, Peer, PodId, PortRef, PortSpec, Protocol, Rule};
+use crate::model::{Cluster, Direction, Peer, Pod, Policy, PodId, PortRef, PortSpec, Protocol, Rule};
 use crate::netns::Netns;
 use crate::nft::incremental::Incremental;
 use crate::nft::{self, compile::node_of, Op, Program, Transaction};
@@ -119,12 +120,12 @@ pub struct Delta {
     pub incremental: Timing,
     /// Did the engine's transaction equal the full path's?
     pub incremental_exact: bool,
-    /// What the agent's delta sync computes today: the engine finds the
-    /// change by comparing the whole snapshot, commits, and copies the
-    /// program (the conntrack cut reads the old and the new one).
+    /// What the agent's delta sync computes: the changed object through
+    /// the engine, the commit, and the conntrack cut's scope read from the
+    /// transaction (the program is shared, not copied).
     pub agent_delta: Timing,
-    /// Of which the copy of the program.
-    pub agent_copy: Timing,
+    /// Of which the cut's scope.
+    pub agent_scope: Timing,
     /// Through `nft -j -f -` (JSON).
     pub apply: Option<Timing>,
     /// The same transaction through `nft -f -` (text), interleaved with
@@ -298,17 +299,19 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             (new, tx)
         });
         let mut incremental_exact = true;
-        let (mut agent_samples, mut copy_samples) = (Vec::new(), Vec::new());
+        let (mut agent_samples, mut scope_samples) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let start = Instant::now();
-            engine.update_to(&changed);
+            object.send(&mut engine);
             let got = engine.commit(nft::TABLE);
-            let copying = Instant::now();
-            let copy = engine.program().clone();
-            copy_samples.push(copying.elapsed());
+            let scoping = Instant::now();
+            let scope = got.as_ref().map(|t| crate::agent::nftables::affected_by(t, engine.program()));
+            let shared = engine.program_shared();
+            scope_samples.push(scoping.elapsed());
             agent_samples.push(start.elapsed());
-            incremental_exact &= got.as_ref() == Some(&tx) && copy == new;
-            engine.update_to(&cluster);
+            incremental_exact &= got.as_ref() == Some(&tx) && *shared == new && scope.is_some();
+            drop(shared);
+            before.send(&mut engine);
             engine.commit(nft::TABLE);
         }
         drop(changed);
@@ -347,7 +350,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
             incremental: Timing::of(samples),
             incremental_exact,
             agent_delta: Timing::of(agent_samples),
-            agent_copy: Timing::of(copy_samples),
+            agent_scope: Timing::of(scope_samples),
             apply,
             apply_spawn,
         });
@@ -539,31 +542,31 @@ impl Change {
         let subject = match self {
             Change::PodAdded => {
                 let ip = free_address(c, node)?;
-                let mut added = pod.clone();
+                let mut added = Pod::clone(pod);
                 let stem = pod.name.rsplit_once('-').map_or(pod.name.as_str(), |(s, _)| s);
                 added.name = format!("{stem}-bench");
                 added.ips = vec![ip];
                 let name = added.name.clone();
                 objects = (Object::Pod(pod.namespace.clone(), name.clone(), Some(added.clone())), Object::Pod(pod.namespace.clone(), name, None));
-                changed.pods.push(added);
+                changed.pods.push(Arc::new(added));
                 changed.normalize();
                 format!("{}/{stem}-bench ({ip})", pod.namespace)
             }
             Change::PodRelabelled => {
                 let app = format!("{}-debug", pod.labels.get("app")?);
-                changed.pods[id].labels = pod.labels.with("app", &app);
+                Arc::make_mut(&mut changed.pods[id]).labels = pod.labels.with("app", &app);
                 let (ns, name) = (pod.namespace.clone(), pod.name.clone());
-                objects = (Object::Pod(ns.clone(), name.clone(), Some(changed.pods[id].clone())), Object::Pod(ns, name, Some(pod.clone())));
+                objects = (Object::Pod(ns.clone(), name.clone(), Some(Pod::clone(&changed.pods[id]))), Object::Pod(ns, name, Some(Pod::clone(pod))));
                 format!("{} app={app}", pod.key())
             }
             Change::PolicyChanged => {
                 let pid = ir.selecting[id].iter().copied().find(|&p| c.policies[p].isolates(Direction::Ingress))?;
-                let policy = &mut changed.policies[pid];
+                let policy = Arc::make_mut(&mut changed.policies[pid]);
                 policy.ingress.push(Rule {
                     peers: vec![Peer::IpBlock { cidr: "192.0.2.0/24".parse().expect("a valid CIDR"), except: vec![] }],
                     ports: vec![PortSpec { protocol: Protocol::Tcp, port: Some(PortRef::Number(8443)), end_port: None }],
                 });
-                objects = (Object::Policy(policy.clone()), Object::Policy(c.policies[pid].clone()));
+                objects = (Object::Policy(policy.clone()), Object::Policy(Policy::clone(&c.policies[pid])));
                 format!("{} +ingress from 192.0.2.0/24 to 8443/TCP", policy.key())
             }
         };
@@ -873,7 +876,7 @@ pub fn render(r: &SizeReport) -> String {
         row(
             &format!("{}: agent's delta compute", d.what),
             Some(d.agent_delta),
-            format!("the engine walks the whole snapshot, commits, copies the program (the copy: median {})", fmt_duration(d.agent_copy.median)),
+            format!("the changed object through the engine, commit, the cut's scope from the transaction (the scope: median {}); no snapshot, no copy", fmt_duration(d.agent_scope.median)),
         );
         let kind = if d.only_elements { "element ops only" } else { "includes chain/rule/set ops" };
         row(&format!("{}: apply", d.what), d.apply, format!("{} ops, {} elements, {kind}; the agent's kept-open nft -i", d.ops, d.elements));

@@ -129,8 +129,8 @@ impl<'a> Sides<'a> {
         }
         // Named ports resolve on the destination: the peer for egress, me for ingress.
         let dst = match (dir, peer) {
-            (Direction::Ingress, _) => Some(&self.cluster.pods[me]),
-            (Direction::Egress, Peer::Pod(q)) => Some(&self.cluster.pods[q]),
+            (Direction::Ingress, _) => Some(&*self.cluster.pods[me]),
+            (Direction::Egress, Peer::Pod(q)) => Some(&*self.cluster.pods[q]),
             (Direction::Egress, _) => None,
         };
         let mut out = Vec::new();

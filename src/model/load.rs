@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -292,7 +293,7 @@ impl ClusterBuilder {
         // A refused file leaves its claims behind: an error ends the load.
         for (k, (pod, at)) in objects.pods.iter().zip(&objects.pod_starts).enumerate() {
             if let Some((ip, i)) = claim_at(&mut self.addresses, &self.cluster.pods, &objects.pods, base, k, pod) {
-                let (holder, held_at) = if i < base { (&self.cluster.pods[i], &self.pod_starts[i]) } else { (&objects.pods[i - base], &objects.pod_starts[i - base]) };
+                let (holder, held_at) = if i < base { (&*self.cluster.pods[i], &self.pod_starts[i]) } else { (&objects.pods[i - base], &objects.pod_starts[i - base]) };
                 return Err(LoadError::new(&at.file, Some(at.pos), "status.podIPs", shared_message(ip, holder, held_at)));
             }
         }
@@ -314,8 +315,8 @@ impl ClusterBuilder {
         for n in objects.nodes {
             c.nodes.insert(n.name.clone(), n);
         }
-        c.pods.extend(objects.pods);
-        c.policies.extend(objects.policies);
+        c.pods.extend(objects.pods.into_iter().map(Arc::new));
+        c.policies.extend(objects.policies.into_iter().map(Arc::new));
         c.cluster_policies.extend(objects.cluster_policies);
         self.notices.extend(objects.notices);
         if let (Some(mine), Some(theirs)) = (&mut self.sources, objects.sources) {
@@ -392,16 +393,16 @@ pub fn read_files_with(files: &[PathBuf], keep_sources: bool) -> Vec<Result<Obje
 /// Records `pod`'s addresses as held by pod number `pods.len()` of `pods`;
 /// the first one another running pod already holds, with that pod's number.
 fn claim(addresses: &mut HashMap<IpAddr, usize>, pods: &[Pod], pod: &Pod) -> Option<(IpAddr, usize)> {
-    claim_at(addresses, pods, &[], pods.len(), 0, pod)
+    claim_at::<Pod, Pod>(addresses, pods, &[], pods.len(), 0, pod)
 }
 
 /// As [`claim`] over two lists, `first` then `second` (numbered from
 /// `base`), for pod number `base + k`.
-fn claim_at(addresses: &mut HashMap<IpAddr, usize>, first: &[Pod], second: &[Pod], base: usize, k: usize, pod: &Pod) -> Option<(IpAddr, usize)> {
+fn claim_at<A: std::borrow::Borrow<Pod>, B: std::borrow::Borrow<Pod>>(addresses: &mut HashMap<IpAddr, usize>, first: &[A], second: &[B], base: usize, k: usize, pod: &Pod) -> Option<(IpAddr, usize)> {
     if !pod.is_policy_pod() {
         return None;
     }
-    let nth = |i: usize| if i < base { &first[i] } else { &second[i - base] };
+    let nth = |i: usize| -> &Pod { if i < base { first[i].borrow() } else { second[i - base].borrow() } };
     for ip in &pod.ips {
         match addresses.get(ip) {
             // The same pod written twice is not a conflict (the first copy wins).

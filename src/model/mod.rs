@@ -353,8 +353,8 @@ impl fmt::Display for PortSpec {
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub nodes: BTreeMap<String, Node>,
-    pub pods: Vec<Pod>,
-    pub policies: Vec<Policy>,
+    pub pods: Vec<std::sync::Arc<Pod>>,
+    pub policies: Vec<std::sync::Arc<Policy>>,
     /// Cluster-scoped policies (ClusterNetworkPolicy, ANP, BANP) in the
     /// order they are judged ([`ClusterPolicy::order_key`]).
     pub cluster_policies: Vec<ClusterPolicy>,

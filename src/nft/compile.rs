@@ -212,7 +212,7 @@ pub fn compile_with_origins(cluster: &Cluster, ir: &Ir, node: &str) -> (Program,
 /// pod names (see [`node_of`]).
 pub fn compile_all(cluster: &Cluster, ir: &Ir) -> BTreeMap<String, Program> {
     let names: BTreeSet<&str> =
-        cluster.nodes.keys().map(String::as_str).chain(cluster.pods.iter().filter(|p| p.is_policy_pod()).map(node_of)).collect();
+        cluster.nodes.keys().map(String::as_str).chain(cluster.pods.iter().filter(|p| p.is_policy_pod()).map(|p| node_of(p))).collect();
     names.into_iter().map(|n| (n.to_string(), compile(cluster, ir, n))).collect()
 }
 

@@ -63,6 +63,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::compile::{
     self, add_chain, base_rules, group_name, group_rules, map_name, named_port_element, named_port_member, node_of, policy_chain, Fill, Names,
@@ -95,7 +96,8 @@ pub struct Incremental {
     namespaces: BTreeMap<String, Namespace>,
     /// This node's object (the only one its program reads).
     this_node: Option<Node>,
-    pods: BTreeMap<String, BTreeMap<String, Pod>>,
+    /// Shared with whoever handed them in (the agent's index).
+    pods: BTreeMap<String, BTreeMap<String, Arc<Pod>>>,
     policies: BTreeMap<String, BTreeMap<String, PolicyState>>,
     /// Policy pods of this node: their group chain per direction (`None`:
     /// not isolated).
@@ -113,7 +115,10 @@ pub struct Incremental {
     np_sets: BTreeSet<String>,
     /// Of `ns_sets`, those reaching each namespace (a cache).
     reach: HashMap<String, Vec<String>>,
-    program: Program,
+    /// Shared with the dataplane's report of the sync (the conntrack cut
+    /// reads it) and copied on write, which never happens in practice: the
+    /// cut is done before the next change.
+    program: Arc<Program>,
     origins: Origins,
     journal: Journal,
     /// A name collision the full path resolves by order (see the module
@@ -122,13 +127,14 @@ pub struct Incremental {
 }
 
 struct PolicyState {
-    policy: Policy,
+    /// Shared with whoever handed it in (the agent's index).
+    policy: Arc<Policy>,
 }
 
 impl PolicyState {
     /// Rule chains are built when they become live, not here: a node's
     /// program holds a few hundred of the cluster's 10k policies.
-    fn new(policy: Policy) -> (PolicyState, bool) {
+    fn new(policy: Arc<Policy>) -> (PolicyState, bool) {
         (PolicyState { policy }, false)
     }
 }
@@ -326,22 +332,22 @@ impl Incremental {
             ns_sets: BTreeSet::new(),
             np_sets: BTreeSet::new(),
             reach: HashMap::new(),
-            program: Program::default(),
+            program: Arc::new(Program::default()),
             origins: Origins::new(),
             journal: Journal::default(),
             collided: false,
         };
         for dir in Direction::BOTH {
             for f in FAMILIES {
-                e.program.add_map(Map { name: map_name(dir, f), key: KeyType::Addr(f), elements: BTreeMap::new() });
+                Arc::make_mut(&mut e.program).add_map(Map { name: map_name(dir, f), key: KeyType::Addr(f), elements: BTreeMap::new() });
             }
             let rules = base_rules(dir, e.this_node.as_ref(), None);
             for b in BASES.iter().filter(|b| b.dir == dir) {
-                add_chain(&mut e.program, &mut e.origins, b.name.to_string(), Some(compile::base_hook(b)), rules.clone());
+                add_chain(Arc::make_mut(&mut e.program), &mut e.origins, b.name.to_string(), Some(compile::base_hook(b)), rules.clone());
             }
         }
         let (rules, base) = compile::antispoof();
-        add_chain(&mut e.program, &mut e.origins, compile::ANTISPOOF.to_string(), Some(base), rules);
+        add_chain(Arc::make_mut(&mut e.program), &mut e.origins, compile::ANTISPOOF.to_string(), Some(base), rules);
         for p in &cluster.policies {
             let (state, collided) = PolicyState::new(p.clone());
             e.collided |= collided;
@@ -368,6 +374,12 @@ impl Incremental {
         &self.program
     }
 
+    /// The same program, shared rather than copied: hold it only until the
+    /// next change (a change made while it is held copies the program).
+    pub fn program_shared(&self) -> Arc<Program> {
+        self.program.clone()
+    }
+
     /// What each counted rule of [`Incremental::program`] measures.
     pub fn origins(&self) -> &Origins {
         &self.origins
@@ -385,6 +397,12 @@ impl Incremental {
 
     /// A pod was added or changed (`Some`), or deleted (`None`).
     pub fn set_pod(&mut self, namespace: &str, name: &str, pod: Option<Pod>) {
+        self.set_pod_shared(namespace, name, pod.map(Arc::new))
+    }
+
+    /// [`Incremental::set_pod`] with a pod the engine shares rather than
+    /// copies (the agent's index holds the same).
+    pub fn set_pod_shared(&mut self, namespace: &str, name: &str, pod: Option<Arc<Pod>>) {
         let old = self.pods.get(namespace).and_then(|m| m.get(name));
         if old == pod.as_ref() {
             return;
@@ -406,7 +424,7 @@ impl Incremental {
         let was_local = old.as_ref().is_some_and(|o| self.is_local(o));
         let Some(new) = pod else {
             if was_local {
-                self.local_removed(&r, old.map(|o| o.ips).unwrap_or_default());
+                self.local_removed(&r, old.map(|o| o.ips.clone()).unwrap_or_default());
             }
             return;
         };
@@ -417,9 +435,9 @@ impl Incremental {
         match (was_local, now_local) {
             (false, false) => {}
             (false, true) => self.local_added(&r),
-            (true, false) => self.local_removed(&r, old.map(|o| o.ips).unwrap_or_default()),
+            (true, false) => self.local_removed(&r, old.map(|o| o.ips.clone()).unwrap_or_default()),
             (true, true) => {
-                let old_ips = old.map(|o| o.ips).unwrap_or_default();
+                let old_ips = old.map(|o| o.ips.clone()).unwrap_or_default();
                 for ip in &old_ips {
                     self.disown(*ip, &r);
                 }
@@ -480,13 +498,19 @@ impl Incremental {
             let rules = base_rules(dir, self.this_node.as_ref(), None);
             for b in BASES.iter().filter(|b| b.dir == dir) {
                 self.journal.chain(&self.program, b.name);
-                add_chain(&mut self.program, &mut self.origins, b.name.to_string(), Some(compile::base_hook(b)), rules.clone());
+                add_chain(Arc::make_mut(&mut self.program), &mut self.origins, b.name.to_string(), Some(compile::base_hook(b)), rules.clone());
             }
         }
     }
 
     /// A policy was added or changed (`Some`), or deleted (`None`).
     pub fn set_policy(&mut self, namespace: &str, name: &str, policy: Option<Policy>) {
+        self.set_policy_shared(namespace, name, policy.map(Arc::new))
+    }
+
+    /// [`Incremental::set_policy`] with a policy the engine shares rather
+    /// than copies.
+    pub fn set_policy_shared(&mut self, namespace: &str, name: &str, policy: Option<Arc<Policy>>) {
         let old = self.policies.get(namespace).and_then(|m| m.get(name)).map(|s| &s.policy);
         if old == policy.as_ref() {
             return;
@@ -554,13 +578,13 @@ impl Incremental {
         // Deletions first: what goes frees what comes (groups, addresses).
         let (gone, changed): (Vec<_>, Vec<_>) = policies.into_iter().partition(|(_, p)| p.is_none());
         for ((ns, n), p) in gone.into_iter().chain(changed) {
-            self.set_policy(&ns, &n, p);
+            self.set_policy_shared(&ns, &n, p);
         }
         let held = self.pods.iter().flat_map(|(ns, m)| m.iter().map(move |(n, p)| ((ns.as_str(), n.as_str()), p)));
         let pods = changes(held, cluster.pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), p)));
         let (gone, changed): (Vec<_>, Vec<_>) = pods.into_iter().partition(|(_, p)| p.is_none());
         for ((ns, n), p) in gone.into_iter().chain(changed) {
-            self.set_pod(&ns, &n, p);
+            self.set_pod_shared(&ns, &n, p);
         }
     }
 
@@ -617,7 +641,7 @@ impl Incremental {
     }
 
     fn pod(&self, r: &Ref) -> Option<&Pod> {
-        self.pods.get(&r.0)?.get(&r.1)
+        self.pods.get(&r.0)?.get(&r.1).map(|p| &**p)
     }
 
     /// Add (or take away) what policy pod `pod` gives the live sets.
@@ -659,7 +683,7 @@ impl Incremental {
 
     /// One pod more (or fewer) gives `e` to live set `name`.
     fn count(&mut self, name: &str, e: Element, add: bool) {
-        let (Some(set), Some(s)) = (self.sets.get_mut(name), self.program.sets.get_mut(name)) else { return };
+        let (Some(set), Some(s)) = (self.sets.get_mut(name), Arc::make_mut(&mut self.program).sets.get_mut(name)) else { return };
         let changed = if add {
             let new = s.elements.insert(e);
             if !new {
@@ -724,7 +748,7 @@ impl Incremental {
                     Some(name) => Verdict::Jump(name.clone()),
                 });
                 let map = map_name(dir, Family::of(ip));
-                let Some(m) = self.program.maps.get_mut(&map) else { continue };
+                let Some(m) = Arc::make_mut(&mut self.program).maps.get_mut(&map) else { continue };
                 let e = Element::Addr(*ip);
                 let old = m.elements.get(&e).cloned();
                 if old == verdict {
@@ -776,7 +800,7 @@ impl Incremental {
         }
         let chains: Vec<Option<String>> = keys.iter().map(|k| self.chain_use(k, dir)).collect();
         self.journal.chain(&self.program, &name);
-        add_chain(&mut self.program, &mut self.origins, name.clone(), None, group_rules(dir, &texts, chains.iter().cloned()));
+        add_chain(Arc::make_mut(&mut self.program), &mut self.origins, name.clone(), None, group_rules(dir, &texts, chains.iter().cloned()));
         self.groups.insert(name.clone(), Group { dir, keys, users: 1, chains: chains.into_iter().flatten().collect() });
         name
     }
@@ -795,7 +819,7 @@ impl Incremental {
         let chains: Vec<Option<String>> = keys.iter().map(|k| self.chain_use(k, dir)).collect();
         let texts: Vec<String> = keys.iter().map(key_string).collect();
         self.journal.chain(&self.program, name);
-        add_chain(&mut self.program, &mut self.origins, name.to_string(), None, group_rules(dir, &texts, chains.iter().cloned()));
+        add_chain(Arc::make_mut(&mut self.program), &mut self.origins, name.to_string(), None, group_rules(dir, &texts, chains.iter().cloned()));
         let old = match self.groups.get_mut(name) {
             Some(g) => std::mem::replace(&mut g.chains, chains.into_iter().flatten().collect()),
             None => Vec::new(),
@@ -823,7 +847,7 @@ impl Incremental {
             self.set_use(s);
         }
         self.journal.chain(&self.program, &chain.name);
-        add_chain(&mut self.program, &mut self.origins, chain.name.clone(), None, chain.rules);
+        add_chain(Arc::make_mut(&mut self.program), &mut self.origins, chain.name.clone(), None, chain.rules);
         let sets = chain.sets.into_iter().map(|s| s.name).collect();
         self.chains.insert(chain.name.clone(), LiveChain { policy: r.clone(), users: 1, sets });
         Some(chain.name)
@@ -849,7 +873,7 @@ impl Incremental {
             self.set_use(s);
         }
         self.journal.chain(&self.program, &new.name);
-        add_chain(&mut self.program, &mut self.origins, new.name.clone(), None, new.rules);
+        add_chain(Arc::make_mut(&mut self.program), &mut self.origins, new.name.clone(), None, new.rules);
         let names = new.sets.into_iter().map(|s| s.name).collect();
         let old = match self.chains.get_mut(&new.name) {
             Some(c) => std::mem::replace(&mut c.sets, names),
@@ -871,7 +895,7 @@ impl Incremental {
 
     fn remove_chain(&mut self, name: &str) {
         self.journal.chain(&self.program, name);
-        self.program.chains.remove(name);
+        Arc::make_mut(&mut self.program).chains.remove(name);
         self.origins.remove(name);
     }
 
@@ -883,7 +907,7 @@ impl Incremental {
         }
         let (elements, extra) = self.fill(&s.fill);
         self.journal.set_created(&s.name);
-        self.program.add_set(Set::of(s.name.clone(), s.key, s.interval, elements));
+        Arc::make_mut(&mut self.program).add_set(Set::of(s.name.clone(), s.key, s.interval, elements));
         match &s.fill {
             Fill::Pods { key, .. } => match key.own_namespace() {
                 Some(ns) => {
@@ -924,7 +948,7 @@ impl Incremental {
             }
             Fill::Nets(_) => {}
         }
-        if let Some(set) = self.program.sets.remove(name) {
+        if let Some(set) = Arc::make_mut(&mut self.program).sets.remove(name) {
             self.journal.set_deleted(set);
         }
     }
@@ -998,8 +1022,8 @@ mod tests {
             let mut c = Cluster {
                 namespaces: self.namespaces.clone(),
                 nodes: self.nodes.clone(),
-                pods: self.pods.values().cloned().collect(),
-                policies: self.policies.values().cloned().collect(),
+                pods: self.pods.values().cloned().map(Arc::new).collect(),
+                policies: self.policies.values().cloned().map(Arc::new).collect(),
                 cluster_policies: Vec::new(),
             };
             c.normalize();
@@ -1309,7 +1333,7 @@ mod tests {
         .join("\n---\n");
         let c = crate::model::load::load_str("t.yaml", &text).expect("loads");
         let mut e = Incremental::new(&c, NODE);
-        let mut p = c.pods[0].clone();
+        let mut p = Pod::clone(&c.pods[0]);
         for (i, (name, app, node)) in [("w2", "web", NODE), ("a1", "api", "n2"), ("a2", "api", NODE)].into_iter().enumerate() {
             p.name = name.to_string();
             p.labels = labels(&[("app", app)]);
