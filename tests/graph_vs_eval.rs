@@ -292,7 +292,7 @@ fn sides_allow(c: &Cluster, sides: &Sides<'_>, src: At, dst: At, protocol: Proto
 /// around its pods' addresses, its ports and named ports: every tier,
 /// action, peer kind and protocol form, equal priorities included.
 fn random_cluster_policies(c: &Cluster, rng: &mut Rng, n: usize) -> String {
-    let pods: Vec<&netfence::model::Pod> = c.pods.iter().filter(|p| p.is_policy_pod()).collect();
+    let pods: Vec<&netfence::model::Pod> = c.pods.iter().filter(|p| p.is_policy_pod()).map(|p| &**p).collect();
     let label = |rng: &mut Rng, key: &str| -> Option<String> {
         let p = pods[rng.below(pods.len())];
         p.labels.get(key).map(|v| format!("{{matchLabels: {{{key}: {v:?}}}}}"))

@@ -314,7 +314,9 @@ impl Reconciler {
         match result {
             Ok(report) => {
                 self.succeeded(&report, full, now);
-                self.notice_unenforceable(&cluster);
+                if let Some(c) = &cluster {
+                    self.notice_unenforceable(c);
+                }
                 if let Some(d) = &self.drop_log {
                     // Names for the drop log (off by default): a snapshot
                     // shares the index's pods.

@@ -197,7 +197,7 @@ impl<'a> Sides<'a> {
                     if !rule.peers.iter().any(|q| self.cluster_peer_matches(q, peer, family)) {
                         continue;
                     }
-                    let here = undecided.intersect(&PortSet::of_cluster_rule(&rule.ports, dst));
+                    let here = undecided.intersect(&PortSet::of_cluster_rule(&rule.ports, dst.map(|p| &**p)));
                     undecided = undecided.minus(&here);
                     let i = match rule.action {
                         Action::Accept => 0,
