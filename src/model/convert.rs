@@ -24,7 +24,7 @@ pub struct FieldError {
     pub message: String,
 }
 
-fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, FieldError> {
+pub(crate) fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, FieldError> {
     Err(FieldError { path: path.into(), message: message.into() })
 }
 
@@ -281,12 +281,12 @@ pub fn selector(
 /// pods, nodes and policies DNS subdomains. Names end up in nft rule
 /// comments and in `ns/pod` endpoints, so this also keeps out `"` and `/`.
 #[derive(Debug, Clone, Copy)]
-enum Name {
+pub(crate) enum Name {
     Label,
     Subdomain,
 }
 
-fn check_name(s: &str, path: &str, kind: Name) -> Result<(), FieldError> {
+pub(crate) fn check_name(s: &str, path: &str, kind: Name) -> Result<(), FieldError> {
     match kind {
         Name::Label if !crate::selector::is_dns_label(s) => err(
             path,
@@ -301,7 +301,7 @@ fn check_name(s: &str, path: &str, kind: Name) -> Result<(), FieldError> {
 }
 
 /// `metadata.labels`, checked as the API server checks them.
-fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<Labels, FieldError> {
+pub(crate) fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<Labels, FieldError> {
     let Some(labels) = &meta.labels else { return Ok(Labels::default()) };
     for (k, v) in labels {
         crate::selector::check_label_key(k)
@@ -311,7 +311,7 @@ fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     Ok(Labels::from_map(labels))
 }
 
-fn parse_protocol(s: Option<&str>, path: &str) -> Result<Protocol, FieldError> {
+pub(crate) fn parse_protocol(s: Option<&str>, path: &str) -> Result<Protocol, FieldError> {
     match s {
         None => Ok(Protocol::Tcp),
         Some(s) => Protocol::parse(s)
@@ -319,14 +319,14 @@ fn parse_protocol(s: Option<&str>, path: &str) -> Result<Protocol, FieldError> {
     }
 }
 
-fn parse_port_number(n: i32, path: &str) -> Result<u16, FieldError> {
+pub(crate) fn parse_port_number(n: i32, path: &str) -> Result<u16, FieldError> {
     match u16::try_from(n) {
         Ok(p) if p >= 1 => Ok(p),
         _ => err(path, format!("port {n} is out of range (expected 1 to 65535)")),
     }
 }
 
-fn parse_ip(s: &str, path: &str) -> Result<IpAddr, FieldError> {
+pub(crate) fn parse_ip(s: &str, path: &str) -> Result<IpAddr, FieldError> {
     IpAddr::from_str(s).or_else(|_| err(path, format!("{s:?} is not an IP address")))
 }
 

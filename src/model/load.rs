@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::sources::{Location, PolicySource, Sources};
 use super::cluster_policy::{self, ClusterKind, ClusterPolicy};
+use super::service::{self, EndpointSlice, Service};
 use super::{convert, Cluster, Namespace, Node, Origin, Pod, Policy};
 use crate::yaml::{self, Doc, Pos};
 
@@ -62,6 +63,8 @@ pub struct Objects {
     pub pods: Vec<Pod>,
     pub policies: Vec<Policy>,
     pub cluster_policies: Vec<ClusterPolicy>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
     /// Things worth telling the user that are not errors (ignored kinds).
     pub notices: Vec<String>,
     /// Kept only on request: field positions for lint.
@@ -78,6 +81,7 @@ impl PartialEq for Objects {
     fn eq(&self, o: &Objects) -> bool {
         (&self.namespaces, &self.nodes, &self.pods, &self.policies, &self.cluster_policies, &self.notices)
             == (&o.namespaces, &o.nodes, &o.pods, &o.policies, &o.cluster_policies, &o.notices)
+            && (&self.services, &self.endpoint_slices) == (&o.services, &o.endpoint_slices)
     }
 }
 
@@ -140,7 +144,7 @@ impl Objects {
         }
         match kind {
             "List" | "NamespaceList" | "PodList" | "NodeList" | "NetworkPolicyList" | "ClusterNetworkPolicyList"
-            | "AdminNetworkPolicyList" | "BaselineAdminNetworkPolicyList" => {
+            | "AdminNetworkPolicyList" | "BaselineAdminNetworkPolicyList" | "ServiceList" | "EndpointSliceList" => {
                 let items = match obj.get("items") {
                     Some(Value::Array(items)) => items.clone(),
                     None | Some(Value::Null) => Vec::new(),
@@ -153,6 +157,7 @@ impl Objects {
                         o.entry("kind").or_insert_with(|| Value::String(k.to_string()));
                         let api = match k {
                             "NetworkPolicy" => "networking.k8s.io/v1",
+                            "EndpointSlice" => "discovery.k8s.io/v1",
                             "ClusterNetworkPolicy" => CNP_API,
                             "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => ANP_API,
                             _ => "v1",
@@ -195,6 +200,19 @@ impl Objects {
                 }
                 self.policies.push(policy);
             }
+            "Service" => {
+                let svc = typed(file, doc)?;
+                let origin = Origin::new(file, Some(doc.start));
+                if let Some(s) = service::convert_service(&svc, origin).map_err(|e| field_error(file, doc, e))? {
+                    self.services.push(s);
+                }
+            }
+            "EndpointSlice" if obj.get("apiVersion").and_then(Value::as_str) == Some("discovery.k8s.io/v1") => {
+                let slice = typed(file, doc)?;
+                if let Some(s) = service::convert_endpoint_slice(&slice).map_err(|e| field_error(file, doc, e))? {
+                    self.endpoint_slices.push(s);
+                }
+            }
             "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy"
                 if obj.get("apiVersion").and_then(Value::as_str) == Some(cluster_api(kind)) =>
             {
@@ -214,7 +232,7 @@ impl Objects {
             }
             other => {
                 let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("?");
-                self.notices.push(format!("{file}:{}: ignoring {other} {name:?} (netfence reads Namespace, Pod, Node, NetworkPolicy, and {CNP_API} ClusterNetworkPolicy and {ANP_API} AdminNetworkPolicy/BaselineAdminNetworkPolicy)", doc.start.line));
+                self.notices.push(format!("{file}:{}: ignoring {other} {name:?} (netfence reads Namespace, Pod, Node, NetworkPolicy, Service, discovery.k8s.io/v1 EndpointSlice, and {CNP_API} ClusterNetworkPolicy and {ANP_API} AdminNetworkPolicy/BaselineAdminNetworkPolicy)", doc.start.line));
             }
         }
         Ok(())
@@ -318,6 +336,8 @@ impl ClusterBuilder {
         c.pods.extend(objects.pods.into_iter().map(Arc::new));
         c.policies.extend(objects.policies.into_iter().map(Arc::new));
         c.cluster_policies.extend(objects.cluster_policies);
+        c.services.extend(objects.services.into_iter().map(Arc::new));
+        c.endpoint_slices.extend(objects.endpoint_slices);
         self.notices.extend(objects.notices);
         if let (Some(mine), Some(theirs)) = (&mut self.sources, objects.sources) {
             mine.extend(theirs);
@@ -617,7 +637,7 @@ mod tests {
     #[test]
     fn other_kinds_are_noticed_not_rejected() {
         let mut b = ClusterBuilder::new();
-        b.add_text("s.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
+        b.add_text("s.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\n").unwrap();
         assert_eq!(b.notices.len(), 1);
     }
 }

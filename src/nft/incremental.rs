@@ -1025,6 +1025,7 @@ mod tests {
                 pods: self.pods.values().cloned().map(Arc::new).collect(),
                 policies: self.policies.values().cloned().map(Arc::new).collect(),
                 cluster_policies: Vec::new(),
+                ..Cluster::default()
             };
             c.normalize();
             c

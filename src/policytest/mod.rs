@@ -9,6 +9,7 @@
 
 pub mod format;
 pub mod interp;
+pub mod service;
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,9 @@ pub struct Check {
     /// The expectation (or table cell), for errors.
     pub at: format::At,
     pub expected: Option<bool>,
+    /// Set when the check goes through a Service: `flow` is then the
+    /// client-to-backend flow after kube-proxy's DNAT.
+    pub via: Option<service::Via>,
 }
 
 /// A second opinion on a test's checks, judged in one batch so a backend
@@ -289,7 +293,7 @@ fn expand(test: &PolicyTest) -> Result<(Vec<Check>, Tables<'_>), String> {
                 };
                 let families = flow.families(c).map_err(|e| f.family_at.as_ref().unwrap_or(&f.at).error(&file, &e))?;
                 for family in families {
-                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, at: f.at.clone(), expected: Some(f.allow) });
+                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, at: f.at.clone(), expected: Some(f.allow), via: None });
                 }
             }
             Expectation::Table(t) => {
@@ -307,7 +311,7 @@ fn expand(test: &PolicyTest) -> Result<(Vec<Check>, Tables<'_>), String> {
                             Err(e) => return Err(cell_at.error(&file, &e)),
                         };
                         for family in families {
-                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, at: cell_at.clone(), expected: *cell });
+                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, at: cell_at.clone(), expected: *cell, via: None });
                         }
                     }
                 }
