@@ -10,7 +10,7 @@
 //! [`crate::eval`], so lint never disagrees with `explain` or `test`.
 //!
 //! The rules live in one file per family (`selectors`, `shape`, `ports`,
-//! `ipblock`, `reach`, `cluster`); [`RULES`] is the catalogue (docs/lint.md explains
+//! `ipblock`, `reach`, `cluster`, `service`); [`RULES`] is the catalogue (docs/lint.md explains
 //! each with its evidence, `fixtures/lint/<id>/` shows each firing and
 //! fixed). Rule ids are a public interface: never renamed or reused.
 //!
@@ -23,6 +23,7 @@ mod ports;
 mod reach;
 pub mod render;
 mod selectors;
+mod service;
 mod shape;
 
 use std::cell::RefCell;
@@ -117,6 +118,9 @@ pub static RULES: &[&Rule] = &[
     &cluster::EQUAL_PRIORITY_OVERLAP,
     &cluster::BASELINE_PASS,
     &cluster::SHADOWED_DENY,
+    &service::SERVICE_PORT_NOT_TARGET_PORT,
+    &service::IP_BLOCK_ON_CLUSTER_IP,
+    &service::CLIENT_IP_BLOCK_BEHIND_SNAT,
 ];
 
 pub fn rule(id: &str) -> Option<&'static Rule> {
@@ -178,6 +182,7 @@ pub fn lint(cluster: &Cluster, ir: &Ir, sources: &Sources, config: &Config) -> V
     ipblock::check(&mut cx);
     reach::check(&mut cx);
     cluster::check(&mut cx);
+    service::check(&mut cx);
     let mut out = cx.out;
     out.sort_by(|a, b| {
         (&a.file, a.line, a.column, a.rule, &a.object, &a.message).cmp(&(&b.file, b.line, b.column, b.rule, &b.object, &b.message))
