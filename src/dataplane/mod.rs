@@ -14,6 +14,7 @@
 
 pub mod attack;
 pub mod backend;
+pub mod kube_proxy;
 pub mod probe;
 pub mod raw;
 pub mod sctp;
