@@ -83,6 +83,11 @@ kind: Service
 metadata: {name: empty, namespace: x}
 spec: {clusterIP: 10.96.0.12, selector: {app: nothing}, ports: [{port: 80}]}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: multi, namespace: x}
+spec: {clusterIP: 10.96.0.13, selector: {app: web}, ports: [{name: dns, port: 53, targetPort: 5353, protocol: UDP}, {name: assoc, port: 9000, targetPort: 9001, protocol: SCTP}]}
+---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web-ingress, namespace: x}
@@ -94,7 +99,7 @@ spec:
     - podSelector: {matchLabels: {app: client}}
     - ipBlock: {cidr: 172.18.0.2/32}
     - ipBlock: {cidr: 203.0.113.7/32}
-    ports: [{port: 8080}]
+    ports: [{port: 8080}, {port: 5353, protocol: UDP}, {port: 9001, protocol: SCTP}]
 "#;
 
 /// How the client reaches the Service.
@@ -115,14 +120,20 @@ struct Case {
     enforced: bool,
     /// Without them.
     control: bool,
+    protocol: Protocol,
 }
 
 const fn case(from: &'static str, service: &'static str, via: Via_, backend: Option<&'static str>, enforced: bool, control: bool) -> Case {
-    Case { from, service, via, backend, enforced, control }
+    Case { from, service, via, backend, enforced, control, protocol: Protocol::Tcp }
+}
+
+/// A UDP or SCTP case, to `x/multi`'s port of that protocol.
+const fn multi(from: &'static str, protocol: Protocol, backend: &'static str, enforced: bool) -> Case {
+    Case { from, service: "x/multi", via: Via_::ClusterIp, backend: Some(backend), enforced, control: true, protocol }
 }
 
 const HAIRPIN: usize = 15;
-const CASES: [Case; 16] = [
+const CASES: [Case; 20] = [
     // ClusterIP: the backend's policy judges the client.
     case("x/client", "x/web", Via_::ClusterIp, Some("x/web-1"), true, true),
     case("x/client", "x/web", Via_::ClusterIp, Some("x/web-2"), true, true),
@@ -147,6 +158,11 @@ const CASES: [Case; 16] = [
     case("x/client", "", Via_::Direct, Some("x/web-2"), true, true),
     // Hairpin: judged below (depends on the hairpin4 set).
     case("x/web-1", "x/web", Via_::ClusterIp, Some("x/web-1"), true, true),
+    // UDP (echo) and SCTP (raw INIT / INIT ACK) through a ClusterIP.
+    multi("x/client", Protocol::Udp, "x/web-2", true),
+    multi("x/other", Protocol::Udp, "x/web-2", false),
+    multi("x/client", Protocol::Sctp, "x/web-1", true),
+    multi("x/other", Protocol::Sctp, "x/web-1", false),
 ];
 
 /// Checks on vxlan that the wiring cannot carry, and why.
@@ -174,7 +190,7 @@ fn checks(cluster: &Cluster) -> Vec<Check> {
             }
             let (ns, name) = c.service.split_once('/').unwrap();
             let svc = cluster.service(ns, name).unwrap();
-            let port = &svc.ports[0];
+            let port = svc.ports.iter().find(|p| p.protocol == c.protocol).unwrap();
             let backend = c.backend.map(|key| {
                 let id = cluster.pod("x", key.trim_start_matches("x/")).unwrap();
                 svc.backends(cluster, port, family).into_iter().find(|b| b.pod == Some(id)).unwrap()
@@ -195,8 +211,8 @@ fn checks(cluster: &Cluster) -> Vec<Check> {
                 None => (Endpoint::Ip(entry.ip()), via_port),
             };
             let why = backend.is_none().then(|| "the Service has no endpoints".to_string());
-            let via = Via { service: svc.key(), entry, port: via_port, protocol: Protocol::Tcp, backend, why, source_nat };
-            let flow = Flow { src, dst, protocol: Protocol::Tcp, port: dst_port, family: Some(family) };
+            let via = Via { service: svc.key(), entry, port: via_port, protocol: c.protocol, backend, why, source_nat };
+            let flow = Flow { src, dst, protocol: c.protocol, port: dst_port, family: Some(family) };
             Check { flow, family, line: 1, at, expected: None, via: Some(via) }
         })
         .collect()
