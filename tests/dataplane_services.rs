@@ -69,6 +69,12 @@ spec: {nodeName: n2}
 status: {phase: Running, podIP: 10.0.2.20}
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: np-client, namespace: x, labels: {app: np-client}}
+spec: {nodeName: n1}
+status: {phase: Running, podIP: 10.0.1.30}
+---
+apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: x}
 spec: {type: NodePort, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}
@@ -97,9 +103,20 @@ spec:
   ingress:
   - from:
     - podSelector: {matchLabels: {app: client}}
+    - podSelector: {matchLabels: {app: np-client}}
     - ipBlock: {cidr: 172.18.0.2/32}
     - ipBlock: {cidr: 203.0.113.7/32}
     ports: [{port: 8080}, {port: 5353, protocol: UDP}, {port: 9001, protocol: SCTP}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np-client-egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: np-client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 172.18.0.0/24}}]
+    ports: [{port: 30080}]
 "#;
 
 /// How the client reaches the Service.
@@ -133,7 +150,7 @@ const fn multi(from: &'static str, protocol: Protocol, backend: &'static str, en
 }
 
 const HAIRPIN: usize = 15;
-const CASES: [Case; 20] = [
+const CASES: [Case; 23] = [
     // ClusterIP: the backend's policy judges the client.
     case("x/client", "x/web", Via_::ClusterIp, Some("x/web-1"), true, true),
     case("x/client", "x/web", Via_::ClusterIp, Some("x/web-2"), true, true),
@@ -163,6 +180,17 @@ const CASES: [Case; 20] = [
     multi("x/other", Protocol::Udp, "x/web-2", false),
     multi("x/client", Protocol::Sctp, "x/web-1", true),
     multi("x/other", Protocol::Sctp, "x/web-1", false),
+    // A pod's egress to a NodePort of another node is judged on the node
+    // address and nodePort (allowed here)...
+    case("x/np-client", "x/web", Via_::NodePort("n2"), Some("x/web-2"), true, true),
+    // ...but on its own node kube-proxy translates at prerouting, before
+    // the egress hook: egress sees the backend, which it does not allow.
+    case("x/np-client", "x/web", Via_::NodePort("n1"), Some("x/web-2"), false, true),
+    // Local, from a pod of another node: kube-proxy short-circuits it to
+    // any backend, unmasqueraded; one on the client's own node answers the
+    // pod directly, not through the entry node, and the connection fails
+    // with or without policy.
+    case("x/client", "x/web-local", Via_::NodePort("n2"), Some("x/web-1"), false, false),
 ];
 
 /// Checks on vxlan that the wiring cannot carry, and why.
@@ -171,7 +199,9 @@ fn vxlan_unjudged(i: usize) -> Option<&'static str> {
         // A node's own address to another node's pod.
         4 | 5 => Some("through the VXLAN device"),
         // Masqueraded from the VTEP address.
-        8 | 9 => Some("VTEP address"),
+        8 | 9 | 21 => Some("VTEP address"),
+        // Masqueraded by Flannel on the pod's node.
+        20 | 22 => Some("Flannel masquerades pod"),
         _ => None,
     }
 }
