@@ -35,38 +35,38 @@ const CLUSTER: &str = r#"
 apiVersion: v1
 kind: Node
 metadata: {name: n1}
-spec: {podCIDRs: [10.0.1.0/24]}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+spec: {podCIDRs: [10.0.1.0/24, 'fd00:1::/64']}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP, address: 'fd00:18::2'}]}
 ---
 apiVersion: v1
 kind: Node
 metadata: {name: n2}
-spec: {podCIDRs: [10.0.2.0/24]}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
+spec: {podCIDRs: [10.0.2.0/24, 'fd00:2::/64']}
+status: {addresses: [{type: InternalIP, address: 172.18.0.3}, {type: InternalIP, address: 'fd00:18::3'}]}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: x, labels: {app: client}}
 spec: {nodeName: n1}
-status: {phase: Running, podIP: 10.0.1.10}
+status: {phase: Running, podIPs: [{ip: 10.0.1.10}, {ip: 'fd00:1::10'}]}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: other, namespace: x, labels: {app: other}}
 spec: {nodeName: n2}
-status: {phase: Running, podIP: 10.0.2.10}
+status: {phase: Running, podIPs: [{ip: 10.0.2.10}, {ip: 'fd00:2::10'}]}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: web-1, namespace: x, labels: {app: web}}
 spec: {nodeName: n1}
-status: {phase: Running, podIP: 10.0.1.20}
+status: {phase: Running, podIPs: [{ip: 10.0.1.20}, {ip: 'fd00:1::20'}]}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: web-2, namespace: x, labels: {app: web}}
 spec: {nodeName: n2}
-status: {phase: Running, podIP: 10.0.2.20}
+status: {phase: Running, podIPs: [{ip: 10.0.2.20}, {ip: 'fd00:2::20'}]}
 ---
 apiVersion: v1
 kind: Pod
@@ -77,12 +77,12 @@ status: {phase: Running, podIP: 10.0.1.30}
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: x}
-spec: {type: NodePort, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}
+spec: {type: NodePort, clusterIPs: [10.96.0.10, 'fd00:96::10'], ipFamilies: [IPv4, IPv6], selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: web-local, namespace: x}
-spec: {type: NodePort, clusterIP: 10.96.0.11, externalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30081}]}
+spec: {type: NodePort, clusterIPs: [10.96.0.11, 'fd00:96::11'], ipFamilies: [IPv4, IPv6], externalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30081}]}
 ---
 apiVersion: v1
 kind: Service
@@ -106,6 +106,8 @@ spec:
     - podSelector: {matchLabels: {app: np-client}}
     - ipBlock: {cidr: 172.18.0.2/32}
     - ipBlock: {cidr: 203.0.113.7/32}
+    - ipBlock: {cidr: 'fd00:18::2/128'}
+    - ipBlock: {cidr: '2001:db8::7/128'}
     ports: [{port: 8080}, {port: 5353, protocol: UDP}, {port: 9001, protocol: SCTP}]
 ---
 apiVersion: networking.k8s.io/v1
@@ -138,19 +140,25 @@ struct Case {
     /// Without them.
     control: bool,
     protocol: Protocol,
+    family: Family,
 }
 
 const fn case(from: &'static str, service: &'static str, via: Via_, backend: Option<&'static str>, enforced: bool, control: bool) -> Case {
-    Case { from, service, via, backend, enforced, control, protocol: Protocol::Tcp }
+    Case { from, service, via, backend, enforced, control, protocol: Protocol::Tcp, family: Family::IPv4 }
 }
 
 /// A UDP or SCTP case, to `x/multi`'s port of that protocol.
 const fn multi(from: &'static str, protocol: Protocol, backend: &'static str, enforced: bool) -> Case {
-    Case { from, service: "x/multi", via: Via_::ClusterIp, backend: Some(backend), enforced, control: true, protocol }
+    Case { from, service: "x/multi", via: Via_::ClusterIp, backend: Some(backend), enforced, control: true, protocol, family: Family::IPv4 }
+}
+
+/// The same in IPv6.
+const fn v6(c: Case) -> Case {
+    Case { family: Family::IPv6, ..c }
 }
 
 const HAIRPIN: usize = 15;
-const CASES: [Case; 23] = [
+const CASES: [Case; 28] = [
     // ClusterIP: the backend's policy judges the client.
     case("x/client", "x/web", Via_::ClusterIp, Some("x/web-1"), true, true),
     case("x/client", "x/web", Via_::ClusterIp, Some("x/web-2"), true, true),
@@ -191,6 +199,12 @@ const CASES: [Case; 23] = [
     // pod directly, not through the entry node, and the connection fails
     // with or without policy.
     case("x/client", "x/web-local", Via_::NodePort("n2"), Some("x/web-1"), false, false),
+    // IPv6: kube-proxy's ip6 table.
+    v6(case("x/client", "x/web", Via_::ClusterIp, Some("x/web-2"), true, true)),
+    v6(case("x/other", "x/web", Via_::ClusterIp, Some("x/web-1"), false, true)),
+    v6(case("2001:db8::8", "x/web", Via_::NodePort("n1"), Some("x/web-2"), true, true)),
+    v6(case("2001:db8::7", "x/web", Via_::NodePort("n2"), Some("x/web-1"), false, true)),
+    v6(case("2001:db8::8", "x/web-local", Via_::NodePort("n1"), Some("x/web-1"), false, true)),
 ];
 
 /// Checks on vxlan that the wiring cannot carry, and why.
@@ -199,7 +213,7 @@ fn vxlan_unjudged(i: usize) -> Option<&'static str> {
         // A node's own address to another node's pod.
         4 | 5 => Some("through the VXLAN device"),
         // Masqueraded from the VTEP address.
-        8 | 9 | 21 => Some("VTEP address"),
+        8 | 9 | 21 | 25 | 26 => Some("VTEP address"),
         // Masqueraded by Flannel on the pod's node.
         20 | 22 => Some("Flannel masquerades pod"),
         _ => None,
@@ -207,10 +221,10 @@ fn vxlan_unjudged(i: usize) -> Option<&'static str> {
 }
 
 fn checks(cluster: &Cluster) -> Vec<Check> {
-    let family = Family::IPv4;
     CASES
         .iter()
         .map(|c| {
+            let family = c.family;
             let src = Endpoint::parse(cluster, c.from).unwrap();
             let at = At { pos: Pos { line: 1, col: 1 }, path: format!("{} -> {}", c.from, c.service) };
             let pod = |key: &str| Endpoint::parse(cluster, key).unwrap();
@@ -258,7 +272,7 @@ fn run(cni: Cni) {
     let ir = ir::resolve(&cluster);
     let checks = checks(&cluster);
     let externals = backend::externals(&cluster, &checks);
-    assert!(externals.iter().all(|ip| !ip.to_string().starts_with("10.96.")), "a ClusterIP became an outside host: {externals:?}");
+    assert!(externals.iter().all(|ip| !ip.to_string().starts_with("10.96.") && !ip.to_string().starts_with("fd00:96:")), "a ClusterIP became an outside host: {externals:?}");
     let options = ProbeOptions { timeout: Duration::from_millis(300), attempts: 2, parallel: 64 };
     let hairpin_set = netfence::nft::compile(&cluster, &ir, "n1").sets.contains_key("hairpin4");
 
@@ -277,7 +291,7 @@ fn run(cni: Cni) {
         let probed = t.elapsed();
         let mut wrong = Vec::new();
         for (i, (c, v)) in CASES.iter().zip(&verdicts).enumerate() {
-            let what = format!("{} -> {} via {} backend {:?}", c.from, c.service, checks[i].via.as_ref().map_or("pod".to_string(), |v| format!("{}:{}", v.entry.ip(), v.port)), c.backend);
+            let what = format!("{} -> {} via {} backend {:?}", c.from, c.service, checks[i].via.as_ref().map_or("pod".to_string(), |v| std::net::SocketAddr::new(v.entry.ip(), v.port).to_string()), c.backend);
             let unjudged = if cni == Cni::Vxlan { vxlan_unjudged(i) } else { None };
             match (v, unjudged) {
                 (Err(why), Some(reason)) if why.contains(reason) => continue,
