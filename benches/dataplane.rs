@@ -87,7 +87,7 @@ fn pods(cluster: &Cluster) -> Vec<Endpoint> {
 }
 
 fn spec(from: &Endpoint, to: &Endpoint, protocol: Protocol) -> ProbeSpec {
-    ProbeSpec { from: from.clone(), to: to.clone(), family: Family::IPv4, protocol, port: 80 }
+    ProbeSpec { from: from.clone(), to: to.clone(), family: Family::IPv4, protocol, port: 80, via: None }
 }
 
 fn time(dp: &Dataplane, specs: &[ProbeSpec]) -> Vec<Duration> {

@@ -503,6 +503,7 @@ fn neighbours_resolve_under_the_programs(dp: &Dataplane, cluster: &Cluster) {
             family,
             protocol: Protocol::Tcp,
             port: OPEN_PORT,
+            via: None,
         };
         for pod in cluster.pods.iter().filter(|p| p.node.as_deref() == Some("node-1")) {
             specs.push(spec("node/node-1", &pod.key()));

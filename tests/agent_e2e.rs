@@ -175,7 +175,7 @@ impl Setup {
     /// A TCP flow to port 80 over IPv4, endpoints as the test format writes them.
     fn spec(&self, from: &str, to: &str) -> ProbeSpec {
         let e = |s| Endpoint::parse(&self.cluster, s).unwrap();
-        ProbeSpec { from: e(from), to: e(to), family: Family::IPv4, protocol: Protocol::Tcp, port: 80 }
+        ProbeSpec { from: e(from), to: e(to), family: Family::IPv4, protocol: Protocol::Tcp, port: 80, via: None }
     }
 
     fn allowed(&self, flows: &[(&str, &str)]) -> Vec<bool> {

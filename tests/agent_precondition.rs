@@ -78,7 +78,7 @@ fn bridged_traffic_without_br_netfilter_makes_the_agent_unready() {
     let mut agent = cmd.spawn().unwrap();
 
     let pod = |name: &str| Endpoint::parse(&cluster, name).unwrap();
-    let flow = [ProbeSpec { from: pod("x/a"), to: pod("x/c"), family: Family::IPv4, protocol: Protocol::Tcp, port: 80 }];
+    let flow = [ProbeSpec { from: pod("x/a"), to: pod("x/c"), family: Family::IPv4, protocol: Protocol::Tcp, port: 80, via: None }];
     let allowed = || dp.probe_all(&flow).unwrap()[0].allowed;
     let set = |v: &str| node.sysctl(&[("net/bridge/bridge-nf-call-iptables", v)]).unwrap();
     let failed = "netfence_precondition_failed{reason=\"bridge_nf_call_iptables_off\"}";

@@ -76,7 +76,7 @@ fn all_flows(endpoints: &[(Endpoint, Vec<Family>)], protocols: &[Protocol], port
             for family in from_families.iter().filter(|f| to_families.contains(f)) {
                 for &protocol in protocols {
                     for &port in ports {
-                        specs.push(ProbeSpec { from: from.clone(), to: to.clone(), family: *family, protocol, port });
+                        specs.push(ProbeSpec { from: from.clone(), to: to.clone(), family: *family, protocol, port, via: None });
                     }
                 }
             }
@@ -226,7 +226,7 @@ fn specs_naming_what_the_dataplane_lacks_are_errors() {
     let Some((_serial, cluster)) = setup("dualstack") else { return };
     let dp = Dataplane::build(&cluster, &[], no_ruleset).unwrap();
     let probe = |from: Endpoint, to: Endpoint, family| {
-        let spec = ProbeSpec { from, to, family, protocol: Protocol::Tcp, port: 80 };
+        let spec = ProbeSpec { from, to, family, protocol: Protocol::Tcp, port: 80, via: None };
         dp.probe_all(&[spec]).map(|_| ()).map_err(|e| e.to_string())
     };
     let y_b = || endpoint(&cluster, "y/b");

@@ -63,7 +63,7 @@ fn counters_name_the_rule_that_allowed_and_the_policy_that_denied() {
     counters.register(&mut registry);
 
     let ep = |s: &str| Endpoint::parse(&cluster, s).unwrap();
-    let probe = |from: &str| ProbeSpec { from: ep(from), to: ep("x/a"), family: Family::IPv4, protocol: Protocol::Tcp, port: 80 };
+    let probe = |from: &str| ProbeSpec { from: ep(from), to: ep("x/a"), family: Family::IPv4, protocol: Protocol::Tcp, port: 80, via: None };
     let options = ProbeOptions { timeout: Duration::from_millis(400), attempts: 1, parallel: 2 };
     let results = dp.probe_with(&[probe("x/c"), probe("x/b")], &options).unwrap();
     assert!(results[0].allowed, "x/c -> x/a:80 {}", results[0].detail);

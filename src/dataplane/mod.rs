@@ -14,12 +14,13 @@
 
 pub mod attack;
 pub mod backend;
+pub mod kube_proxy;
 pub mod probe;
 pub mod raw;
 pub mod sctp;
 pub mod topology;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,20 @@ pub struct ProbeSpec {
     pub family: Family,
     pub protocol: Protocol,
     pub port: u16,
+    /// Set when the client does not send to `to` itself but through a
+    /// Service, which kube-proxy's table ([`Dataplane::install_kube_proxy`])
+    /// translates to `to`:`port` (the backend, where the listener is).
+    pub via: Option<ProbeVia>,
+}
+
+/// Where a probe through a Service is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeVia {
+    /// The ClusterIP and Service port, or a node's address and a nodePort.
+    pub addr: SocketAddr,
+    /// `false`: the Service has no backend for this probe, which must not
+    /// be answered; no listener is opened and `to` is not used.
+    pub backend: bool,
 }
 
 /// What the packets said.
@@ -160,16 +175,41 @@ impl Dataplane {
         probe::run(&flows, options)
     }
 
-    /// A spec as the test format would write it: `x/a -> node/node-1 80/TCP IPv4`.
+    /// A spec as the test format would write it: `x/a -> node/node-1 80/TCP IPv4`,
+    /// and through a Service `x/a -> 10.96.0.10:80 -> x/b 8080/TCP IPv4`.
     pub fn describe(&self, spec: &ProbeSpec) -> String {
         let plan = &self.topology.plan;
-        format!("{} -> {} {}/{} {}", plan.name(&spec.from), plan.name(&spec.to), spec.port, spec.protocol, spec.family)
+        let via = match spec.via {
+            Some(ProbeVia { addr, backend: true }) => format!("{addr} -> "),
+            Some(ProbeVia { addr, backend: false }) => return format!("{} -> {addr} (no backend) {} {}", plan.name(&spec.from), spec.protocol, spec.family),
+            None => String::new(),
+        };
+        format!("{} -> {via}{} {}/{} {}", plan.name(&spec.from), plan.name(&spec.to), spec.port, spec.protocol, spec.family)
+    }
+
+    /// Replace every node's kube-proxy tables ([`kube_proxy`]) with the
+    /// Services of `cluster`, each port sent to the backend `pins` name:
+    /// one `nft -f` transaction per node, inside the node's namespace.
+    /// Called between probe rounds; netfence's own table is not touched.
+    pub fn install_kube_proxy(&self, cluster: &Cluster, pins: &kube_proxy::Pins) -> anyhow::Result<()> {
+        for (node, ns) in self.topology.plan.nodes() {
+            let script = kube_proxy::replace_script(cluster, node, pins);
+            topology::nft_script(self.topology.netns(ns), &script)
+                .with_context(|| format!("cannot install kube-proxy's table on node {node}"))?;
+        }
+        Ok(())
     }
 
     /// Why this wiring cannot probe a flow, if it cannot
     /// ([`topology::Plan::cannot_probe`]).
     pub fn cannot_probe(&self, spec: &ProbeSpec) -> Option<String> {
         self.topology.plan.cannot_probe(&spec.from, &spec.to, spec.family)
+    }
+
+    /// Why this wiring cannot carry a flow through a Service as the test
+    /// format judges it, if it cannot ([`topology::Plan::cannot_probe_service`]).
+    pub fn cannot_probe_service(&self, client: &Endpoint, entry_node: Option<&str>, backend_node: Option<&str>, source_nat: bool, family: Family) -> Option<String> {
+        self.topology.plan.cannot_probe_service(client, entry_node, backend_node, source_nat, family)
     }
 
     /// The namespace of a node, for installing or inspecting its ruleset.
@@ -195,7 +235,14 @@ impl Dataplane {
         }
         let plan = &self.topology.plan;
         let Place { ns: src, ip: src_ip } = plan.locate(&spec.from, spec.family)?;
-        let Place { ns: dst, ip: dst_ip } = plan.locate(&spec.to, spec.family)?;
+        let listen = spec.via.is_none_or(|v| v.backend);
+        // Without a backend nothing listens: `to` is not located.
+        let Place { ns: dst, ip: dst_ip } = if listen { plan.locate(&spec.to, spec.family)? } else { Place { ns: src, ip: src_ip } };
+        if let Some(via) = spec.via {
+            if Family::of(&via.addr.ip()) != spec.family {
+                return Err(format!("{} is not an {} address", via.addr.ip(), spec.family));
+            }
+        }
         Ok(probe::Flow {
             src: self.topology.netns(src),
             src_ip,
@@ -203,6 +250,8 @@ impl Dataplane {
             dst_ip,
             protocol: spec.protocol,
             port: spec.port,
+            via: spec.via.map(|v| v.addr),
+            listen,
         })
     }
 

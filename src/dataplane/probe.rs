@@ -44,6 +44,12 @@ pub struct Flow<'a> {
     pub dst_ip: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
+    /// Where the client sends when not to `dst_ip`:`port` (a Service
+    /// address, translated by the node on the way).
+    pub via: Option<SocketAddr>,
+    /// Whether a listener is opened at `dst_ip`:`port` (not for a Service
+    /// without a backend).
+    pub listen: bool,
 }
 
 /// Probe every flow, listeners up first and gone after. `Err` means the
@@ -126,7 +132,7 @@ impl<'a> Workers<'a> {
 
 async fn start_listeners(flows: &[Flow<'_>], workers: &Workers<'_>) -> anyhow::Result<()> {
     let mut wanted: BTreeMap<&str, (&Netns, Wanted)> = BTreeMap::new();
-    for f in flows {
+    for f in flows.iter().filter(|f| f.listen) {
         let (_, w) = wanted.entry(f.dst.name()).or_insert_with(|| (f.dst, Wanted::default()));
         match f.protocol {
             Protocol::Sctp => {
@@ -267,7 +273,7 @@ async fn probe(flow: &Flow<'_>, workers: &Workers<'_>, options: &ProbeOptions) -
 /// One exchange. The outer error: the probe could not be set up. The
 /// inner one: the network did not let it through, and how.
 async fn attempt(flow: &Flow<'_>, workers: &Workers<'_>) -> io::Result<Result<(), String>> {
-    let dst = SocketAddr::new(flow.dst_ip, flow.port);
+    let dst = flow.via.unwrap_or(SocketAddr::new(flow.dst_ip, flow.port));
     let src = SocketAddr::new(flow.src_ip, 0);
     let token = format!("netfence-probe-{}", next_id());
     let outcome = match flow.protocol {

@@ -183,6 +183,17 @@ pub struct Plan {
     /// Every pod's ns/name, by id, for messages.
     pod_keys: Vec<String>,
     outside: Vec<IpAddr>,
+    /// Every Service's ClusterIPs: each node routes them out of its fabric
+    /// link, as a real node's default route does, so that a node's own
+    /// connections to them reach the output hook where kube-proxy
+    /// translates them, and one to a Service without endpoints meets its
+    /// reject (nothing answers there).
+    service_ips: Vec<IpAddr>,
+    /// The pods that back a Service: on a bridge their ports are in
+    /// hairpin mode, as kubelet's `--hairpin-mode hairpin-veth` sets them,
+    /// so a pod reaching itself through its Service gets its packets back
+    /// out of the port they came in by.
+    backends: std::collections::BTreeSet<PodId>,
 }
 
 /// A pod's namespace and addresses.
@@ -224,6 +235,7 @@ impl Plan {
             family,
             protocol: Protocol::Tcp,
             port: WIRING_CHECK_PORT,
+            via: None,
         };
         let mut specs = Vec::new();
         for pod in &self.pod_nss {
@@ -280,6 +292,36 @@ impl Plan {
             format!(
                 "on --cni vxlan, node {src_node}'s address {} reaches pods of node {} only through the VXLAN device, where strict anti-spoofing drops it (Flannel sends from the VTEP address)",
                 src.ip, pod.node
+            )
+        })
+    }
+
+    /// Why this wiring cannot carry a flow through a Service the way the
+    /// test format judges it, if it cannot. On [`Cni::Vxlan`]:
+    /// - NodePort traffic masqueraded to a backend on another node leaves
+    ///   the entry node through the VXLAN device, so masquerade picks the
+    ///   VTEP address (the device's own), not the InternalIP the backend's
+    ///   ingress is judged against;
+    /// - a pod's NodePort traffic to another node is masqueraded by
+    ///   Flannel on its own node (a node address lies outside the pod
+    ///   CIDRs), so a backend there sees the pod's node, not the pod.
+    pub fn cannot_probe_service(&self, client: &Endpoint, entry_node: Option<&str>, backend_node: Option<&str>, source_nat: bool, family: Family) -> Option<String> {
+        if self.cni != Cni::Vxlan {
+            return None;
+        }
+        let entry = entry_node?;
+        if source_nat && backend_node != Some(entry) {
+            return Some(format!(
+                "on --cni vxlan, node {entry} masquerades NodePort traffic to another node's backend through the VXLAN device, from its VTEP address, not its InternalIP (Flannel's source selection)"
+            ));
+        }
+        let src = self.locate(client, family).ok()?;
+        let pod = self.pod_nss.iter().find(|p| p.ns == src.ns)?;
+        (pod.node != entry).then(|| {
+            format!(
+                "on --cni vxlan, Flannel masquerades pod {}'s traffic to node {entry}'s address on node {}, so the backend sees that node, not the pod",
+                self.name(client),
+                pod.node
             )
         })
     }
@@ -431,6 +473,20 @@ pub fn plan(cluster: &Cluster, externals: &[IpAddr], cni: Cni) -> anyhow::Result
         pods,
         pod_keys: cluster.pods.iter().map(|p| p.key()).collect(),
         outside,
+        service_ips: cluster
+            .services
+            .iter()
+            .flat_map(|s| s.cluster_ips.iter().copied())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        backends: cluster
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().flat_map(move |p| [Family::IPv4, Family::IPv6].map(|f| s.backends(cluster, p, f))))
+            .flatten()
+            .filter_map(|b| b.pod)
+            .collect(),
     };
     wire(&mut plan);
     Ok(plan)
@@ -468,6 +524,9 @@ fn wire(plan: &mut Plan) {
         let src = |ip: &IpAddr| node.internal_ip(Family::of(ip));
         let others: Vec<&NodeInfo> = plan.nodes.iter().filter(|(other, _)| *other != name).map(|(_, n)| n).collect();
         for ip in others.iter().flat_map(|n| &n.addrs).chain(&plan.outside) {
+            s.route(IpNet::from(*ip), None, "eth0", src(ip));
+        }
+        for ip in plan.service_ips.iter().filter(|ip| src(ip).is_some()) {
             s.route(IpNet::from(*ip), None, "eth0", src(ip));
         }
         if plan.cni == Cni::Vxlan {
@@ -518,6 +577,9 @@ fn wire(plan: &mut Plan) {
             let veth = format!("p{k}");
             if plan.cni.bridged() {
                 s.line(format!("link set {veth} master {BRIDGE}"));
+                if plan.backends.contains(&pod.id) {
+                    s.line(format!("link set {veth} type bridge_slave hairpin on"));
+                }
                 s.up(&veth);
                 plan.scripts[pod.ns] = bridged_pod_script(&pod.ips, &node.pod_cidrs);
             } else {
@@ -723,7 +785,7 @@ impl Topology {
 }
 
 /// `nft -f -` inside `ns`.
-fn nft_script(ns: &Netns, script: &str) -> anyhow::Result<()> {
+pub(crate) fn nft_script(ns: &Netns, script: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = ns.command("nft")?.args(["-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot run nft")?;
@@ -961,6 +1023,31 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
         assert!(!reason(Endpoint::Ip("192.0.2.10".parse().unwrap()), Endpoint::Pod(0)));
         let routed = plan_of(&bridged_pods(), &[]).unwrap();
         assert!(routed.cannot_probe(&Endpoint::Node("n2".into()), &Endpoint::Pod(0), Family::IPv4).is_none());
+    }
+
+    #[test]
+    fn services_add_routes_and_hairpin_ports() {
+        let svc = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec: {type: NodePort, clusterIPs: [10.96.0.10, 'fd00:96::10'], ipFamilies: [IPv4, IPv6], selector: {app: web}, ports: [{port: 80, nodePort: 30080}]}\n";
+        let pods = [pod("a", "n1", &["10.0.1.5", "fd00:1::5"], ""), pod("b", "n1", &["10.0.1.6"], "").replace("name: b,", "name: b, labels: {app: web},"), svc.to_string()];
+        let plan = plan(&cluster(&pods), &[], Cni::Bridge).unwrap();
+        let text = render(&plan);
+        // Each node routes the ClusterIPs of its families out of the fabric.
+        let node1 = section(&text, "1 Node(\"n1\")\n", "2 Node");
+        assert!(node1.contains("  route add 10.96.0.10/32 dev eth0 src 172.18.0.2\n  route add fd00:96::10/128 dev eth0 src fd00:18::2\n"), "{node1}");
+        let node2 = section(&text, "2 Node(\"n2\")\n", "3 Pod");
+        assert!(node2.contains("route add 10.96.0.10/32 dev eth0 src 172.18.0.3\n") && !node2.contains("fd00:96::10"), "{node2}");
+        // Only the backend's bridge port is in hairpin mode.
+        assert!(node1.contains("  link set p1 master cni0\n  link set p1 type bridge_slave hairpin on\n"), "{node1}");
+        assert_eq!(node1.matches("hairpin").count(), 1, "{node1}");
+        // On vxlan, NodePort traffic masqueraded to another node, and a pod's
+        // NodePort traffic to another node, cannot be carried as judged.
+        let vx = plan_with(&pods, &[], Cni::Vxlan).unwrap();
+        let why = |client: Endpoint, entry, backend, snat| vx.cannot_probe_service(&client, entry, backend, snat, Family::IPv4);
+        assert!(why(Endpoint::Node("n2".into()), Some("n1"), Some("n2"), true).unwrap().contains("VTEP address"));
+        assert!(why(Endpoint::Pod(0), Some("n2"), Some("n2"), false).unwrap().contains("Flannel masquerades pod x/a"));
+        assert_eq!(why(Endpoint::Pod(0), Some("n1"), Some("n1"), true), None);
+        assert_eq!(why(Endpoint::Pod(0), None, Some("n2"), false), None);
+        assert_eq!(plan.cannot_probe_service(&Endpoint::Pod(0), Some("n2"), Some("n1"), true, Family::IPv4), None);
     }
 
     #[test]
