@@ -417,7 +417,8 @@ fn place(cluster: &Cluster, e: &Endpoint) -> Option<(String, bool)> {
 /// - The node's own packets (and a host-network pod's) start at output and
 ///   always leave through postrouting, even to the node itself (loopback,
 ///   then prerouting and input again).
-/// - Traffic from a pod to its own address never leaves the pod.
+/// - Traffic from a pod to its own address never leaves the pod (through
+///   its Service it does: [`hops_via_service`]).
 ///
 /// So pod -> pod on one node is `prerouting forward postrouting`; between
 /// nodes that, then the same on the second node; pod -> its node is
