@@ -725,10 +725,15 @@ mod tests {
                      "elem": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"range": ["172.16.0.0", "172.16.0.255"]}, "192.168.1.5"]}},
             {"set": {"family": "inet", "name": "np4", "table": "netfence", "type": ["ipv4_addr", "inet_proto", "inet_service"], "handle": 8,
                      "elem": [{"concat": ["10.244.1.11", "tcp", 8080]}]}},
+            {"set": {"family": "inet", "name": "hairpin4", "table": "netfence", "type": ["ipv4_addr", "ipv4_addr"], "handle": 9,
+                     "elem": [{"concat": ["10.244.1.11", "10.244.1.11"]}]}},
             {"map": {"family": "inet", "name": "ingress4", "table": "netfence", "type": "ipv4_addr", "handle": 10, "map": "verdict",
                      "elem": [["10.244.1.11", {"accept": null}], ["10.244.1.12", {"jump": {"target": "grp_a"}}]]}},
             {"chain": {"family": "inet", "table": "netfence", "name": "grp_a", "handle": 1}},
             {"chain": {"family": "inet", "table": "netfence", "name": "ingress", "handle": 3, "type": "filter", "hook": "postrouting", "prio": 90, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "netfence", "chain": "grp_a", "handle": 12, "comment": "h", "expr": [
+                {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}}, {"payload": {"protocol": "ip", "field": "daddr"}}]}, "right": "@hairpin4"}},
+                {"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}},
             {"rule": {"family": "inet", "table": "netfence", "chain": "grp_a", "handle": 13, "comment": "c", "expr": [
                 {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@blk4_b"}},
                 {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"set": ["172.18.0.2", {"prefix": {"addr": "10.0.0.0", "len": 8}}]}}},
@@ -758,6 +763,11 @@ mod tests {
 \t\telements = { 10.0.0.0/8, 172.16.0.0/24, 192.168.1.5 }
 \t}
 
+\tset hairpin4 {
+\t\ttype ipv4_addr . ipv4_addr
+\t\telements = { 10.244.1.11 . 10.244.1.11 }
+\t}
+
 \tset np4 {
 \t\ttype ipv4_addr . inet_proto . inet_service
 \t\telements = { 10.244.1.11 . tcp . 8080 }
@@ -769,6 +779,7 @@ mod tests {
 \t}
 
 \tchain grp_a {
+\t\tip saddr . ip daddr @hairpin4 counter accept comment \"h\"
 \t\tip saddr @blk4_b ip saddr != { 10.0.0.0/8, 172.18.0.2 } tcp dport 80 ip daddr . meta l4proto . th dport @np4 counter accept comment \"c\"
 \t}
 

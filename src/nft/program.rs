@@ -1091,6 +1091,14 @@ pub(crate) mod tests {
         check(|p| p.table = "1abc".into(), "not an nft identifier");
         check(|p| p.add_set(addr_set("ingress4", Family::IPv4, &[])), "also a set");
         check(|p| p.table = "a".repeat(MAX_NAME + 1), "not an nft identifier");
+        let pairs = |elements: BTreeSet<Element>| Set { name: "hairpin4".into(), key: KeyType::AddrPair(Family::IPv4), interval: false, elements };
+        check(|p| p.add_set(pairs([Element::AddrPair(v4("10.0.0.1"), v4("fd00::1"))].into())), "does not fit");
+        check(|p| p.add_set(pairs([Element::Addr(v4("10.0.0.1"))].into())), "does not fit");
+        check(
+            |p| p.chains.get_mut("pol_a").unwrap().rules[0].matches.push(Match::AddrPair { family: Family::IPv4, set: "peer4_a".into() }),
+            "address pair match on set \"peer4_a\"",
+        );
+        check(|p| p.chains.get_mut("pol_a").unwrap().rules[0].matches.push(Match::AddrPair { family: Family::IPv4, set: "nope".into() }), "does not exist");
         check(
             |p| p.chains.get_mut("pol_a").unwrap().rules[0].matches.push(Match::CtState(BTreeSet::new())),
             "empty match list",
