@@ -588,7 +588,7 @@ fn refusal(e: ValidationError) -> (Reason, String) {
 
 fn chain_uses_set(c: &Chain, name: &str) -> bool {
     c.rules.iter().flat_map(|r| &r.matches).any(|m| match m {
-        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => s == name,
+        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } | Match::AddrPair { set: s, .. } => s == name,
         _ => false,
     })
 }

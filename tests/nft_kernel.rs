@@ -54,6 +54,7 @@ fn diffs_apply_incrementally() {
     let with_pod = common::compile_with(&base, pod, "node-1");
     let tx = diff(Some(&old), &with_pod);
     assert!(tx.only_elements() && !tx.is_empty(), "a pod add changed more than elements:\n{tx}");
+    assert!(tx.to_string().contains("hairpin4"), "a local pod's hairpin pair is among them:\n{tx}");
     apply_and_verify(&mut k, &tx, &with_pod);
 
     // A policy change: chains rebuilt, sets added and removed.

@@ -361,7 +361,7 @@ pub struct Enforced<'a> {
 }
 
 /// Judges a connection as new against the program in force, on the hooks
-/// where this node judges it ([`interp::hops`], limited to the hooks of
+/// where this node judges it ([`interp::hops_via_service`], limited to the hooks of
 /// [`compile::BASES`]): a local pod's egress at postrouting, or at input
 /// when the backend is one of the node's own addresses; ingress to a local
 /// pod at postrouting. Prerouting's anti-spoofing does not depend on
@@ -409,7 +409,10 @@ impl<'a> Judge<'a> {
     pub fn allows(&self, e: &Entry) -> bool {
         let pkt = e.first_packet();
         let host = Host { addrs: &self.addrs, ..Host::of(self.now.cluster, self.now.node, self.now.program) };
-        interp::hops(self.now.cluster, &self.endpoint(e.client()), &self.endpoint(e.backend()))
+        // Through a Service or not, the same hooks; and a pod's own entry
+        // in the node's table can only be a hairpin (to its own address
+        // directly, its packets never leave it).
+        interp::hops_via_service(self.now.cluster, &self.endpoint(e.client()), &self.endpoint(e.backend()))
             .into_iter()
             .filter(|h| h.node == self.now.node && compile::BASES.iter().any(|b| b.hook == h.hook))
             .all(|h| eval_hook(host, h.hook, &pkt).accepted)

@@ -206,7 +206,7 @@ impl DropLogger {
             Some(Origin::Invalid { .. }) => (vec![], "dropped: part of no connection (ct state invalid)".into()),
             Some(Origin::FailClosed { .. }) => (vec![], "dropped: an address of the node's pod CIDRs that no programmed pod holds (fail closed)".into()),
             Some(Origin::Antispoof) => (vec![], "dropped: its source is not routed back through the interface it came in on (spoofed)".into()),
-            Some(Origin::Allow { .. }) | None => (vec![], format!("dropped by {} rule {} ({}; the program has changed since)", at.chain, at.position, at.kind)),
+            Some(Origin::Allow { .. } | Origin::Hairpin { .. }) | None => (vec![], format!("dropped by {} rule {} ({}; the program has changed since)", at.chain, at.position, at.kind)),
         };
         let series = if policies.is_empty() { vec![String::new()] } else { policies.clone() };
         for policy in series {

@@ -401,6 +401,9 @@ impl Dataplane for NftDataplane {
 /// addresses dispatched to a chain that reads or reaches them; dispatch
 /// elements added, changed or removed, their own address; anything that
 /// every packet crosses, or a change not about addresses, everything.
+/// A hairpin pair (an address with itself) matches only a packet from that
+/// address to itself, wherever it is read: its change affects that address
+/// alone, not every pod dispatched to a chain that reads the set.
 pub fn affected_by(tx: &Transaction, new: &Program) -> Scope {
     let mut sets: HashMap<&str, Option<BTreeSet<IpAddr>>> = HashMap::new();
     let mut chains: HashSet<&str> = HashSet::new();
@@ -412,6 +415,10 @@ pub fn affected_by(tx: &Transaction, new: &Program) -> Scope {
                 sets.insert(name, None);
             }
             Op::AddElements { set, elements } | Op::DeleteElements { set, elements } => {
+                if let Some(ips) = self_pairs(elements) {
+                    out.extend(ips);
+                    continue;
+                }
                 let entry = sets.entry(set).or_insert_with(|| Some(BTreeSet::new()));
                 if let Some(addrs) = entry {
                     match elements.iter().map(address).collect::<Option<Vec<IpAddr>>>() {
@@ -539,8 +546,20 @@ pub fn element_count(p: &Program) -> usize {
 /// purpose: judging a connection that stays allowed costs a lookup, missing
 /// one that is now denied would leave it open.
 pub fn affected(old: &Program, new: &Program) -> Scope {
-    let mut a = Affected { old, new, sets: changed_sets(old, new), dirty: HashMap::new() };
     let mut out = BTreeSet::new();
+    let mut sets = changed_sets(old, new);
+    // Hairpin pairs: their own address only (see [`affected_by`]).
+    sets.retain(|name, _| match (old.sets.get(*name), new.sets.get(*name)) {
+        (Some(o), Some(n)) if o.same_declaration(n) => match self_pairs(o.elements.symmetric_difference(&n.elements)) {
+            Some(ips) => {
+                out.extend(ips);
+                false
+            }
+            None => true,
+        },
+        _ => true,
+    });
+    let mut a = Affected { old, new, sets, dirty: HashMap::new() };
     // Every packet's part: base chains and what they jump to directly.
     let mut stack: Vec<&str> =
         old.chains.values().chain(new.chains.values()).filter(|c| c.base.is_some()).map(|c| c.name.as_str()).collect();
@@ -593,10 +612,24 @@ pub fn affected(old: &Program, new: &Program) -> Scope {
     Scope::Addrs(out)
 }
 
+/// The addresses of `elements` when every one is an address paired with
+/// itself (a hairpin pair, which matches only a packet from that address to
+/// itself).
+fn self_pairs<'e>(elements: impl IntoIterator<Item = &'e Element>) -> Option<BTreeSet<IpAddr>> {
+    elements
+        .into_iter()
+        .map(|e| match e {
+            Element::AddrPair(a, b) if a == b => Some(*a),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The address an element is about, if it is about one.
 fn address(e: &Element) -> Option<IpAddr> {
     match e {
         Element::Addr(ip) | Element::AddrProtoPort(ip, _, _) => Some(*ip),
+        Element::AddrPair(a, b) if a == b => Some(*a),
         _ => None,
     }
 }
@@ -604,7 +637,7 @@ fn address(e: &Element) -> Option<IpAddr> {
 /// The sets a rule's matches read.
 fn reads(matches: &[Match]) -> impl Iterator<Item = &str> {
     matches.iter().filter_map(|m| match m {
-        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => Some(s.as_str()),
+        Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } | Match::AddrPair { set: s, .. } => Some(s.as_str()),
         _ => None,
     })
 }
@@ -886,6 +919,27 @@ spec:
         let addrs = |v: &[&str]| Scope::Addrs(v.iter().map(|s| s.parse().unwrap()).collect());
         assert_eq!(affected(&with(&["10.0.0.1", "10.0.0.2"], false), &with(&["10.0.0.2", "10.0.0.3"], false)), addrs(&["10.0.0.1", "10.0.0.3"]));
         assert_eq!(affected(&with(&["10.0.0.0/24"], true), &with(&["10.0.1.0/24"], true)), Scope::All);
+    }
+
+    /// A local pod's hairpin pair is read by every group chain; its change
+    /// is still that pod's alone, not every isolated pod's.
+    #[test]
+    fn a_hairpin_pair_affects_its_own_pod_only() {
+        let one = |s: &str| Scope::Addrs([s.parse().unwrap()].into());
+        // x/c is isolated by the same policy as x/a: the same group chain.
+        let c = pod("c", "n1", "10.0.1.3", "a");
+        assert_eq!(affected(&program(""), &program(&c)), one("10.0.1.3"));
+        assert_eq!(affected(&program(&c), &program("")), one("10.0.1.3"));
+        let mut dp = NftDataplane::new("n1", Box::new(FakeKernel::default()));
+        dp.sync(&cluster(""), true).unwrap();
+        for (extra, ip) in [(c.clone(), "10.0.1.3"), (pod("c", "n1", "10.0.1.4", "a"), "10.0.1.4"), (String::new(), "10.0.1.4")] {
+            let r = dp.sync(&cluster(&extra), false).unwrap();
+            let tx_pairs = r.changes.as_ref().unwrap().new.sets["hairpin4"].elements.len();
+            assert_eq!(tx_pairs, if extra.is_empty() { 2 } else { 3 });
+            let scope = r.changes.unwrap().scope;
+            let Scope::Addrs(got) = &scope else { panic!("{scope:?}") };
+            assert!(got.contains(&ip.parse().unwrap()) && !got.contains(&"10.0.1.1".parse().unwrap()), "{extra}: {scope:?}");
+        }
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl RuleCounters {
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "rule_packets",
-            "Packets counted by netfence's rules, by policy (namespace/name; empty for drops no policy makes), direction and rule (its index in the policy's list, or isolated, invalid, fail-closed, antispoof); a default deny counts under each isolating policy",
+            "Packets counted by netfence's rules, by policy (namespace/name; empty for drops no policy makes), direction and rule (its index in the policy's list, or isolated, invalid, fail-closed, antispoof, hairpin); a default deny counts under each isolating policy",
             self.packets.clone(),
         );
         r.register("rule_bytes", "Bytes counted by netfence's rules, labelled as netfence_rule_packets", self.bytes.clone());
@@ -374,7 +374,9 @@ spec:
         assert_eq!(value(&text, "netfence_rule_packets_total", "", "egress", "fail-closed"), Some(0), "{text}");
         // Bounded: one series per policy rule and drop kind, not per nft rule.
         let series = text.lines().filter(|l| l.starts_with("netfence_rule_packets_total{")).count();
-        assert_eq!(series, 3 + 2 * 2 + 1, "{text}");
+        // x/web's rules 0, 1 and isolated; invalid and fail-closed per
+        // direction; antispoof; hairpin (ingress: x/web isolates ingress).
+        assert_eq!(series, 3 + 2 * 2 + 1 + 1, "{text}");
 
         // Reading again adds only what is new.
         h.hit(&allow0, 1);

@@ -252,7 +252,7 @@ fn net_of(e: &Element) -> Option<IpNet> {
     match e {
         Element::Addr(ip) => Some(host(*ip)),
         Element::Net(n) => Some(*n),
-        Element::AddrProtoPort(..) => None,
+        Element::AddrProtoPort(..) | Element::AddrPair(..) => None,
     }
 }
 
@@ -291,6 +291,20 @@ fn expand(p: &Program, r: &Rule, local: Option<&BTreeSet<IpAddr>>, extra: &mut V
                                 addr(*family, AddrField::Daddr, [host(*ip)]),
                                 Match::Proto { proto: *proto, dport: Some(PortRange { lo: *port, hi: *port }) },
                             ]),
+                            _ => None,
+                        })
+                        .collect(),
+                );
+            }
+            // One rule per pair, as iptables would write a hairpin
+            // exemption (`-s P -d P`).
+            Match::AddrPair { family, set } => {
+                let elements = p.sets.get(set).map(|s| s.elements.iter().collect::<Vec<_>>()).unwrap_or_default();
+                stages.push(
+                    elements
+                        .into_iter()
+                        .filter_map(|e| match e {
+                            Element::AddrPair(a, b) => Some(vec![addr(*family, AddrField::Saddr, [host(*a)]), addr(*family, AddrField::Daddr, [host(*b)])]),
                             _ => None,
                         })
                         .collect(),

@@ -77,9 +77,9 @@
 //!   port` sets, one rule per protocol. Without cluster policies in a
 //!   tier and direction, nothing of this exists and the program is what
 //!   it was.
-//! - A group chain per distinct list of isolating policies: it jumps to each
-//!   policy's rule chain in order, then drops. Chains grow with policies,
-//!   never with pods.
+//! - A group chain per distinct list of isolating policies: it accepts
+//!   hairpin traffic (below), jumps to each policy's rule chain in order,
+//!   then drops. Chains grow with policies, never with pods.
 //! - A rule chain per policy and direction: one rule per (rule, peer, port),
 //!   counted, with a comment naming its source, accepting. Selector peers
 //!   are hash sets of pod addresses named from the selector's definition and
@@ -106,6 +106,38 @@
 //! node's network namespace (docs/benchmarks.md measures against that
 //! baseline). Connections a policy change no longer allows are cut by the
 //! agent (`--established cut`); this program alone would let them run on.
+//!
+//! Hairpin. A pod reaching itself through its own Service (kube-proxy
+//! rewrites the ClusterIP to the pod, the packet leaves the pod through its
+//! interface and is routed back into it) is allowed by the NetworkPolicy
+//! tier whatever policies isolate the pod: "a pod cannot block access to
+//! itself" (docs/policy-test-format-services.md, point 5). Both judging
+//! chains on postrouting run before kube-proxy's masquerade (srcnat 100),
+//! so both see the pod as source and destination. Two sets, `hairpin4`
+//! (`ipv4_addr . ipv4_addr`) and `hairpin6`, hold every local pod's
+//! address paired with itself, and every group chain (reached only when
+//! the pod is isolated in that direction) begins `ip saddr . ip daddr
+//! @hairpin4 counter accept` (and the `ip6` one): one lookup of the
+//! concatenation, elements per pod, never rules. The sets are declared on
+//! every node, empty without local pods, so pods coming and going change
+//! elements only. Cluster policies still judge it: the Admin tier runs
+//! before the dispatch, and a pod no NetworkPolicy isolates goes to the
+//! Baseline tier as before (its dispatch never reaches a group chain).
+//! What it cannot open: an element matches only a packet whose source and
+//! destination are both one local pod's address. A pod sending to its own
+//! address directly never leaves its namespace; any other packet claiming
+//! a local pod's address as its source must come in through that pod's
+//! interface, or anti-spoofing (below) drops it at prerouting: another
+//! pod forging it, the network claiming it: a packet claiming P's address
+//! towards P from any interface but P's own. So on a routed CNI only the
+//! pod itself can produce a pair, and what it reaches is itself. On a
+//! bridge CNI, where anti-spoofing cannot tell two pods of one bridge
+//! apart (below), a pod that forges a neighbour's address can already pass
+//! whatever admits that neighbour; the exemption adds the neighbour
+//! itself to that: a forged packet from P to P gets into P (one way: the
+//! answer goes to P itself, and an IPv4 packet arriving with P's own
+//! address as its source is dropped by P's kernel as a martian unless
+//! `accept_local` is on).
 //!
 //! Anti-spoofing. A base chain on prerouting at raw - 10 (before conntrack
 //! and any DNAT, so a forged packet never creates or matches state) drops
@@ -200,6 +232,10 @@ pub fn compile_with_origins(cluster: &Cluster, ir: &Ir, node: &str) -> (Program,
         .filter(|(_, p)| p.is_policy_pod() && node_of(p) == node)
         .map(|(id, _)| id)
         .collect();
+    for f in FAMILIES {
+        let pairs = local.iter().filter_map(|&id| cluster.pods[id].ip(f)).map(|ip| Element::AddrPair(ip, ip)).collect();
+        c.p.add_set(Set::of(hairpin_set_name(f), KeyType::AddrPair(f), false, pairs));
+    }
     let node = cluster.nodes.get(node);
     for dir in Direction::BOTH {
         c.direction(dir, &local, node);
@@ -329,10 +365,27 @@ pub(crate) fn group_name(dir: Direction, keys: &[String]) -> String {
     format!("grp_{}_{}", dir_prefix(dir), short_hash(&keys.join("\n")))
 }
 
-/// The rules of a group chain: a jump to each policy's rule chain (`None`
-/// for a policy without rules in `dir`), in order, then the drop.
+/// The set of every local pod's address in family `f` paired with itself
+/// (`hairpin4`, `hairpin6`): declared on every node, empty without local
+/// pods, so that pods coming and going change its elements only.
+pub(crate) fn hairpin_set_name(f: Family) -> String {
+    format!("hairpin{}", fam_digit(f))
+}
+
+/// The rules of a group chain: the hairpin exemption (a pod reaching
+/// itself through a Service; see the module doc, "Hairpin"), a jump to each
+/// policy's rule chain (`None` for a policy without rules in `dir`), in
+/// order, then the drop.
 pub(crate) fn group_rules(dir: Direction, keys: &[String], chains: impl IntoIterator<Item = Option<String>>) -> Rules {
-    let mut rules: Rules = chains.into_iter().flatten().map(|c| (Rule::verdict(vec![], Verdict::Jump(c)), None)).collect();
+    let mut rules: Rules = FAMILIES
+        .into_iter()
+        .map(|f| {
+            let m = Match::AddrPair { family: f, set: hairpin_set_name(f) };
+            let rule = Rule::verdict(vec![m], Verdict::Accept).counted(format!("{dir}: hairpin, a pod reaching itself through a Service"));
+            (rule, Some(Origin::Hairpin { dir }))
+        })
+        .collect();
+    rules.extend(chains.into_iter().flatten().map(|c| (Rule::verdict(vec![], Verdict::Jump(c)), None)));
     let deny = Rule::verdict(vec![], Verdict::Drop).counted(comment(&keys.join(","), &format!(" {dir}: isolated, no rule allowed")));
     rules.push((deny, Some(Origin::Isolated { policies: keys.to_vec(), dir })));
     rules
@@ -895,6 +948,15 @@ pub(crate) mod tests {
         p
     }
 
+    /// The hairpin exemption at the top of every group chain of `dir`.
+    fn hairpin(dir: &str) -> String {
+        format!(
+            "ip saddr . ip daddr @hairpin4 counter accept comment \"{dir}: hairpin, a pod reaching itself through a Service\"
+ip6 saddr . ip6 daddr @hairpin6 counter accept comment \"{dir}: hairpin, a pod reaching itself through a Service\"
+"
+        )
+    }
+
     fn chain_text(p: &Program, name: &str) -> String {
         p.chains[name].rules.iter().map(|r| format!("{r}\n")).collect()
     }
@@ -976,9 +1038,12 @@ fib saddr . iif oif missing counter drop comment \"antispoof: source not routed 
         };
         assert_eq!(
             chain_text(&p, &grp),
-            "jump ing_x_web
+            format!(
+                "{}jump ing_x_web
 counter drop comment \"x/web ingress: isolated, no rule allowed\"
-"
+",
+                hairpin("ingress")
+            )
         );
         let pod4 = p.sets.keys().find(|k| k.starts_with("pod4_")).unwrap().clone();
         let pod6 = p.sets.keys().find(|k| k.starts_with("pod6_")).unwrap().clone();
@@ -1025,11 +1090,11 @@ counter accept comment \"x/web ingress rule 1\"
         assert_eq!(v("egress4", "10.244.1.11"), Verdict::Accept);
         let Verdict::Jump(ya) = v("egress4", "10.244.1.21") else { panic!() };
         assert_eq!(v("egress4", "10.244.1.22"), Verdict::Jump(ya.clone()), "same group, same chain");
-        assert_eq!(chain_text(&p, &ya), "counter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n");
+        assert_eq!(chain_text(&p, &ya), format!("{}counter drop comment \"y/deny-out egress: isolated, no rule allowed\"\n", hairpin("egress")));
         let Verdict::Jump(xa) = xa else { panic!() };
         assert_eq!(
             chain_text(&p, &xa),
-            "jump ing_x_allow-a\ncounter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n"
+            format!("{}jump ing_x_allow-a\ncounter drop comment \"x/allow-a,x/deny ingress: isolated, no rule allowed\"\n", hairpin("ingress"))
         );
     }
 
@@ -1107,6 +1172,44 @@ spec:
         assert!(!node1("").chains.keys().any(|c| c.starts_with("cnp_")));
     }
 
+    /// Hairpin: every local pod's address paired with itself, per family,
+    /// in sets declared on every node (empty without local pods), read by
+    /// one rule per family at the top of every group chain, so that NPs
+    /// never block a pod reaching itself through its Service; other nodes'
+    /// pods, host-network pods and non-running pods give no pair.
+    #[test]
+    fn hairpin_pairs_and_rules() {
+        let extra = format!(
+            "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: h, namespace: x}}\nspec: {{nodeName: node-1, hostNetwork: true}}\nstatus: {{podIP: 172.18.0.2}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: d6, namespace: x, labels: {{pod: d}}}}\nspec: {{nodeName: node-1}}\nstatus: {{podIP: 10.244.1.99, podIPs: [{{ip: 10.244.1.99}}, {{ip: 'fd00:1::99'}}]}}\n",
+            np("x", "deny", "{podSelector: {}, policyTypes: [Ingress, Egress]}")
+        );
+        let p = node1(&extra);
+        let pairs = |f: &str| p.sets[f].elements.iter().map(render_element).collect::<Vec<_>>().join(" ");
+        let local: BTreeSet<std::net::IpAddr> =
+            cluster(&extra).pods.iter().filter(|q| q.is_policy_pod() && node_of(q) == "node-1").filter_map(|q| q.ip(Family::IPv4)).collect();
+        assert_eq!(local.len(), 7, "x/a, x/c, y/a, y/c, z/a, z/c and x/d6");
+        assert_eq!(pairs("hairpin4"), local.iter().map(|ip| format!("{ip} . {ip}")).collect::<Vec<_>>().join(" "));
+        assert!(pairs("hairpin4").contains("10.244.1.99 . 10.244.1.99") && !pairs("hairpin4").contains("172.18.0.2"));
+        assert_eq!(pairs("hairpin6"), "fd00:1::99 . fd00:1::99");
+        assert_eq!(p.sets["hairpin4"].key, KeyType::AddrPair(Family::IPv4));
+        let groups: Vec<&Chain> = p.chains.values().filter(|c| c.name.starts_with("grp_")).collect();
+        assert_eq!(groups.len(), 2);
+        for g in groups {
+            let dir = if g.name.starts_with("grp_ing") { "ingress" } else { "egress" };
+            assert!(chain_text(&p, &g.name).starts_with(&hairpin(dir)), "{}", chain_text(&p, &g.name));
+        }
+        // No other chain reads them: a pod not isolated is accepted anyway,
+        // and the cluster-policy tiers judge hairpin traffic as any other.
+        for c in p.chains.values().filter(|c| !c.name.starts_with("grp_")) {
+            assert!(!c.rules.iter().flat_map(|r| &r.matches).any(|m| matches!(m, Match::AddrPair { .. })), "{}", c.name);
+        }
+        // A node without pods declares them empty.
+        let c = cluster("");
+        let empty = compile(&c, &crate::ir::resolve(&c), "node-9");
+        assert!(empty.sets["hairpin4"].elements.is_empty() && empty.sets["hairpin6"].elements.is_empty());
+        empty.validate().unwrap();
+    }
+
     /// Pod churn changes elements only: the promise that keeps a sync in
     /// milliseconds at any scale.
     #[test]
@@ -1167,7 +1270,7 @@ spec:
                 kinds.insert(std::mem::discriminant(o));
             }
         }
-        assert_eq!(kinds.len(), 5, "allow, isolated, invalid, fail closed and antispoof all appear");
+        assert_eq!(kinds.len(), 6, "allow, isolated, invalid, fail closed, antispoof and hairpin all appear");
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum Origin {
     FailClosed { dir: Direction },
     /// A source not routed back through its interface.
     Antispoof,
+    /// A local pod reaching itself through a Service (hairpin), which no
+    /// NetworkPolicy can block: accepted at the top of a group chain.
+    Hairpin { dir: Direction },
     /// Rule `rule` of cluster policy `policy` (its key: `name`, `anp:name`,
     /// `banp:default`) in `dir`, whose action is `action`.
     Cluster { policy: String, dir: Direction, rule: usize, action: crate::model::cluster_policy::Action },
@@ -42,7 +45,7 @@ impl Origin {
     /// Whether the rule drops.
     pub fn drops(&self) -> bool {
         match self {
-            Origin::Allow { .. } => false,
+            Origin::Allow { .. } | Origin::Hairpin { .. } => false,
             Origin::Cluster { action, .. } => *action == crate::model::cluster_policy::Action::Deny,
             _ => true,
         }
@@ -55,6 +58,7 @@ impl Origin {
             | Origin::Isolated { dir, .. }
             | Origin::Invalid { dir }
             | Origin::FailClosed { dir }
+            | Origin::Hairpin { dir }
             | Origin::Cluster { dir, .. } => Some(*dir),
             Origin::Antispoof => None,
         }
@@ -74,6 +78,7 @@ impl Origin {
             Origin::Invalid { .. } => vec![one("", "invalid".into())],
             Origin::FailClosed { .. } => vec![one("", "fail-closed".into())],
             Origin::Antispoof => vec![one("", "antispoof".into())],
+            Origin::Hairpin { .. } => vec![one("", "hairpin".into())],
         }
     }
 }
@@ -84,7 +89,8 @@ pub type Origins = BTreeMap<String, Vec<Option<Origin>>>;
 
 /// One metrics series: `policy` is `namespace/name` (empty for drops that
 /// belong to no policy), `rule` the rule's index in the policy's list for
-/// `direction`, or `isolated`, `invalid`, `fail-closed`, `antispoof`.
+/// `direction`, or `isolated`, `invalid`, `fail-closed`, `antispoof`,
+/// `hairpin`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Series {
     pub policy: String,
@@ -172,6 +178,8 @@ mod tests {
         check(Origin::Invalid { dir: Direction::Ingress }, &[("", "ingress", "invalid")]);
         check(Origin::FailClosed { dir: Direction::Egress }, &[("", "egress", "fail-closed")]);
         check(Origin::Antispoof, &[("", "", "antispoof")]);
+        check(Origin::Hairpin { dir: Direction::Ingress }, &[("", "ingress", "hairpin")]);
+        assert!(!Origin::Hairpin { dir: Direction::Egress }.drops());
         assert!(!Origin::Allow { policy: "x/web".into(), dir: Direction::Ingress, rule: 0 }.drops());
         assert!(Origin::Antispoof.drops());
     }

@@ -143,7 +143,7 @@ fn refers_to(c: &Chain, sets: &BTreeSet<&str>, maps: &BTreeSet<&str>, limits: &B
     c.rules.iter().any(|r| {
         let vmap = matches!(&r.action, Action::Vmap { map, .. } if maps.contains(map.as_str()));
         vmap || r.matches.iter().any(|m| match m {
-            Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } => sets.contains(s.as_str()),
+            Match::Addr { rhs: AddrMatch::Set(s), .. } | Match::NamedPort { set: s, .. } | Match::AddrPair { set: s, .. } => sets.contains(s.as_str()),
             Match::Limit(l) => limits.contains(l.as_str()),
             _ => false,
         })

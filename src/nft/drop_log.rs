@@ -65,6 +65,7 @@ pub fn kind(origin: &Origin) -> &'static str {
         Origin::Antispoof => "antispoof",
         Origin::Cluster { .. } => "cluster",
         Origin::Allow { .. } => "allow",
+        Origin::Hairpin { .. } => "hairpin",
     }
 }
 

@@ -66,7 +66,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::compile::{
-    self, add_chain, base_rules, group_name, group_rules, map_name, named_port_element, named_port_member, node_of, policy_chain, Fill, Names,
+    self, add_chain, base_rules, group_name, group_rules, hairpin_set_name, map_name, named_port_element, named_port_member, node_of, policy_chain, Fill, Names,
     PolicyChain, SetRef, BASES, FAMILIES,
 };
 use super::counters::Origins;
@@ -337,6 +337,9 @@ impl Incremental {
             journal: Journal::default(),
             collided: false,
         };
+        for f in FAMILIES {
+            Arc::make_mut(&mut e.program).add_set(Set::of(hairpin_set_name(f), KeyType::AddrPair(f), false, BTreeSet::new()));
+        }
         for dir in Direction::BOTH {
             for f in FAMILIES {
                 Arc::make_mut(&mut e.program).add_map(Map { name: map_name(dir, f), key: KeyType::Addr(f), elements: BTreeMap::new() });
@@ -738,8 +741,19 @@ impl Incremental {
         }
     }
 
-    /// Set the dispatch of `ips` in both directions from their owners.
+    /// Set the dispatch of `ips` in both directions from their owners, and
+    /// their hairpin pairs (present while a local pod holds the address).
     fn dispatch(&mut self, ips: &BTreeSet<IpAddr>) {
+        for ip in ips {
+            let name = hairpin_set_name(Family::of(ip));
+            let e = Element::AddrPair(*ip, *ip);
+            let want = self.owners.contains_key(ip);
+            let Some(s) = Arc::make_mut(&mut self.program).sets.get_mut(&name) else { continue };
+            let changed = if want { s.elements.insert(e) } else { s.elements.remove(&e) };
+            if changed {
+                self.journal.set_element(&name, e, want);
+            }
+        }
         for dir in Direction::BOTH {
             for ip in ips {
                 let owner = self.owners.get(ip).and_then(|o| o.iter().next_back());
@@ -1236,9 +1250,10 @@ mod tests {
         }
     }
 
-    /// Sample flows between the cluster's pods: the verdicts both programs
-    /// give through the node.
-    fn verdicts(c: &Cluster, p: &Program, rng: &mut Rng) -> Vec<Option<bool>> {
+    /// Sample flows between the cluster's pods, and of each source to
+    /// itself through a Service (hairpin): the verdicts both programs give
+    /// through the node.
+    fn verdicts(c: &Cluster, p: &Program, rng: &mut Rng) -> Vec<(Option<bool>, Option<bool>)> {
         let pods: Vec<usize> = (0..c.pods.len()).filter(|&i| c.pods[i].takes_part() && c.pods[i].node.is_some()).collect();
         if pods.is_empty() {
             return Vec::new();
@@ -1248,7 +1263,9 @@ mod tests {
                 let (src, dst) = (rng.pick(&pods), rng.pick(&pods));
                 let flow = Flow { src: Endpoint::Pod(src), dst: Endpoint::Pod(dst), protocol: Protocol::Tcp, port: 80, family: None };
                 let family = rng.pick(&[Family::IPv4, Family::IPv6]);
-                interp::flow_verdict(c, &|n| (n == NODE).then_some(p), &flow, family).map(|t| t.allowed)
+                let direct = interp::flow_verdict(c, &|n| (n == NODE).then_some(p), &flow, family).map(|t| t.allowed);
+                let hairpin = Flow { dst: Endpoint::Pod(src), ..flow };
+                (direct, interp::flow_verdict_via_service(c, &|n| (n == NODE).then_some(p), &hairpin, family).map(|t| t.allowed))
             })
             .collect()
     }
@@ -1258,8 +1275,8 @@ mod tests {
     /// by comparing snapshots (engine `b`): after every step both programs
     /// are the full path's, byte for byte, with the same origins, and each
     /// commit is the full path's diff.
-    fn check_seed(seed: u64, steps: usize) -> [usize; 4] {
-        let mut seen = [0; 4];
+    fn check_seed(seed: u64, steps: usize) -> [usize; 5] {
+        let mut seen = [0; 5];
         let mut rng = Rng::new(seed, 7);
         let mut w = World::default();
         let mut a = Incremental::new(&w.cluster(), NODE);
@@ -1280,7 +1297,7 @@ mod tests {
             prev_a = full.clone();
             let filled = |prefix: &str| full.sets.values().any(|s| s.name.starts_with(prefix) && !s.elements.is_empty());
             let jumps = full.maps.values().flat_map(|m| m.elements.values()).any(|v| matches!(v, Verdict::Jump(_)));
-            for (i, yes) in [filled("pod"), filled("np"), jumps, w.pods.len() > 8].into_iter().enumerate() {
+            for (i, yes) in [filled("pod"), filled("np"), jumps, w.pods.len() > 8, filled("hairpin")].into_iter().enumerate() {
                 seen[i] += usize::from(yes);
             }
             if rng.percent(40) {
@@ -1305,7 +1322,8 @@ mod tests {
         for seed in 1..=seeds {
             let seen = check_seed(seed, 400);
             // The sequences reach what matters: filled selector and
-            // named-port sets, isolated local pods, a crowded cluster.
+            // named-port sets, isolated local pods, a crowded cluster,
+            // local pods' hairpin pairs (their addresses change too).
             assert!(seen.iter().all(|&n| n > 40), "seed {seed}: {seen:?}");
         }
     }

@@ -348,6 +348,10 @@ fn matches(host: Host<'_>, m: &Match, pkt: &Packet) -> bool {
             }
             _ => false,
         },
+        // One lookup of the concatenation: both fields at once, exactly.
+        Match::AddrPair { family, set } => {
+            pkt.family() == *family && p.sets.get(set).is_some_and(|s| s.elements.contains(&Element::AddrPair(pkt.src, pkt.dst)))
+        }
         Match::Icmpv6Type(types) => match pkt.l4 {
             L4::Icmpv6 { ty } => pkt.family() == Family::IPv6 && types.iter().any(|t| t.code() == ty),
             _ => false,
@@ -413,7 +417,8 @@ fn place(cluster: &Cluster, e: &Endpoint) -> Option<(String, bool)> {
 /// - The node's own packets (and a host-network pod's) start at output and
 ///   always leave through postrouting, even to the node itself (loopback,
 ///   then prerouting and input again).
-/// - Traffic from a pod to its own address never leaves the pod.
+/// - Traffic from a pod to its own address never leaves the pod (through
+///   its Service it does: [`hops_via_service`]).
 ///
 /// So pod -> pod on one node is `prerouting forward postrouting`; between
 /// nodes that, then the same on the second node; pod -> its node is
@@ -464,6 +469,23 @@ pub fn hops(cluster: &Cluster, src: &Endpoint, dst: &Endpoint) -> Vec<Hop> {
     out
 }
 
+/// The hooks a connection's first packet crosses from `src` to `dst`
+/// when the client sends to a Service that kube-proxy rewrites (DNAT) to
+/// `dst` before anything judges it: those of [`hops`], except that a pod
+/// reaching itself this way (hairpin) leaves through its own interface and
+/// comes back, crossing its node's `prerouting forward postrouting` with
+/// itself as both source and destination (kube-proxy's masquerade, which
+/// lets the pod accept it, runs after every judging chain).
+pub fn hops_via_service(cluster: &Cluster, src: &Endpoint, dst: &Endpoint) -> Vec<Hop> {
+    match (src, dst) {
+        (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b && cluster.pods[*a].is_policy_pod() => {
+            let node = super::compile::node_of(&cluster.pods[*a]);
+            [Hook::Prerouting, Hook::Forward, Hook::Postrouting].into_iter().map(|hook| Hop { node: node.to_string(), hook }).collect()
+        }
+        _ => hops(cluster, src, dst),
+    }
+}
+
 /// Where a packet from `e` comes into the first node it meets at
 /// prerouting: a pod through its own interface, anything else off the wire
 /// (a node's own packets start at output, and loop back as [`Iif::Local`]).
@@ -487,6 +509,29 @@ pub fn flow_verdict<'p>(
     programs: &dyn Fn(&str) -> Option<&'p Program>,
     flow: &Flow,
     family: Family,
+) -> Option<FlowTrace> {
+    flow_verdict_on(cluster, programs, flow, family, hops)
+}
+
+/// [`flow_verdict`] for a connection through a Service rewritten to
+/// `flow.dst` (`flow.port` being the backend's port): the hooks of
+/// [`hops_via_service`], so a pod reaching itself (hairpin) is judged by
+/// its node on the way out and back in.
+pub fn flow_verdict_via_service<'p>(
+    cluster: &Cluster,
+    programs: &dyn Fn(&str) -> Option<&'p Program>,
+    flow: &Flow,
+    family: Family,
+) -> Option<FlowTrace> {
+    flow_verdict_on(cluster, programs, flow, family, hops_via_service)
+}
+
+fn flow_verdict_on<'p>(
+    cluster: &Cluster,
+    programs: &dyn Fn(&str) -> Option<&'p Program>,
+    flow: &Flow,
+    family: Family,
+    hops: fn(&Cluster, &Endpoint, &Endpoint) -> Vec<Hop>,
 ) -> Option<FlowTrace> {
     let packet = Packet::new(flow.src.ip(cluster, family)?, flow.dst.ip(cluster, family)?, flow.protocol, flow.port);
     let tracks: BTreeMap<String, Conntrack> = hops(cluster, &flow.src, &flow.dst).into_iter().map(|h| (h.node, Conntrack::default())).collect();
@@ -760,6 +805,51 @@ mod tests {
         let from_b = |l4| Packet { l4, ..tcp("10.244.2.11", "10.244.1.11", 0) };
         assert!(verdict(from_b(L4::Icmp { ty: 8 })));
         assert!(verdict(from_b(L4::Other(47))), "GRE");
+    }
+
+    /// Hairpin: a pod isolated both ways, whose rules do not admit itself,
+    /// reaches itself through its Service (out through its node and back:
+    /// both judging chains see it as source and destination), while another
+    /// pod's packets to it are still judged; only the exact pair matches.
+    #[test]
+    fn hairpin_through_a_service_is_allowed() {
+        let c = crate::nft::compile::tests::cluster(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress, Egress], ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 81}]}], egress: [{to: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 81}]}]}\n",
+        );
+        let programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
+        let flow = |from: &str, to: &str, port| Flow {
+            src: Endpoint::parse(&c, from).unwrap(),
+            dst: Endpoint::parse(&c, to).unwrap(),
+            protocol: Protocol::Tcp,
+            port,
+            family: None,
+        };
+        let via = |f: &Flow| flow_verdict_via_service(&c, &|n| programs.get(n), f, Family::IPv4).unwrap();
+        let t = via(&flow("x/a", "x/a", 80));
+        let hooks: Vec<String> = t.hops.iter().map(|h| format!("{}:{}", h.hop.node, h.hop.hook.name())).collect();
+        assert_eq!(hooks.join(" "), "node-1:prerouting node-1:forward node-1:postrouting");
+        assert!(t.allowed, "{t:#?}");
+        let by: Vec<&str> = t.hops[2].eval.as_ref().unwrap().path.iter().map(String::as_str).collect();
+        assert_eq!(by.iter().filter(|p| p.starts_with("grp_") && p.ends_with("[0]")).count(), 2, "egress and ingress hairpin rules: {by:?}");
+        // Another local pod, and the same pod of another namespace: judged.
+        assert!(!via(&flow("x/c", "x/a", 80)).allowed);
+        assert!(!via(&flow("y/a", "x/a", 80)).allowed);
+        assert!(!via(&flow("x/a", "x/c", 80)).allowed, "a's egress to another pod");
+        assert!(via(&flow("x/b", "x/a", 81)).allowed, "what the rules admit still passes");
+        // Directly to its own address the packet never leaves the pod.
+        assert!(flow_verdict(&c, &|n| programs.get(n), &flow("x/a", "x/a", 80), Family::IPv4).unwrap().hops.is_empty());
+        // A forged pair: x/c claiming x/a's address is stopped by
+        // anti-spoofing before any hairpin rule could see it.
+        let xa = v4("10.244.1.11");
+        let forged = Packet { iif: Iif::Pod { v4: Some(v4("10.244.1.12")), v6: None }, ..Packet::new(xa, xa, Protocol::Tcp, 80) };
+        assert!(!eval_hook(Host::of(&c, "node-1", &programs["node-1"]), Hook::Prerouting, &forged).accepted);
+        // The lookup is of the pair, not of each address: a's address with
+        // any other is not a hairpin.
+        let p = &programs["node-1"];
+        let host = Host::of(&c, "node-1", p);
+        assert!(eval_hook(host, Hook::Postrouting, &Packet::new(xa, xa, Protocol::Tcp, 80)).accepted);
+        assert!(!eval_hook(host, Hook::Postrouting, &Packet::new(xa, v4("10.244.1.12"), Protocol::Tcp, 80)).accepted);
+        assert!(!eval_hook(host, Hook::Postrouting, &Packet::new(v4("10.244.1.12"), xa, Protocol::Tcp, 80)).accepted);
     }
 
     /// The anti-spoofing chain: a packet whose source is not routed back

@@ -112,6 +112,7 @@ fn key_json(k: KeyType) -> SetTypeValue<'static> {
         KeyType::AddrProtoPort(_) => {
             SetTypeValue::Concatenated(vec![addr, schema::SetType::InetProto, schema::SetType::InetService].into())
         }
+        KeyType::AddrPair(_) => SetTypeValue::Concatenated(vec![addr.clone(), addr].into()),
     }
 }
 
@@ -206,6 +207,7 @@ fn element_expr(e: &Element) -> Expression<'static> {
             s(p.nft_name()),
             Expression::Number((*port).into()),
         ])),
+        Element::AddrPair(a, b) => Expression::Named(NamedExpression::Concat(vec![s(a.to_string()), s(b.to_string())])),
     }
 }
 
@@ -261,6 +263,11 @@ fn match_stmt(m: &Match) -> Statement<'static> {
                 meta(expr::MetaKey::L4proto),
                 payload("th", "dport"),
             ])),
+            Operator::EQ,
+            s(format!("@{set}")),
+        ),
+        Match::AddrPair { family, set } => matches(
+            Expression::Named(NamedExpression::Concat(vec![payload(ip_proto(*family), "saddr"), payload(ip_proto(*family), "daddr")])),
             Operator::EQ,
             s(format!("@{set}")),
         ),
@@ -408,6 +415,7 @@ fn parse_key(v: Option<&Value>, ctx: &str) -> Result<KeyType, ParseError> {
         Some(Value::Array(a)) if a.len() == 3 && a[1] == "inet_proto" && a[2] == "inet_service" => {
             a[0].as_str().and_then(fam).map(KeyType::AddrProtoPort).ok_or(())
         }
+        Some(Value::Array(a)) if a.len() == 2 && a[0] == a[1] => a[0].as_str().and_then(fam).map(KeyType::AddrPair).ok_or(()),
         _ => Err(()),
     }
     .or_else(|_| perr(format!("{ctx}: type"), v.unwrap_or(&Value::Null)))
@@ -483,8 +491,12 @@ fn parse_element(e: &Value, key: KeyType, interval: bool, ctx: &str) -> Result<E
             let port = u16::try_from(c.get(2)?.as_u64()?).ok()?;
             Some(Element::AddrProtoPort(ip, proto, port))
         })(),
+        KeyType::AddrPair(_) => (|| match e.get("concat")?.as_array()?.as_slice() {
+            [a, b] => Some(Element::AddrPair(parse_ip(a)?, parse_ip(b)?)),
+            _ => None,
+        })(),
     };
-    parsed.filter(|el| el.family() == key.family()).ok_or_else(|| ParseError { context: format!("{ctx}: element"), found: e.to_string() })
+    parsed.filter(|el| element_fits(el, key, interval)).ok_or_else(|| ParseError { context: format!("{ctx}: element"), found: e.to_string() })
 }
 
 fn parse_proto(s: &str) -> Option<Protocol> {
@@ -632,6 +644,12 @@ fn parse_match(v: &Value) -> Option<Vec<Match>> {
     }
     if let Some(parts) = left.get("concat").and_then(Value::as_array) {
         let (family, field) = parse_addr_payload(parts.first()?)?;
+        if let [_, second] = parts.as_slice() {
+            // `ip saddr . ip daddr @set`
+            let set = right.as_str()?.strip_prefix('@')?;
+            let pair = field == AddrField::Saddr && parse_addr_payload(second)? == (family, AddrField::Daddr);
+            return pair.then(|| vec![Match::AddrPair { family, set: set.to_string() }]);
+        }
         let l4 = parts.get(1)?.get("meta")?.get("key")?.as_str()? == "l4proto";
         let th = parts.get(2)?.get("payload")? == &json!({"protocol": "th", "field": "dport"});
         let set = right.as_str()?.strip_prefix('@')?;
@@ -707,10 +725,15 @@ mod tests {
                      "elem": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"range": ["172.16.0.0", "172.16.0.255"]}, "192.168.1.5"]}},
             {"set": {"family": "inet", "name": "np4", "table": "netfence", "type": ["ipv4_addr", "inet_proto", "inet_service"], "handle": 8,
                      "elem": [{"concat": ["10.244.1.11", "tcp", 8080]}]}},
+            {"set": {"family": "inet", "name": "hairpin4", "table": "netfence", "type": ["ipv4_addr", "ipv4_addr"], "handle": 9,
+                     "elem": [{"concat": ["10.244.1.11", "10.244.1.11"]}]}},
             {"map": {"family": "inet", "name": "ingress4", "table": "netfence", "type": "ipv4_addr", "handle": 10, "map": "verdict",
                      "elem": [["10.244.1.11", {"accept": null}], ["10.244.1.12", {"jump": {"target": "grp_a"}}]]}},
             {"chain": {"family": "inet", "table": "netfence", "name": "grp_a", "handle": 1}},
             {"chain": {"family": "inet", "table": "netfence", "name": "ingress", "handle": 3, "type": "filter", "hook": "postrouting", "prio": 90, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "netfence", "chain": "grp_a", "handle": 12, "comment": "h", "expr": [
+                {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}}, {"payload": {"protocol": "ip", "field": "daddr"}}]}, "right": "@hairpin4"}},
+                {"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}},
             {"rule": {"family": "inet", "table": "netfence", "chain": "grp_a", "handle": 13, "comment": "c", "expr": [
                 {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@blk4_b"}},
                 {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"set": ["172.18.0.2", {"prefix": {"addr": "10.0.0.0", "len": 8}}]}}},
@@ -740,6 +763,11 @@ mod tests {
 \t\telements = { 10.0.0.0/8, 172.16.0.0/24, 192.168.1.5 }
 \t}
 
+\tset hairpin4 {
+\t\ttype ipv4_addr . ipv4_addr
+\t\telements = { 10.244.1.11 . 10.244.1.11 }
+\t}
+
 \tset np4 {
 \t\ttype ipv4_addr . inet_proto . inet_service
 \t\telements = { 10.244.1.11 . tcp . 8080 }
@@ -751,6 +779,7 @@ mod tests {
 \t}
 
 \tchain grp_a {
+\t\tip saddr . ip daddr @hairpin4 counter accept comment \"h\"
 \t\tip saddr @blk4_b ip saddr != { 10.0.0.0/8, 172.18.0.2 } tcp dport 80 ip daddr . meta l4proto . th dport @np4 counter accept comment \"c\"
 \t}
 

@@ -81,12 +81,15 @@ pub enum KeyType {
     /// `ipv4_addr . inet_proto . inet_service`: a pod address with one of its
     /// container ports, for named ports.
     AddrProtoPort(Family),
+    /// `ipv4_addr . ipv4_addr`: a source and a destination together (a
+    /// local pod paired with itself, for hairpin traffic).
+    AddrPair(Family),
 }
 
 impl KeyType {
     pub fn family(self) -> Family {
         match self {
-            KeyType::Addr(f) | KeyType::AddrProtoPort(f) => f,
+            KeyType::Addr(f) | KeyType::AddrProtoPort(f) | KeyType::AddrPair(f) => f,
         }
     }
 }
@@ -98,12 +101,14 @@ pub enum Element {
     Addr(IpAddr),
     Net(IpNet),
     AddrProtoPort(IpAddr, Protocol, u16),
+    /// `saddr . daddr`.
+    AddrPair(IpAddr, IpAddr),
 }
 
 impl Element {
     pub fn family(&self) -> Family {
         match self {
-            Element::Addr(ip) | Element::AddrProtoPort(ip, _, _) => Family::of(ip),
+            Element::Addr(ip) | Element::AddrProtoPort(ip, _, _) | Element::AddrPair(ip, _) => Family::of(ip),
             Element::Net(n) => Family::of_net(n),
         }
     }
@@ -346,6 +351,9 @@ pub enum Match {
     /// `ip daddr . meta l4proto . th dport @set`: a named port, resolved per
     /// destination pod.
     NamedPort { family: Family, set: String },
+    /// `ip saddr . ip daddr @set`: the source and destination together, in
+    /// a set of pairs (a local pod with itself: hairpin traffic).
+    AddrPair { family: Family, set: String },
     /// `icmpv6 type { ... }`
     Icmpv6Type(BTreeSet<Icmpv6Type>),
     /// `meta nfproto ipv4`
@@ -547,6 +555,12 @@ impl Program {
                         return Err(mismatch(format!("named port match on set {set:?} of {}", key_type_name(s.key))));
                     }
                 }
+                Match::AddrPair { family, set } => {
+                    let s = self.sets.get(set).ok_or_else(|| dangling("set", set))?;
+                    if s.key != KeyType::AddrPair(*family) || s.interval {
+                        return Err(mismatch(format!("address pair match on set {set:?} of {}", key_type_name(s.key))));
+                    }
+                }
                 Match::CtState(s) if s.is_empty() => {
                     return Err(ValidationError::EmptyMatch { chain: c.name.clone(), rule: i, what: "ct states" })
                 }
@@ -662,6 +676,7 @@ pub(crate) fn element_fits(e: &Element, key: KeyType, interval: bool) -> bool {
         (Element::Addr(ip), KeyType::Addr(f)) => !interval && Family::of(ip) == f,
         (Element::Net(n), KeyType::Addr(f)) => interval && Family::of_net(n) == f && n.trunc() == *n,
         (Element::AddrProtoPort(ip, _, _), KeyType::AddrProtoPort(f)) => !interval && Family::of(ip) == f,
+        (Element::AddrPair(a, b), KeyType::AddrPair(f)) => !interval && Family::of(a) == f && Family::of(b) == f,
         _ => false,
     }
 }
@@ -696,6 +711,8 @@ pub fn key_type_name(k: KeyType) -> &'static str {
         KeyType::Addr(Family::IPv6) => "ipv6_addr",
         KeyType::AddrProtoPort(Family::IPv4) => "ipv4_addr . inet_proto . inet_service",
         KeyType::AddrProtoPort(Family::IPv6) => "ipv6_addr . inet_proto . inet_service",
+        KeyType::AddrPair(Family::IPv4) => "ipv4_addr . ipv4_addr",
+        KeyType::AddrPair(Family::IPv6) => "ipv6_addr . ipv6_addr",
     }
 }
 
@@ -728,6 +745,7 @@ pub fn render_element(e: &Element) -> String {
         Element::Addr(ip) => ip.to_string(),
         Element::Net(n) => render_net(n),
         Element::AddrProtoPort(ip, p, port) => format!("{ip} . {} . {port}", p.nft_name()),
+        Element::AddrPair(a, b) => format!("{a} . {b}"),
     }
 }
 
@@ -789,6 +807,7 @@ impl fmt::Display for Match {
             Match::Proto { proto, dport: Some(r) } if r.lo == r.hi => write!(f, "{} dport {}", proto.nft_name(), r.lo),
             Match::Proto { proto, dport: Some(r) } => write!(f, "{} dport {}-{}", proto.nft_name(), r.lo, r.hi),
             Match::NamedPort { family, set } => write!(f, "{} daddr . meta l4proto . th dport @{set}", ip_proto(*family)),
+            Match::AddrPair { family, set } => write!(f, "{p} saddr . {p} daddr @{set}", p = ip_proto(*family)),
             Match::Icmpv6Type(types) if types.len() == 1 => {
                 write!(f, "icmpv6 type {}", types.first().expect("len 1").name())
             }
@@ -1072,6 +1091,14 @@ pub(crate) mod tests {
         check(|p| p.table = "1abc".into(), "not an nft identifier");
         check(|p| p.add_set(addr_set("ingress4", Family::IPv4, &[])), "also a set");
         check(|p| p.table = "a".repeat(MAX_NAME + 1), "not an nft identifier");
+        let pairs = |elements: BTreeSet<Element>| Set { name: "hairpin4".into(), key: KeyType::AddrPair(Family::IPv4), interval: false, elements };
+        check(|p| p.add_set(pairs([Element::AddrPair(v4("10.0.0.1"), v4("fd00::1"))].into())), "does not fit");
+        check(|p| p.add_set(pairs([Element::Addr(v4("10.0.0.1"))].into())), "does not fit");
+        check(
+            |p| p.chains.get_mut("pol_a").unwrap().rules[0].matches.push(Match::AddrPair { family: Family::IPv4, set: "peer4_a".into() }),
+            "address pair match on set \"peer4_a\"",
+        );
+        check(|p| p.chains.get_mut("pol_a").unwrap().rules[0].matches.push(Match::AddrPair { family: Family::IPv4, set: "nope".into() }), "does not exist");
         check(
             |p| p.chains.get_mut("pol_a").unwrap().rules[0].matches.push(Match::CtState(BTreeSet::new())),
             "empty match list",
