@@ -162,7 +162,23 @@ async fn start_listeners(flows: &[Flow<'_>], workers: &Workers<'_>) -> anyhow::R
     Ok(())
 }
 
+/// Listeners for what `w` asks, retried for a while when a port is still
+/// held: sockets of an earlier probe run in the same namespace (its runtime
+/// just dropped) can hold a port for a moment after they are closed.
 fn open_listeners(w: &Wanted) -> io::Result<Vec<Opened>> {
+    let mut tries = 0;
+    loop {
+        match open_listeners_once(w) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_listeners_once(w: &Wanted) -> io::Result<Vec<Opened>> {
     let mut out = Vec::new();
     for &(protocol, ip, port) in &w.streams {
         let addr = SocketAddr::new(ip, port);
