@@ -65,7 +65,10 @@ impl<F: Install> Backend for DataplaneBackend<F> {
         let mut out: Vec<Option<Result<bool, String>>> = checks
             .iter()
             .zip(&specs)
-            .map(|(c, s)| in_pod_cidr(cluster, c).or_else(|| dp.cannot_probe(s)).map(Err))
+            .map(|(c, s)| {
+                let via = c.via.is_some().then(|| "through a Service: kube-proxy's translation is not installed in this harness".to_string());
+                via.or_else(|| in_pod_cidr(cluster, c)).or_else(|| dp.cannot_probe(s)).map(Err)
+            })
             .collect();
         let probe: Vec<ProbeSpec> = specs.iter().zip(&out).filter(|(_, o)| o.is_none()).map(|(s, _)| s.clone()).collect();
         let mut results = dp.probe_all(&probe)?.into_iter();

@@ -11,8 +11,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::model::service::Backend;
-use crate::model::Protocol;
+use crate::eval::{self, Endpoint, FamilyVerdict, Flow};
+use crate::ir::Resolution;
+use crate::model::service::{Backend, Service};
+use crate::model::{Cluster, Family, Protocol};
 
 /// How a check's traffic reaches its backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,4 +52,360 @@ impl Entry {
             Entry::ClusterIp { ip } | Entry::NodePort { ip, .. } => *ip,
         }
     }
+}
+
+/// A destination through a Service, as a test or `explain` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'c> {
+    /// `svc/NS/NAME`: the Service's ClusterIP, at a Service port.
+    ClusterIp(&'c Service),
+    /// A node (`node/NAME` or one of its addresses) at a nodePort of a
+    /// NodePort or LoadBalancer Service: the node is the entry node.
+    NodePort(&'c Service),
+}
+
+/// Which field of the expectation an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    From,
+    To,
+    Port,
+    Family,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViaError {
+    pub field: Field,
+    pub message: String,
+}
+
+fn fail<T>(field: Field, message: String) -> Result<T, ViaError> {
+    Err(ViaError { field, message })
+}
+
+/// `svc/NS/NAME` as a Service with a ClusterIP; `None` when `s` does not
+/// start with `svc/` (it is some other endpoint).
+pub fn parse_service<'c>(cluster: &'c Cluster, s: &str) -> Option<Result<&'c Service, String>> {
+    let rest = s.strip_prefix("svc/")?;
+    let Some((ns, name)) = rest.split_once('/').filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/')) else {
+        return Some(Err(format!("{s:?} is not a Service (expected svc/NAMESPACE/NAME)")));
+    };
+    let Some(svc) = cluster.service(ns, name) else { return Some(Err(format!("no Service \"{ns}/{name}\" in the cluster"))) };
+    if svc.cluster_ips.is_empty() {
+        return Some(Err(format!(
+            "Service {ns}/{name} has no ClusterIP (headless, clusterIP: None, or none written): a headless Service's clients reach the pods' own addresses, so name the pods; else write spec.clusterIP"
+        )));
+    }
+    Some(Ok(svc))
+}
+
+/// The NodePort Service a flow to `dst` at `port`/`protocol` reaches, if
+/// `dst` is a node (by name or address) and the port is some NodePort or
+/// LoadBalancer Service's nodePort.
+pub fn node_port_target<'c>(cluster: &'c Cluster, dst: &Endpoint, protocol: Protocol, port: u16) -> Option<Target<'c>> {
+    if !matches!(dst, Endpoint::Node(_) | Endpoint::NodeAddr(..)) {
+        return None;
+    }
+    cluster
+        .services
+        .iter()
+        .find(|s| s.type_.has_node_ports() && s.node_port(port, protocol).is_some())
+        .map(|s| Target::NodePort(s))
+}
+
+/// One check through a Service: the client-to-backend flow (`flow.dst`
+/// the backend, `flow.port` the backend port; with no backend, the
+/// address the client sent to) and how it got there.
+#[derive(Debug, Clone)]
+pub struct Through {
+    pub family: Family,
+    pub flow: Flow,
+    pub via: Via,
+}
+
+/// The node whose hooks a client's packets leave through.
+fn client_node(cluster: &Cluster, client: &Endpoint) -> Option<String> {
+    match client {
+        Endpoint::Pod(id) => cluster.pods[*id].node.clone(),
+        Endpoint::Node(n) | Endpoint::NodeAddr(n, _) => Some(n.clone()),
+        Endpoint::Ip(_) => None,
+    }
+}
+
+/// The endpoint a backend is: its pod, a node at that address, or an
+/// address outside the cluster (an EndpointSlice may name anything).
+pub fn backend_endpoint(cluster: &Cluster, b: &Backend) -> Endpoint {
+    if let Some(id) = b.pod.filter(|&id| cluster.pods[id].takes_part()) {
+        return Endpoint::Pod(id);
+    }
+    match cluster.node_by_ip(b.ip) {
+        Some(n) => Endpoint::NodeAddr(n.name.clone(), b.ip),
+        None => Endpoint::Ip(b.ip),
+    }
+}
+
+fn ports_of(svc: &Service, node_ports: bool) -> String {
+    let list: Vec<String> = svc
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let port = if node_ports { p.node_port? } else { p.port };
+            Some(match &p.name {
+                Some(n) => format!("{port}/{} ({n})", p.protocol),
+                None => format!("{port}/{}", p.protocol),
+            })
+        })
+        .collect();
+    list.join(", ")
+}
+
+/// Every check a flow from `client` to `target` at `port`/`protocol` makes
+/// (docs/policy-test-format-services.md): per family, one per backend the
+/// traffic policy leaves, or one with no backend. `dst` is the endpoint
+/// written (the entry node, for NodePort traffic).
+pub fn expand(
+    cluster: &Cluster,
+    client: &Endpoint,
+    dst: Option<&Endpoint>,
+    target: Target<'_>,
+    protocol: Protocol,
+    port: u16,
+    family: Option<Family>,
+) -> Result<Vec<Through>, ViaError> {
+    let client_text = client.display(cluster);
+    let (svc, sp, entry_node) = match target {
+        Target::ClusterIp(svc) => {
+            if let Endpoint::Ip(ip) = client {
+                return fail(
+                    Field::From,
+                    format!(
+                        "{ip} is outside the cluster, where ClusterIP {} of Service {} is not routed: write the NodePort flow (to node/NAME at a nodePort)",
+                        svc.cluster_ips[0],
+                        svc.key()
+                    ),
+                );
+            }
+            let Some(sp) = svc.port(port, protocol) else {
+                return fail(Field::Port, format!("{port}/{protocol} is not a port of Service {} (its ports: {})", svc.key(), ports_of(svc, false)));
+            };
+            (svc, sp, None)
+        }
+        Target::NodePort(svc) => {
+            let Some(node) = dst.and_then(|d| client_node(cluster, d)) else {
+                return fail(Field::To, "NodePort traffic goes to a node".into());
+            };
+            let Some(sp) = svc.node_port(port, protocol) else {
+                return fail(Field::Port, format!("{port}/{protocol} is not a nodePort of Service {} (its nodePorts: {})", svc.key(), ports_of(svc, true)));
+            };
+            (svc, sp, Some(node))
+        }
+    };
+    // NodePort traffic exists in the Service's families (those of its
+    // ClusterIPs; every family when none is written).
+    let served = |f: Family| svc.cluster_ips.is_empty() || svc.cluster_ip(f).is_some();
+    let entry_ip = |f: Family| match (&entry_node, dst) {
+        (Some(_), Some(d)) => d.ip(cluster, f).filter(|_| served(f)),
+        _ => svc.cluster_ip(f),
+    };
+    let entry_text = || match dst {
+        Some(d) if entry_node.is_some() => d.display(cluster),
+        _ => format!("Service {}", svc.key()),
+    };
+    let families: Vec<Family> = match family {
+        Some(f) => {
+            if client.ip(cluster, f).is_none() {
+                return fail(Field::Family, format!("{client_text} has no {f} address"));
+            }
+            if entry_ip(f).is_none() {
+                let what = match entry_node {
+                    Some(_) if served(f) => format!("{} has no {f} address", entry_text()),
+                    _ => format!("Service {} has no {f} ClusterIP", svc.key()),
+                };
+                return fail(Field::Family, what);
+            }
+            vec![f]
+        }
+        None => {
+            let fams: Vec<Family> =
+                [Family::IPv4, Family::IPv6].into_iter().filter(|&f| client.ip(cluster, f).is_some() && entry_ip(f).is_some()).collect();
+            if fams.is_empty() {
+                return fail(Field::Family, format!("{client_text} and {} share no address family", entry_text()));
+            }
+            fams
+        }
+    };
+
+    let from_node = client_node(cluster, client);
+    // kube-proxy's `ip saddr <cluster CIDR>`: a pod with its own address.
+    let from_pod = matches!(client, Endpoint::Pod(id) if cluster.pods[*id].is_policy_pod());
+    let mut out = Vec::new();
+    for f in families {
+        let Some(eip) = entry_ip(f) else { continue };
+        let entry = match &entry_node {
+            Some(n) => Entry::NodePort { node: n.clone(), ip: eip },
+            None => Entry::ClusterIp { ip: eip },
+        };
+        let all = svc.backends(cluster, sp, f);
+        let total = all.len();
+        // Which backends the traffic policy leaves, whether kube-proxy
+        // masquerades towards other nodes, and why none may be left.
+        let (backends, masquerade, why_none): (Vec<Backend>, bool, String) = match &entry_node {
+            None if svc.internal_local => {
+                let here = from_node.clone().unwrap_or_default();
+                let why = format!("internalTrafficPolicy Local: none of its {total} backends runs on {here}, the client's node");
+                (all.into_iter().filter(|b| b.node.as_deref() == Some(here.as_str())).collect(), false, why)
+            }
+            None => (all, false, String::new()),
+            Some(e) => {
+                // kube-proxy short-circuits `Local` for pods (any node's)
+                // and for the entry node itself: treated as Cluster.
+                let own = !from_pod && from_node.as_deref() == Some(e.as_str());
+                if svc.external_local && !from_pod && !own {
+                    let why = format!("externalTrafficPolicy Local: none of its {total} backends runs on {e}, the entry node");
+                    (all.into_iter().filter(|b| b.node.as_deref() == Some(e.as_str())).collect(), false, why)
+                } else {
+                    // Cluster masquerades all of it; Local's short-circuit
+                    // only the entry node's own traffic.
+                    (all, !svc.external_local || own, String::new())
+                }
+            }
+        };
+        let why_none = if total == 0 {
+            format!("Service {} has no {f} backend for port {}/{}", svc.key(), sp.port, sp.protocol)
+        } else {
+            why_none
+        };
+        if backends.is_empty() {
+            let dst = match (&entry_node, dst) {
+                (Some(_), Some(d)) => d.clone(),
+                _ => Endpoint::Ip(eip),
+            };
+            out.push(Through {
+                family: f,
+                flow: Flow { src: client.clone(), dst, protocol, port, family: Some(f) },
+                via: Via { service: svc.key(), entry, port, protocol, backend: None, why: Some(why_none), source_nat: None },
+            });
+            continue;
+        }
+        for b in backends {
+            let source_nat = match &entry_node {
+                Some(e) if masquerade && b.node.as_deref() != Some(e.as_str()) => {
+                    cluster.nodes.get(e).and_then(|n| n.ip(f)).or(Some(eip))
+                }
+                _ => None,
+            };
+            out.push(Through {
+                family: f,
+                flow: Flow { src: client.clone(), dst: backend_endpoint(cluster, &b), protocol, port: b.port, family: Some(f) },
+                via: Via { service: svc.key(), entry: entry.clone(), port, protocol, backend: Some(b), why: None, source_nat },
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl Via {
+    /// Whether the client's own node translates the connection (so its
+    /// egress sees the backend): always for a ClusterIP, and for NodePort
+    /// traffic when the client is on the entry node. A nodePort of another
+    /// node is translated only when the packet arrives there.
+    pub fn translated_at_client(&self, cluster: &Cluster, client: &Endpoint) -> bool {
+        match &self.entry {
+            Entry::ClusterIp { .. } => true,
+            Entry::NodePort { node, .. } => client_node(cluster, client).as_deref() == Some(node.as_str()),
+        }
+    }
+
+    /// The client is its own backend.
+    pub fn hairpin(&self, flow: &Flow) -> bool {
+        self.backend.is_some() && matches!(flow.src, Endpoint::Pod(_)) && flow.src == flow.dst
+    }
+
+    fn entry_endpoint(&self) -> Endpoint {
+        match &self.entry {
+            Entry::ClusterIp { ip } => Endpoint::Ip(*ip),
+            Entry::NodePort { node, ip } => Endpoint::NodeAddr(node.clone(), *ip),
+        }
+    }
+
+    /// What each side judges, for [`crate::eval::evaluate_sides`]: the
+    /// client's egress (to the backend at its port after a DNAT on the
+    /// client's node, else to the entry node at the nodePort) and the
+    /// backend's ingress (from the client, or from the entry node's
+    /// address after a masquerade). `flow` is the check's flow.
+    pub fn views(&self, cluster: &Cluster, flow: &Flow) -> (Flow, Flow) {
+        let egress = if self.backend.is_some() && self.translated_at_client(cluster, &flow.src) {
+            flow.clone()
+        } else {
+            Flow { dst: self.entry_endpoint(), port: self.port, ..flow.clone() }
+        };
+        let src = match (&self.entry, self.source_nat) {
+            (Entry::NodePort { node, .. }, Some(ip)) => Endpoint::NodeAddr(node.clone(), ip),
+            _ => flow.src.clone(),
+        };
+        (egress, Flow { src, ..flow.clone() })
+    }
+
+    /// How `explain` shows this translation.
+    pub fn report(&self, cluster: &Cluster, flow: &Flow, family: Family) -> crate::explain::ViaReport {
+        let (egress, _) = self.views(cluster, flow);
+        let (entry, entry_node) = match &self.entry {
+            Entry::ClusterIp { .. } => ("cluster_ip", None),
+            Entry::NodePort { node, .. } => ("node_port", Some(node.clone())),
+        };
+        let b = self.backend.as_ref();
+        crate::explain::ViaReport {
+            service: self.service.clone(),
+            entry,
+            entry_node,
+            entry_ip: self.entry.ip(),
+            port: self.port,
+            protocol: self.protocol,
+            backend: b.map(|_| flow.dst.display(cluster)),
+            backend_ip: b.map(|b| b.ip),
+            backend_port: b.map(|b| b.port),
+            source_nat: self.source_nat,
+            egress_sees: (b.is_some() && egress.dst != flow.dst).then(|| egress.dst.ip(cluster, family)).flatten(),
+            hairpin: self.hairpin(flow),
+            why: self.why.clone(),
+        }
+    }
+
+    /// How a report names the destination the client wrote.
+    pub fn written_to(&self, cluster: &Cluster) -> String {
+        match &self.entry {
+            Entry::ClusterIp { .. } => format!("svc/{}", self.service),
+            Entry::NodePort { .. } => self.entry_endpoint().display(cluster),
+        }
+    }
+
+    /// `x/a -> svc/x/web 80/TCP via x/b 10.244.2.11:8080` (or `via no backend`).
+    pub fn describe(&self, cluster: &Cluster, flow: &Flow) -> String {
+        let via = match &self.backend {
+            Some(b) => {
+                let nat = self.source_nat.map(|ip| format!(", masqueraded to {ip}")).unwrap_or_default();
+                format!("via {} {}:{}{nat}", flow.dst.display(cluster), b.ip, b.port)
+            }
+            None => "via no backend".to_string(),
+        };
+        format!("{} -> {} {}/{} {via}", flow.src.display(cluster), self.written_to(cluster), self.port, self.protocol)
+    }
+}
+
+/// The reference verdict of a check through a Service.
+pub fn evaluate<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, flow: &Flow, via: &Via, family: Family) -> FamilyVerdict {
+    let (egress, ingress) = via.views(cluster, flow);
+    match &via.backend {
+        Some(_) => eval::evaluate_sides(cluster, ir, &egress, &ingress, family),
+        None => eval::evaluate_no_backend(cluster, ir, &egress, family, via.why.as_deref().unwrap_or("no backend")),
+    }
+}
+
+/// The explanation of a check through a Service (one family, one backend).
+pub fn explain(cluster: &Cluster, flow: &Flow, via: &Via, v: &FamilyVerdict) -> crate::explain::Report {
+    let ingress_of = match &via.backend {
+        Some(_) => flow.dst.display(cluster),
+        None => via.written_to(cluster),
+    };
+    crate::explain::report_via(cluster, flow.src.display(cluster), via.written_to(cluster), via.port, &ingress_of, v, via.report(cluster, flow, v.family))
 }
