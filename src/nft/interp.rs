@@ -957,4 +957,43 @@ mod tests {
         let nd = Packet { l4: L4::Icmpv6 { ty: 135 }, iif: xa, hop_limit: 255, ..Packet::new("fe80::1".parse().unwrap(), "fe80::2".parse().unwrap(), Protocol::Udp, 0) };
         assert!(eval_hook(Host::of(&c, "node-1", p), Hook::Prerouting, &nd).accepted, "neighbour discovery");
     }
+
+    /// A connection through a Service, node by node: the hops, the source
+    /// each node's rules see, and the verdict a masquerade changes.
+    #[test]
+    fn translated_paths_follow_kube_proxy() {
+        let c = crate::nft::compile::tests::cluster(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-node-1, namespace: x}\nspec: {podSelector: {matchLabels: {pod: b}}, ingress: [{from: [{ipBlock: {cidr: 172.18.0.2/32}}]}]}\n",
+        );
+        let programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
+        let e = |s: &str| Endpoint::parse(&c, s).unwrap();
+        let path = |client: &str, backend: &str, node_port: Option<(&str, &str)>, nat: Option<&str>| {
+            let t = Translated {
+                client: e(client),
+                backend: e(backend),
+                protocol: Protocol::Tcp,
+                backend_port: 80,
+                node_port: node_port.map(|(n, ip)| (n.to_string(), v4(ip), 30080)),
+                source_nat: nat.map(v4),
+            };
+            let trace = path_verdict(&c, &|n| programs.get(n), &t, Family::IPv4).unwrap();
+            let hops: Vec<String> = trace.hops.iter().map(|h| format!("{}:{}", h.hop.node, h.hop.hook.name())).collect();
+            (hops.join(" "), trace.allowed)
+        };
+        let n1_n2 = "node-1:prerouting node-1:forward node-1:postrouting node-2:prerouting node-2:forward node-2:postrouting";
+        // ClusterIP: translated on the client's node; x/b sees x/a and denies.
+        assert_eq!(path("x/a", "x/b", None, None), (n1_n2.to_string(), false));
+        // Hairpin: out of the pod and back through its node's hooks.
+        assert_eq!(path("x/a", "x/a", None, None), ("node-1:prerouting node-1:forward node-1:postrouting".to_string(), true));
+        // A node's own ClusterIP traffic starts at output.
+        assert_eq!(path("node/node-1", "x/c", None, None), ("node-1:output node-1:postrouting".to_string(), true));
+        // NodePort through node-1, masqueraded: x/b sees node-1 and admits it.
+        assert_eq!(path("192.0.2.1", "x/b", Some(("node-1", "172.18.0.2")), Some("172.18.0.2")), (n1_n2.to_string(), true));
+        assert_eq!(path("192.0.2.1", "x/b", Some(("node-1", "172.18.0.2")), None), (n1_n2.to_string(), false));
+        // A pod to another node's nodePort: its node, the entry node, the backend's.
+        let (hops, _) = path("x/c", "x/b", Some(("node-2", "172.18.0.3")), None);
+        assert_eq!(hops, n1_n2);
+        let (hops, _) = path("x/b", "x/c", Some(("node-2", "172.18.0.3")), Some("172.18.0.3"));
+        assert_eq!(hops, "node-2:prerouting node-2:forward node-2:postrouting node-1:prerouting node-1:forward node-1:postrouting");
+    }
 }

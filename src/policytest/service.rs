@@ -409,3 +409,189 @@ pub fn explain(cluster: &Cluster, flow: &Flow, via: &Via, v: &FamilyVerdict) -> 
     };
     crate::explain::report_via(cluster, flow.src.display(cluster), via.written_to(cluster), via.port, &ingress_of, v, via.report(cluster, flow, v.family))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(extra: &str) -> Cluster {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let base = std::fs::read_to_string(root.join("fixtures/clusters/services.yaml")).unwrap();
+        crate::model::load::load_str("services.yaml", &format!("{base}---\n{extra}")).unwrap()
+    }
+
+    /// Expand `from -> to` at TCP `port` (`to` a `svc/` or a node at a
+    /// nodePort): one line per check, `family backend ip:port`, then what
+    /// egress sees when it is not the backend (`egress=`), then the
+    /// masquerade (`nat=`), or `no backend: why`.
+    fn expansion(c: &Cluster, from: &str, to: &str, port: u16) -> Result<String, String> {
+        let src = Endpoint::parse(c, from).unwrap();
+        let (target, dst) = match parse_service(c, to) {
+            Some(s) => (Target::ClusterIp(s?), None),
+            None => {
+                let d = Endpoint::parse(c, to).unwrap();
+                (node_port_target(c, &d, Protocol::Tcp, port).ok_or("not a nodePort")?, Some(d))
+            }
+        };
+        let out = expand(c, &src, dst.as_ref(), target, Protocol::Tcp, port, None).map_err(|e| format!("{:?}: {}", e.field, e.message))?;
+        let lines: Vec<String> = out
+            .iter()
+            .map(|t| {
+                let v = &t.via;
+                let Some(b) = &v.backend else { return format!("{} no backend: {}", t.family, v.why.as_deref().unwrap_or("")) };
+                let (egress, _) = v.views(c, &t.flow);
+                let mut s = format!("{} {} {}:{}", t.family, t.flow.dst.display(c), b.ip, b.port);
+                if egress.dst != t.flow.dst {
+                    s.push_str(&format!(" egress={}:{}", egress.dst.display(c), egress.port));
+                }
+                if let Some(nat) = v.source_nat {
+                    s.push_str(&format!(" nat={nat}"));
+                }
+                s
+            })
+            .collect();
+        Ok(lines.join("\n"))
+    }
+
+    fn check(from: &str, to: &str, port: u16, want: &str) {
+        let c = cluster("");
+        assert_eq!(expansion(&c, from, to, port).unwrap_or_else(|e| e), want.trim(), "{from} -> {to}:{port}");
+    }
+
+    #[test]
+    fn cluster_ip_every_backend_per_family_at_its_target_port() {
+        check(
+            "client/c3",
+            "svc/shop/web",
+            80,
+            "IPv4 shop/web-1 10.244.1.10:8080\nIPv4 shop/web-2 10.244.2.10:8081\nIPv6 shop/web-1 fd00:10:244:1::10:8080\nIPv6 shop/web-2 fd00:10:244:2::10:8081",
+        );
+        // Single-stack Service: IPv4 only, whatever the client has.
+        check("client/c1", "svc/shop/db", 5432, "IPv4 shop/db-0 10.244.2.20:5432");
+        // A node as client: the same backends.
+        check("node/node-3", "svc/shop/db", 5432, "IPv4 shop/db-0 10.244.2.20:5432");
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_the_clients_node() {
+        check("client/c1", "svc/shop/web-itp", 80, "IPv4 shop/web-1 10.244.1.10:8080");
+        check("client/c2", "svc/shop/web-itp", 80, "IPv4 shop/web-2 10.244.2.10:8081");
+        check("client/c3", "svc/shop/web-itp", 80, "IPv4 no backend: internalTrafficPolicy Local: none of its 2 backends runs on node-3, the client's node");
+        check("client/c1", "svc/shop/empty", 80, "IPv4 no backend: Service shop/empty has no IPv4 backend for port 80/TCP");
+    }
+
+    #[test]
+    fn node_port_cluster_masquerades_towards_other_nodes() {
+        // Outside client: web-1 on the entry node sees it; web-2 sees node-1.
+        check(
+            "203.0.113.7",
+            "node/node-1",
+            30080,
+            "IPv4 shop/web-1 10.244.1.10:8080 egress=node/node-1:30080\nIPv4 shop/web-2 10.244.2.10:8081 egress=node/node-1:30080 nat=172.18.0.2",
+        );
+        // A pod on the entry node: translated there, so egress sees the backends.
+        check("client/c1", "node/node-1", 30080, "IPv4 shop/web-1 10.244.1.10:8080\nIPv4 shop/web-2 10.244.2.10:8081 nat=172.18.0.2");
+        // A pod elsewhere: egress sees the entry node at the nodePort.
+        check(
+            "client/c3",
+            "172.18.0.3",
+            30080,
+            "IPv4 shop/web-1 10.244.1.10:8080 egress=node/node-2:30080 nat=172.18.0.3\nIPv4 shop/web-2 10.244.2.10:8081 egress=node/node-2:30080",
+        );
+    }
+
+    #[test]
+    fn node_port_local_and_kube_proxys_short_circuits() {
+        // Outside and other nodes: the entry node's backends only, client kept.
+        check("203.0.113.7", "node/node-2", 30081, "IPv4 shop/web-2 10.244.2.10:8081 egress=node/node-2:30081");
+        check("node/node-3", "node/node-1", 30081, "IPv4 shop/web-1 10.244.1.10:8080 egress=node/node-1:30081");
+        check("203.0.113.7", "node/node-3", 30081, "IPv4 no backend: externalTrafficPolicy Local: none of its 2 backends runs on node-3, the entry node");
+        // Pods: every backend, not masqueraded.
+        check(
+            "client/c3",
+            "node/node-3",
+            30081,
+            "IPv4 shop/web-1 10.244.1.10:8080\nIPv4 shop/web-2 10.244.2.10:8081",
+        );
+        check(
+            "client/c2",
+            "node/node-1",
+            30081,
+            "IPv4 shop/web-1 10.244.1.10:8080 egress=node/node-1:30081\nIPv4 shop/web-2 10.244.2.10:8081 egress=node/node-1:30081",
+        );
+        // The entry node's own traffic: every backend, masqueraded.
+        check("node/node-1", "node/node-1", 30081, "IPv4 shop/web-1 10.244.1.10:8080\nIPv4 shop/web-2 10.244.2.10:8081 nat=172.18.0.2");
+    }
+
+    #[test]
+    fn invalid_inputs_say_what_to_write() {
+        check("client/c1", "svc/shop/db", 80, "Port: 80/TCP is not a port of Service shop/db (its ports: 5432/TCP (pg))");
+        check(
+            "203.0.113.7",
+            "svc/shop/web",
+            80,
+            "From: 203.0.113.7 is outside the cluster, where ClusterIP 10.96.0.10 of Service shop/web is not routed: write the NodePort flow (to node/NAME at a nodePort)",
+        );
+        check("client/c1", "svc/shop/nope", 80, "no Service \"shop/nope\" in the cluster");
+        check("client/c1", "svc/shop", 80, "\"svc/shop\" is not a Service (expected svc/NAMESPACE/NAME)");
+        let headless = expansion(&cluster(""), "client/c1", "svc/shop/headless", 80).unwrap_err();
+        assert!(headless.starts_with("Service shop/headless has no ClusterIP (headless"), "{headless}");
+        let c = cluster("");
+        let src = Endpoint::parse(&c, "client/c1").unwrap();
+        let db = parse_service(&c, "svc/shop/db").unwrap().unwrap();
+        let e = expand(&c, &src, None, Target::ClusterIp(db), Protocol::Tcp, 5432, Some(Family::IPv6)).unwrap_err();
+        assert_eq!((e.field, e.message.as_str()), (Field::Family, "Service shop/db has no IPv6 ClusterIP"));
+    }
+
+    /// The reference through a Service, and explain's text for it.
+    #[test]
+    fn hairpin_and_masquerade_in_the_reference_and_explain() {
+        let c = cluster(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: closed, namespace: shop}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n",
+        );
+        let ir = crate::ir::resolve(&c);
+        let text = |from: &str, to: &str, port: u16| -> Vec<String> {
+            let src = Endpoint::parse(&c, from).unwrap();
+            let (target, dst) = match parse_service(&c, to) {
+                Some(s) => (Target::ClusterIp(s.unwrap()), None),
+                None => {
+                    let d = Endpoint::parse(&c, to).unwrap();
+                    (node_port_target(&c, &d, Protocol::Tcp, port).unwrap(), Some(d))
+                }
+            };
+            expand(&c, &src, dst.as_ref(), target, Protocol::Tcp, port, Some(Family::IPv4))
+                .unwrap()
+                .iter()
+                .map(|t| crate::explain::render_text(&explain(&c, &t.flow, &t.via, &evaluate(&c, &ir, &t.flow, &t.via, t.family))))
+                .collect()
+        };
+        let hairpin = text("shop/web-1", "svc/shop/web-itp", 80);
+        assert_eq!(
+            hairpin.join(""),
+            "shop/web-1 -> svc/shop/web-itp 80/TCP: ALLOWED
+  svc shop/web-itp:80/TCP 10.96.0.13 -> shop/web-1 10.244.1.10:8080 (DNAT, hairpin: the client is the backend)
+  IPv4 10.244.1.10 -> 10.244.1.10: allowed
+    egress of shop/web-1: hairpin: shop/web-1 reaches itself through a Service, which its NetworkPolicies cannot block
+    ingress of shop/web-1: hairpin: shop/web-1 reaches itself through a Service, which its NetworkPolicies cannot block
+"
+        );
+        let np = text("203.0.113.7", "node/node-1", 30080);
+        // The policy's line depends on the fixture's length.
+        let at = np[1].find("services.yaml:").map_or(0, |i| i + "services.yaml:".len());
+        let np1 = format!("{}N{}", &np[1][..at], np[1][at..].trim_start_matches(|ch: char| ch.is_ascii_digit()));
+        assert_eq!(
+            np1,
+            "203.0.113.7 -> node/node-1 30080/TCP: DENIED
+  nodePort node-1 172.18.0.2:30080/TCP (svc shop/web-np) -> shop/web-2 10.244.2.10:8081 (DNAT)
+  egress sees 172.18.0.2:30080 (translated only on arrival at node-1)
+  source 203.0.113.7 -> 172.18.0.2 (masquerade, entry node node-1)
+  IPv4 203.0.113.7 -> 10.244.2.10: denied
+    egress of 203.0.113.7: not policed: 203.0.113.7 is an address outside the cluster, and policies only apply to pods
+    ingress of shop/web-2: denied: isolated by shop/closed, which has no ingress rules (default deny)
+      isolated by shop/closed at services.yaml:N (no ingress rules)
+"
+        );
+        let none = text("client/c3", "svc/shop/web-itp", 80);
+        assert!(none[0].contains("-> no backend: internalTrafficPolicy Local") && none[0].contains("ingress of svc/shop/web-itp: denied: internalTrafficPolicy"), "{}", none[0]);
+    }
+}
