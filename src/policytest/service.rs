@@ -384,7 +384,7 @@ impl Via {
         let via = match &self.backend {
             Some(b) => {
                 let nat = self.source_nat.map(|ip| format!(", masqueraded to {ip}")).unwrap_or_default();
-                format!("via {} {}:{}{nat}", flow.dst.display(cluster), b.ip, b.port)
+                format!("via {} {}{nat}", flow.dst.display(cluster), std::net::SocketAddr::new(b.ip, b.port))
             }
             None => "via no backend".to_string(),
         };
