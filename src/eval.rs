@@ -242,6 +242,14 @@ pub enum SideReason {
     /// A cluster policy rule decided (Accept or Deny) in its tier; the
     /// match is the last of `Side::tiers`.
     ClusterRule { tier: Tier, policy: usize, rule: usize, action: Action },
+    /// A pod reaching itself through a Service (hairpin): the packet leaves
+    /// the pod and comes back, yet "a pod cannot block access to itself",
+    /// so the NetworkPolicies isolating it allow it (the kernel's
+    /// `saddr . daddr @hairpin` accept at the top of each group chain).
+    Hairpin { isolated_by: Vec<PolicyId> },
+    /// Through a Service with no backend for this client: kube-proxy
+    /// rejects or drops the connection; nothing reaches a pod.
+    NoBackend { why: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -299,7 +307,7 @@ fn evaluate_family<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, flow: &Flo
             ingress: same(SideReason::SamePod),
         };
     }
-    let ctx = Ctx { cluster, ir, flow, src_ip, dst_ip };
+    let ctx = Ctx { cluster, ir, flow, src_ip, dst_ip, hairpin: false };
     let egress = ctx.side(Direction::Egress);
     let ingress = ctx.side(Direction::Ingress);
     FamilyVerdict {
@@ -313,12 +321,60 @@ fn evaluate_family<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, flow: &Flo
     }
 }
 
+/// Judge a flow whose two sides see different packets: a connection
+/// through a Service, where kube-proxy rewrites the destination (and maybe
+/// the source) between the client's egress and the backend's ingress.
+/// `egress` is the client to what its egress sees (the backend after a
+/// DNAT on the client's node, else the entry node at the nodePort);
+/// `ingress` what the backend's ingress sees as source (the client, or the
+/// entry node's address after a masquerade) to the backend. A side whose
+/// view is a pod to itself is a hairpin: no shortcut (the packet does leave
+/// the pod), cluster-policy tiers judge as usual, and isolating
+/// NetworkPolicies allow it ([`SideReason::Hairpin`]).
+/// Both flows must have an address in `family` (the caller expanded them).
+pub fn evaluate_sides<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, egress: &Flow, ingress: &Flow, family: Family) -> FamilyVerdict {
+    let zero = IpAddr::from([0, 0, 0, 0]);
+    let ip = |e: &Endpoint| e.ip(cluster, family).unwrap_or(zero);
+    let ctx = |flow| Ctx { cluster, ir, flow, src_ip: ip(&flow.src), dst_ip: ip(&flow.dst), hairpin: flow.src == flow.dst };
+    let e = ctx(egress).side(Direction::Egress);
+    let i = ctx(ingress).side(Direction::Ingress);
+    FamilyVerdict {
+        family,
+        src_ip: ip(&egress.src),
+        dst_ip: ip(&ingress.dst),
+        allowed: e.allowed && i.allowed,
+        shortcut: None,
+        egress: e,
+        ingress: i,
+    }
+}
+
+/// A connection through a Service that has no backend for it: the
+/// client's egress is judged on what it sends (`egress`: to the ClusterIP
+/// or the entry node), and nothing is delivered, `why` saying so.
+pub fn evaluate_no_backend<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, egress: &Flow, family: Family, why: &str) -> FamilyVerdict {
+    let zero = IpAddr::from([0, 0, 0, 0]);
+    let (src_ip, dst_ip) = (egress.src.ip(cluster, family).unwrap_or(zero), egress.dst.ip(cluster, family).unwrap_or(zero));
+    let e = Ctx { cluster, ir, flow: egress, src_ip, dst_ip, hairpin: false }.side(Direction::Egress);
+    FamilyVerdict {
+        family,
+        src_ip,
+        dst_ip,
+        allowed: false,
+        shortcut: None,
+        egress: e,
+        ingress: Side::new(false, SideReason::NoBackend { why: why.to_string() }),
+    }
+}
+
 struct Ctx<'a, R: ?Sized> {
     cluster: &'a Cluster,
     ir: &'a R,
     flow: &'a Flow,
     src_ip: IpAddr,
     dst_ip: IpAddr,
+    /// The flow is a pod to itself through a Service (see [`evaluate_sides`]).
+    hairpin: bool,
 }
 
 impl<R: Resolution + ?Sized> Ctx<'_, R> {
@@ -463,6 +519,9 @@ impl<R: Resolution + ?Sized> Ctx<'_, R> {
             self.ir.selecting(pod).iter().copied().filter(|&p| self.cluster.policies[p].isolates(dir)).collect();
         if isolated_by.is_empty() {
             return Side::new(true, SideReason::NotIsolated);
+        }
+        if self.hairpin {
+            return Side::new(true, SideReason::Hairpin { isolated_by });
         }
         let mut matches = Vec::new();
         let mut misses = Vec::new();

@@ -35,6 +35,46 @@ pub struct FamilyReport {
     pub allowed: bool,
     pub egress: SideReport,
     pub ingress: SideReport,
+    /// Set when the flow goes through a Service: kube-proxy's translation
+    /// (absent for every other flow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<ViaReport>,
+}
+
+/// How a connection through a Service reaches its backend, as `explain`
+/// shows it (built by `policytest::service`, which knows Services).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViaReport {
+    /// `ns/name` of the Service.
+    pub service: String,
+    /// `cluster_ip` or `node_port`.
+    pub entry: &'static str,
+    /// The entry node of NodePort traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_node: Option<String>,
+    /// What the client sends to: the ClusterIP or the entry node's address,
+    pub entry_ip: IpAddr,
+    /// at this port (the Service port, or the nodePort).
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The backend kube-proxy chose (`ns/pod`, `node/NAME` or an address);
+    /// `null` when there is none (`why` says why).
+    pub backend: Option<String>,
+    pub backend_ip: Option<IpAddr>,
+    pub backend_port: Option<u16>,
+    /// The source the backend's ingress sees after kube-proxy's
+    /// masquerade (the entry node's address), or `null`.
+    pub source_nat: Option<IpAddr>,
+    /// Where the client's egress is judged against the entry node at the
+    /// nodePort (translated only on arrival there), that address; `null`
+    /// when egress sees the backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_sees: Option<IpAddr>,
+    /// The client is its own backend.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hairpin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +83,8 @@ pub struct SideReport {
     pub endpoint: String,
     pub allowed: bool,
     /// `not_a_pod`, `same_pod`, `not_isolated`, `node_local`, `allowed`,
-    /// `denied`, `cluster_rule` (a cluster policy's Accept or Deny decided).
+    /// `denied`, `cluster_rule` (a cluster policy's Accept or Deny decided),
+    /// `hairpin` (a pod to itself through a Service), `no_backend`.
     pub reason: &'static str,
     /// One sentence saying why.
     pub summary: String,
@@ -128,8 +169,31 @@ pub fn report(cluster: &Cluster, flow: &Flow, verdict: &FlowVerdict) -> Report {
                 allowed: f.allowed,
                 egress: side(cluster, Direction::Egress, &flow.src.display(cluster), &f.egress),
                 ingress: side(cluster, Direction::Ingress, &flow.dst.display(cluster), &f.ingress),
+                via: None,
             })
             .collect(),
+    }
+}
+
+/// The report of one check through a Service: one family, one backend.
+/// `from`/`to` are as the user wrote them (`svc/NS/NAME`, `node/NAME`),
+/// `port` the port the client sends to; `ingress_of` names the backend.
+pub fn report_via(cluster: &Cluster, from: String, to: String, port: u16, ingress_of: &str, f: &crate::eval::FamilyVerdict, via: ViaReport) -> Report {
+    Report {
+        to,
+        protocol: via.protocol,
+        port,
+        allowed: f.allowed,
+        families: vec![FamilyReport {
+            family: f.family,
+            src_ip: f.src_ip,
+            dst_ip: f.dst_ip,
+            allowed: f.allowed,
+            egress: side(cluster, Direction::Egress, &from, &f.egress),
+            ingress: side(cluster, Direction::Ingress, ingress_of, &f.ingress),
+            via: Some(via),
+        }],
+        from,
     }
 }
 
@@ -195,6 +259,15 @@ fn side(c: &Cluster, dir: Direction, endpoint: &str, s: &Side) -> SideReport {
             } else {
                 format!("denied: isolated by {names}, and no {dir} rule matches")
             };
+        }
+        SideReason::Hairpin { isolated_by } => {
+            r.reason = "hairpin";
+            r.isolated_by = isolated(isolated_by);
+            r.summary = format!("hairpin: {endpoint} reaches itself through a Service, which its NetworkPolicies cannot block");
+        }
+        SideReason::NoBackend { why } => {
+            r.reason = "no_backend";
+            r.summary = format!("denied: {why}");
         }
         SideReason::ClusterRule { action, .. } => {
             r.reason = "cluster_rule";
@@ -336,12 +409,50 @@ pub fn describe_peer(p: &Peer) -> String {
     }
 }
 
+/// kube-proxy's steps, one line each: the DNAT (or why there is no
+/// backend), what egress sees when it is not the backend, the masquerade.
+pub fn render_via(v: &ViaReport, client: IpAddr) -> String {
+    let mut out = String::new();
+    let entry = match &v.entry_node {
+        Some(node) => format!("nodePort {node} {}:{}/{} (svc {})", v.entry_ip, v.port, v.protocol, v.service),
+        None => format!("svc {}:{}/{} {}", v.service, v.port, v.protocol, v.entry_ip),
+    };
+    match (&v.backend, v.backend_ip, v.backend_port) {
+        (Some(b), Some(ip), Some(port)) => {
+            let hairpin = if v.hairpin { ", hairpin: the client is the backend" } else { "" };
+            let _ = writeln!(out, "  {entry} -> {b} {}:{port} (DNAT{hairpin})", fmt_ip(ip));
+        }
+        _ => {
+            let _ = writeln!(out, "  {entry} -> no backend: {}", v.why.as_deref().unwrap_or("none"));
+        }
+    }
+    if let (Some(ip), Some(node)) = (v.egress_sees, &v.entry_node) {
+        let _ = writeln!(out, "  egress sees {}:{} (translated only on arrival at {node})", fmt_ip(ip), v.port);
+    }
+    if let Some(nat) = v.source_nat {
+        let node = v.entry_node.as_deref().unwrap_or("?");
+        let _ = writeln!(out, "  source {client} -> {nat} (masquerade, entry node {node})");
+    }
+    out
+}
+
+/// `[2001:db8::1]` for IPv6 before a port, as addresses with ports are written.
+fn fmt_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
 /// Compact human rendering.
 pub fn render_text(r: &Report) -> String {
     let mut out = String::new();
     let verdict = if r.allowed { "ALLOWED" } else { "DENIED" };
     let _ = writeln!(out, "{} -> {} {}/{}: {verdict}", r.from, r.to, r.port, r.protocol);
     for f in &r.families {
+        if let Some(v) = &f.via {
+            out.push_str(&render_via(v, f.src_ip));
+        }
         let v = if f.allowed { "allowed" } else { "denied" };
         let _ = writeln!(out, "  {} {} -> {}: {v}", f.family, f.src_ip, f.dst_ip);
         for (dir, s) in [("egress", &f.egress), ("ingress", &f.ingress)] {

@@ -10,7 +10,7 @@ use netfence::eval::{evaluate, Endpoint, Flow};
 use netfence::gen::Rng;
 use netfence::ir::{self, Ir, Local, PeerIr};
 use netfence::model::{Cluster, Direction, PortRef, Protocol};
-use netfence::policytest::{self, PolicyTest};
+use netfence::policytest::{self, service, PolicyTest};
 
 /// The explain JSON of `flow` through the whole IR and through `Local`;
 /// `None` when the flow cannot be judged (both must agree on that too).
@@ -29,12 +29,20 @@ fn describe(c: &Cluster, f: &Flow) -> String {
 fn local_resolution_explains_every_suite_check_identically() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let files = policytest::collect(&[root.join("policy-tests"), root.join("policy-tests-failing")]).unwrap();
-    let (mut checks, mut denied, mut empty_peers) = (0, 0, 0);
+    let (mut checks, mut denied, mut empty_peers, mut via_checks) = (0, 0, 0, 0);
     for file in &files {
         let test = PolicyTest::load(file).unwrap_or_else(|e| panic!("{e}"));
         let c = &test.cluster;
         let ir = ir::resolve(c);
         for ch in policytest::checks(&test).unwrap_or_else(|e| panic!("{e}")) {
+            // Through a Service: the report explain prints, both ways.
+            if let Some(via) = &ch.via {
+                let json = |v| serde_json::to_string_pretty(&service::explain(c, &ch.flow, via, &v)).unwrap();
+                let full = json(service::evaluate(c, &ir, &ch.flow, via, ch.family));
+                let local = json(service::evaluate(c, &Local::new(c), &ch.flow, via, ch.family));
+                assert_eq!(full, local, "{}:{}: {}", file.display(), ch.line, policytest::describe(c, &ch));
+                via_checks += 1;
+            }
             // Both the check's one family and every family at once.
             for flow in [Flow { family: Some(ch.family), ..ch.flow.clone() }, ch.flow.clone()] {
                 let (full, local) = both(c, &ir, &flow);
@@ -46,6 +54,7 @@ fn local_resolution_explains_every_suite_check_identically() {
         }
     }
     assert!(checks > 2000, "only {checks} flows compared");
+    assert!(via_checks > 50, "only {via_checks} checks through a Service compared");
     assert!(denied > 300, "only {denied} flows with a denied side: misses are barely covered");
     assert!(empty_peers > 0, "no miss on a peer that matches no pod");
 }

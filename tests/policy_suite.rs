@@ -114,3 +114,29 @@ fn explain_walks_the_tiers() {
     assert_eq!(ingress["tiers"][0]["rule"]["name"], "pass-y", "{ingress:#}");
     assert_eq!(ingress["reason"], "not_isolated", "{ingress:#}");
 }
+
+/// Through a Service: one report per backend, the translation first; the
+/// JSON is an array of reports with `via`; bad Service input exits 2.
+#[test]
+fn explain_through_a_service() {
+    let f = "fixtures/clusters/services.yaml";
+    let (code, out, err) = netfence(&["explain", "-f", f, "--from", "203.0.113.7", "--to", "node/node-1", "--port", "30080"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nodePort node-1 172.18.0.2:30080/TCP (svc shop/web-np) -> shop/web-2 10.244.2.10:8081 (DNAT)"), "{out}");
+    assert!(out.contains("source 203.0.113.7 -> 172.18.0.2 (masquerade, entry node node-1)"), "{out}");
+    let (code, out, _) = netfence(&["explain", "-f", f, "--from", "client/c1", "--to", "svc/shop/web", "--port", "80", "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let reports = v.as_array().unwrap();
+    assert_eq!(reports.len(), 4, "two backends, two families: {out}");
+    let via = &reports[1]["families"][0]["via"];
+    assert_eq!((via["service"].as_str(), via["backend"].as_str(), via["backend_port"].as_u64()), (Some("shop/web"), Some("shop/web-2"), Some(8081)), "{via:#}");
+    assert!(via["source_nat"].is_null(), "{via:#}");
+    let (code, _, err) = netfence(&["explain", "-f", f, "--from", "client/c1", "--to", "svc/shop/db", "--port", "80"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--port 80: 80/TCP is not a port of Service shop/db"), "{err}");
+    // A plain flow's JSON is one report, without `via`.
+    let (_, out, _) = netfence(&["explain", "-f", f, "--from", "client/c1", "--to", "shop/web-1", "--port", "8080", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.is_object() && v["families"][0].get("via").is_none(), "{out}");
+}

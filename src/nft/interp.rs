@@ -486,6 +486,9 @@ pub fn hops_via_service(cluster: &Cluster, src: &Endpoint, dst: &Endpoint) -> Ve
     }
 }
 
+/// Which hooks a flow crosses: [`hops`], or [`hops_via_service`].
+type Hops = fn(&Cluster, &Endpoint, &Endpoint) -> Vec<Hop>;
+
 /// Where a packet from `e` comes into the first node it meets at
 /// prerouting: a pod through its own interface, anything else off the wire
 /// (a node's own packets start at output, and loop back as [`Iif::Local`]).
@@ -498,6 +501,62 @@ fn first_iif(cluster: &Cluster, e: &Endpoint) -> Iif {
         Endpoint::Node(_) | Endpoint::NodeAddr(..) => Iif::Local,
         Endpoint::Ip(_) => Iif::Wire,
     }
+}
+
+/// Each hop of `hops(from, to)` with `pkt` as it is there: entering a
+/// node at prerouting through the first endpoint's interface, loopback
+/// (after the same node's output) or the wire.
+fn hop_steps(cluster: &Cluster, from: &Endpoint, to: &Endpoint, mut pkt: Packet, hops: Hops) -> Vec<(Hop, Packet)> {
+    let path = hops(cluster, from, to);
+    let mut out = Vec::with_capacity(path.len());
+    for (i, hop) in path.iter().enumerate() {
+        if hop.hook == Hook::Prerouting {
+            pkt.iif = match i.checked_sub(1).map(|j| &path[j]) {
+                None => first_iif(cluster, from),
+                Some(prev) if prev.node == hop.node => Iif::Local,
+                Some(_) => Iif::Wire,
+            };
+        }
+        out.push((hop.clone(), pkt));
+    }
+    out
+}
+
+/// Run a connection: its first packet through `there` (each hop with the
+/// packet as that node sees it), then, if it got through, its reply
+/// through `back()`, each node's conntrack deciding the state each packet
+/// carries there.
+fn run_connection<'p>(
+    cluster: &Cluster,
+    programs: &dyn Fn(&str) -> Option<&'p Program>,
+    packet: Packet,
+    there: Vec<(Hop, Packet)>,
+    back: impl FnOnce() -> Vec<(Hop, Packet)>,
+) -> FlowTrace {
+    let tracks: BTreeMap<String, Conntrack> = there.iter().map(|(h, _)| (h.node.clone(), Conntrack::default())).collect();
+    let run = |steps: Vec<(Hop, Packet)>| -> Vec<HopVerdict> {
+        let mut out: Vec<HopVerdict> = Vec::with_capacity(steps.len());
+        let mut dropped = false;
+        for (i, (hop, pkt)) in steps.iter().enumerate() {
+            let Some(ct) = tracks.get(&hop.node) else { continue };
+            let pkt = Packet { ct: ct.state(pkt), ..*pkt };
+            let eval = programs(&hop.node).map(|p| eval_hook(Host::of(cluster, &hop.node, p), hop.hook, &pkt));
+            dropped |= eval.as_ref().is_some_and(|e| !e.accepted);
+            // Conntrack confirms a connection when its packet leaves the
+            // node's last hook (postrouting, or input when delivered).
+            let leaves = steps.get(i + 1).is_none_or(|(next, _)| next.node != hop.node || next.hook == Hook::Prerouting);
+            if leaves && !dropped {
+                ct.confirm(&pkt);
+            }
+            out.push(HopVerdict { hop: hop.clone(), eval });
+        }
+        out
+    };
+    let passed = |hops: &[HopVerdict]| hops.iter().all(|h| h.eval.as_ref().is_none_or(|e| e.accepted));
+    let hops = run(there);
+    let reply = if passed(&hops) { run(back()) } else { Vec::new() };
+    let allowed = passed(&hops) && passed(&reply);
+    FlowTrace { packet, allowed, hops, reply }
 }
 
 /// Run `flow`'s first packet in `family` through the programs of the
@@ -531,41 +590,155 @@ fn flow_verdict_on<'p>(
     programs: &dyn Fn(&str) -> Option<&'p Program>,
     flow: &Flow,
     family: Family,
-    hops: fn(&Cluster, &Endpoint, &Endpoint) -> Vec<Hop>,
+    hops: Hops,
 ) -> Option<FlowTrace> {
     let packet = Packet::new(flow.src.ip(cluster, family)?, flow.dst.ip(cluster, family)?, flow.protocol, flow.port);
-    let tracks: BTreeMap<String, Conntrack> = hops(cluster, &flow.src, &flow.dst).into_iter().map(|h| (h.node, Conntrack::default())).collect();
-    let run = |mut pkt: Packet, from: &Endpoint, to: &Endpoint| -> Vec<HopVerdict> {
-        let path = hops(cluster, from, to);
-        let mut out: Vec<HopVerdict> = Vec::with_capacity(path.len());
-        let mut dropped = false;
-        for (i, hop) in path.iter().enumerate() {
-            if hop.hook == Hook::Prerouting {
-                pkt.iif = match i.checked_sub(1).map(|j| &path[j]) {
-                    None => first_iif(cluster, from),
-                    Some(prev) if prev.node == hop.node => Iif::Local,
-                    Some(_) => Iif::Wire,
-                };
+    let there = hop_steps(cluster, &flow.src, &flow.dst, packet, hops);
+    Some(run_connection(cluster, programs, packet, there, || hop_steps(cluster, &flow.dst, &flow.src, packet.reply(), hops)))
+}
+
+/// A connection through kube-proxy's translation (a Service): DNAT to
+/// `backend` where the Service address is caught, and maybe a masquerade
+/// on the way out of the entry node. Service-agnostic on purpose: the
+/// caller says what was translated where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translated {
+    pub client: Endpoint,
+    pub backend: Endpoint,
+    pub protocol: Protocol,
+    pub backend_port: u16,
+    /// NodePort traffic: the entry node, the address and the nodePort the
+    /// client sends to. `None`: a ClusterIP, caught on the client's node.
+    pub node_port: Option<(String, IpAddr, u16)>,
+    /// The source after the entry node's masquerade (applied after every
+    /// judging chain there, before the packet leaves for another node).
+    pub source_nat: Option<IpAddr>,
+}
+
+/// How a packet comes into a node and where it goes from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrive {
+    /// Sent by the node itself (or a host-network pod): output.
+    Origin,
+    /// From a local pod's interface, or off the wire: prerouting.
+    In(Iif),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// Delivered to the node itself: input.
+    Host,
+    /// Routed on, to a local pod (its interface) or the wire: postrouting.
+    Out(Option<Iif>),
+}
+
+/// One node's part of a translated connection: the packet as that node's
+/// rules see it (after any DNAT there, before its masquerade).
+struct Segment {
+    node: String,
+    arrive: Arrive,
+    leave: Leave,
+    pkt: Packet,
+}
+
+impl Segment {
+    fn steps(&self) -> Vec<(Hop, Packet)> {
+        let hop = |hook| Hop { node: self.node.clone(), hook };
+        let with = |iif| Packet { iif, ..self.pkt };
+        let mut out = Vec::new();
+        match self.arrive {
+            Arrive::Origin => {
+                out.push((hop(Hook::Output), self.pkt));
+                out.push((hop(Hook::Postrouting), self.pkt));
+                if self.leave == Leave::Host {
+                    out.push((hop(Hook::Prerouting), with(Iif::Local)));
+                    out.push((hop(Hook::Input), with(Iif::Local)));
+                }
             }
-            let ct = &tracks[&hop.node];
-            pkt.ct = ct.state(&pkt);
-            let eval = programs(&hop.node).map(|p| eval_hook(Host::of(cluster, &hop.node, p), hop.hook, &pkt));
-            dropped |= eval.as_ref().is_some_and(|e| !e.accepted);
-            // Conntrack confirms a connection when its packet leaves the
-            // node's last hook (postrouting, or input when delivered).
-            let leaves = path.get(i + 1).is_none_or(|next| next.node != hop.node || next.hook == Hook::Prerouting);
-            if leaves && !dropped {
-                ct.confirm(&pkt);
+            Arrive::In(iif) => {
+                out.push((hop(Hook::Prerouting), with(iif)));
+                match self.leave {
+                    Leave::Host => out.push((hop(Hook::Input), with(iif))),
+                    Leave::Out(_) => {
+                        out.push((hop(Hook::Forward), with(iif)));
+                        out.push((hop(Hook::Postrouting), with(iif)));
+                    }
+                }
             }
-            out.push(HopVerdict { hop: hop.clone(), eval });
         }
         out
+    }
+
+    /// The same node's part of the reply: the other way round.
+    fn reply(&self) -> Segment {
+        let arrive = match self.leave {
+            Leave::Host => Arrive::Origin,
+            Leave::Out(pod) => Arrive::In(pod.unwrap_or(Iif::Wire)),
+        };
+        let leave = match self.arrive {
+            Arrive::Origin => Leave::Host,
+            Arrive::In(Iif::Wire) | Arrive::In(Iif::Local) => Leave::Out(None),
+            Arrive::In(pod) => Leave::Out(Some(pod)),
+        };
+        Segment { node: self.node.clone(), arrive, leave, pkt: self.pkt.reply() }
+    }
+}
+
+/// A connection through a Service, node by node as the packets really go:
+/// the client's node (its egress sees the backend if the translation
+/// happened there, else the entry node at the nodePort), the entry node
+/// (DNAT, judging, then the masquerade), the backend's node (its ingress
+/// sees the client or the masqueraded source); a pod that is its own
+/// backend (hairpin) leaves and re-enters through its node's hooks with
+/// its own address as source and destination. Then the reply back, each
+/// node answering the connection as it saw it. `None` when an endpoint has
+/// no address in `family`.
+pub fn path_verdict<'p>(cluster: &Cluster, programs: &dyn Fn(&str) -> Option<&'p Program>, t: &Translated, family: Family) -> Option<FlowTrace> {
+    let client_ip = t.client.ip(cluster, family)?;
+    let backend_ip = t.backend.ip(cluster, family)?;
+    let to_backend = Packet::new(client_ip, backend_ip, t.protocol, t.backend_port);
+    let iif_of = |e: &Endpoint| match first_iif(cluster, e) {
+        Iif::Local => None,
+        iif => Some(iif),
     };
-    let passed = |hops: &[HopVerdict]| hops.iter().all(|h| h.eval.as_ref().is_none_or(|e| e.accepted));
-    let hops = run(packet, &flow.src, &flow.dst);
-    let reply = if passed(&hops) { run(packet.reply(), &flow.dst, &flow.src) } else { Vec::new() };
-    let allowed = passed(&hops) && passed(&reply);
-    Some(FlowTrace { packet, allowed, hops, reply })
+    let client = place(cluster, &t.client);
+    let backend = place(cluster, &t.backend);
+    // Where the backend is delivered, on its node.
+    let deliver = match &backend {
+        Some((_, true)) => Leave::Out(iif_of(&t.backend)),
+        Some((_, false)) => Leave::Host,
+        None => Leave::Out(None),
+    };
+    let backend_node = backend.as_ref().map(|(n, _)| n.clone());
+    let arrive_from_client = match &client {
+        Some((_, true)) => Arrive::In(first_iif(cluster, &t.client)),
+        Some((_, false)) => Arrive::Origin,
+        None => Arrive::In(Iif::Wire),
+    };
+    let mut segments: Vec<Segment> = Vec::new();
+    // The node that translates: the entry node, or the client's for a ClusterIP.
+    let (translator, arrive) = match (&t.node_port, &client) {
+        (None, Some((c, _))) => (c.clone(), arrive_from_client),
+        (None, None) => return None,
+        (Some((e, _, _)), Some((c, _))) if c == e => (e.clone(), arrive_from_client),
+        (Some((e, ip, port)), client) => {
+            if let Some((c, _)) = client {
+                let pkt = Packet::new(client_ip, *ip, t.protocol, *port);
+                segments.push(Segment { node: c.clone(), arrive: arrive_from_client, leave: Leave::Out(None), pkt });
+            }
+            (e.clone(), Arrive::In(Iif::Wire))
+        }
+    };
+    let local = backend_node.as_deref() == Some(translator.as_str());
+    let leave = if local { deliver } else { Leave::Out(None) };
+    segments.push(Segment { node: translator, arrive, leave, pkt: to_backend });
+    if let (false, Some(b)) = (local, backend_node) {
+        let pkt = Packet { src: t.source_nat.unwrap_or(client_ip), ..to_backend };
+        segments.push(Segment { node: b, arrive: Arrive::In(Iif::Wire), leave: deliver, pkt });
+    }
+    let there: Vec<(Hop, Packet)> = segments.iter().flat_map(Segment::steps).collect();
+    let first = there.first().map_or(to_backend, |(_, p)| *p);
+    Some(run_connection(cluster, programs, first, there, || segments.iter().rev().flat_map(|s| s.reply().steps()).collect()))
 }
 
 #[cfg(test)]
@@ -876,5 +1049,44 @@ mod tests {
         assert!(verdict("172.18.0.2", Iif::Local), "the node itself, looped back");
         let nd = Packet { l4: L4::Icmpv6 { ty: 135 }, iif: xa, hop_limit: 255, ..Packet::new("fe80::1".parse().unwrap(), "fe80::2".parse().unwrap(), Protocol::Udp, 0) };
         assert!(eval_hook(Host::of(&c, "node-1", p), Hook::Prerouting, &nd).accepted, "neighbour discovery");
+    }
+
+    /// A connection through a Service, node by node: the hops, the source
+    /// each node's rules see, and the verdict a masquerade changes.
+    #[test]
+    fn translated_paths_follow_kube_proxy() {
+        let c = crate::nft::compile::tests::cluster(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-node-1, namespace: x}\nspec: {podSelector: {matchLabels: {pod: b}}, ingress: [{from: [{ipBlock: {cidr: 172.18.0.2/32}}]}]}\n",
+        );
+        let programs = crate::nft::compile_all(&c, &crate::ir::resolve(&c));
+        let e = |s: &str| Endpoint::parse(&c, s).unwrap();
+        let path = |client: &str, backend: &str, node_port: Option<(&str, &str)>, nat: Option<&str>| {
+            let t = Translated {
+                client: e(client),
+                backend: e(backend),
+                protocol: Protocol::Tcp,
+                backend_port: 80,
+                node_port: node_port.map(|(n, ip)| (n.to_string(), v4(ip), 30080)),
+                source_nat: nat.map(v4),
+            };
+            let trace = path_verdict(&c, &|n| programs.get(n), &t, Family::IPv4).unwrap();
+            let hops: Vec<String> = trace.hops.iter().map(|h| format!("{}:{}", h.hop.node, h.hop.hook.name())).collect();
+            (hops.join(" "), trace.allowed)
+        };
+        let n1_n2 = "node-1:prerouting node-1:forward node-1:postrouting node-2:prerouting node-2:forward node-2:postrouting";
+        // ClusterIP: translated on the client's node; x/b sees x/a and denies.
+        assert_eq!(path("x/a", "x/b", None, None), (n1_n2.to_string(), false));
+        // Hairpin: out of the pod and back through its node's hooks.
+        assert_eq!(path("x/a", "x/a", None, None), ("node-1:prerouting node-1:forward node-1:postrouting".to_string(), true));
+        // A node's own ClusterIP traffic starts at output.
+        assert_eq!(path("node/node-1", "x/c", None, None), ("node-1:output node-1:postrouting".to_string(), true));
+        // NodePort through node-1, masqueraded: x/b sees node-1 and admits it.
+        assert_eq!(path("192.0.2.1", "x/b", Some(("node-1", "172.18.0.2")), Some("172.18.0.2")), (n1_n2.to_string(), true));
+        assert_eq!(path("192.0.2.1", "x/b", Some(("node-1", "172.18.0.2")), None), (n1_n2.to_string(), false));
+        // A pod to another node's nodePort: its node, the entry node, the backend's.
+        let (hops, _) = path("x/c", "x/b", Some(("node-2", "172.18.0.3")), None);
+        assert_eq!(hops, n1_n2);
+        let (hops, _) = path("x/b", "x/c", Some(("node-2", "172.18.0.3")), Some("172.18.0.3"));
+        assert_eq!(hops, "node-2:prerouting node-2:forward node-2:postrouting node-1:prerouting node-1:forward node-1:postrouting");
     }
 }

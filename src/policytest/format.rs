@@ -58,6 +58,8 @@ pub struct FlowExpectation {
     pub from_at: At,
     pub to_at: At,
     pub family_at: Option<At>,
+    /// Where `port` is: a port a Service does not have is an error there.
+    pub port_at: At,
     pub from: String,
     pub to: String,
     pub port: u16,
@@ -278,6 +280,7 @@ fn expectation(file: &str, source: &[&str], doc: &Doc, path: &str, v: &Value) ->
         from_at: at("from"),
         to_at: at("to"),
         family_at: family.map(|_| at("family")),
+        port_at: at("port"),
         from: raw.from,
         to: raw.to,
         port: raw.port,

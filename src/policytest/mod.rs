@@ -181,13 +181,8 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
     let (checks, tables) = expand(test)?;
 
     // The reference verdicts, with their traces for explanations.
-    let reference: Vec<bool> = checks
-        .iter()
-        .map(|ch| {
-            let one = Flow { family: Some(ch.family), ..ch.flow.clone() };
-            evaluate(c, ir, &one).map(|v| v.allowed).map_err(|e| ch.at.error(&file, &e))
-        })
-        .collect::<Result<_, _>>()?;
+    let reference: Vec<bool> =
+        checks.iter().map(|ch| judge(c, ir, ch).map(|v| v.allowed).map_err(|e| ch.at.error(&file, &e))).collect::<Result<_, _>>()?;
 
     let mut failures = Vec::new();
     let mut unjudged = Vec::new();
@@ -198,7 +193,7 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
             let got = match got {
                 Ok(g) => g,
                 Err(why) => {
-                    unjudged.push(format!("{}: {} {} not judged: {why}", b.name(), describe(c, &ch.flow), ch.family));
+                    unjudged.push(format!("{}: {} {} not judged: {why}", b.name(), describe(c, ch), ch.family));
                     continue;
                 }
             };
@@ -210,7 +205,7 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
                         "ENGINE BUG: {} says {} for {} {}, the reference evaluator says {}",
                         b.name(),
                         word(*got),
-                        describe(c, &ch.flow),
+                        describe(c, ch),
                         ch.family,
                         word(*want)
                     ),
@@ -230,7 +225,7 @@ pub fn run_test(test: &PolicyTest, ir: &Ir, backends: &mut [Box<dyn Backend>]) -
             failures.push(Failure {
                 line: ch.line,
                 kind: "flow",
-                message: format!("{} {}: expected {}, got {}", describe(c, &ch.flow), ch.family, word(exp), word(reference[i])),
+                message: format!("{} {}: expected {}, got {}", describe(c, ch), ch.family, word(exp), word(reference[i])),
                 explanations: vec![explain_one(c, ir, ch)],
                 table: None,
             });
@@ -278,40 +273,44 @@ fn expand(test: &PolicyTest) -> Result<(Vec<Check>, Tables<'_>), String> {
     let c = &test.cluster;
     let file = test.file.display().to_string();
     let endpoint = |s: &str, at: &format::At| Endpoint::parse(c, s).map_err(|e| at.error(&file, &e));
+    let dest = |s: &str, at: &format::At| match service::parse_service(c, s) {
+        Some(svc) => svc.map(Dest::Service).map_err(|e| at.error(&file, &e)),
+        None => endpoint(s, at).map(Dest::Endpoint),
+    };
 
     let mut checks: Vec<Check> = Vec::new();
     let mut tables: Tables<'_> = Vec::new();
     for (i, e) in test.expectations.iter().enumerate() {
         match e {
             Expectation::Flow(f) => {
-                let flow = Flow {
-                    src: endpoint(&f.from, &f.from_at)?,
-                    dst: endpoint(&f.to, &f.to_at)?,
-                    protocol: f.protocol,
-                    port: f.port,
-                    family: f.family,
+                let src = endpoint(&f.from, &f.from_at)?;
+                let dst = dest(&f.to, &f.to_at)?;
+                let at = |field: service::Field| match field {
+                    service::Field::From => &f.from_at,
+                    service::Field::To => &f.to_at,
+                    service::Field::Port => &f.port_at,
+                    service::Field::Family => f.family_at.as_ref().unwrap_or(&f.at),
                 };
-                let families = flow.families(c).map_err(|e| f.family_at.as_ref().unwrap_or(&f.at).error(&file, &e))?;
-                for family in families {
-                    checks.push(Check { flow: flow.clone(), family, line: f.line.0, at: f.at.clone(), expected: Some(f.allow), via: None });
+                let made = one_flow(c, src, &dst, f.protocol, f.port, f.family).map_err(|e| at(e.field).error(&file, &e.message))?;
+                for (family, flow, via) in made {
+                    checks.push(Check { flow, family, line: f.line.0, at: f.at.clone(), expected: Some(f.allow), via });
                 }
             }
             Expectation::Table(t) => {
                 let start = checks.len();
-                let cols = t.columns.iter().zip(&t.columns_at).map(|(s, at)| endpoint(s, at)).collect::<Result<Vec<_>, _>>()?;
+                let cols = t.columns.iter().zip(&t.columns_at).map(|(s, at)| dest(s, at)).collect::<Result<Vec<_>, _>>()?;
                 for row in &t.rows {
                     let src = endpoint(&row.endpoint, &row.at)?;
                     for ((col, cell), cell_at) in cols.iter().zip(&row.cells).zip(&row.cells_at) {
-                        let flow = Flow { src: src.clone(), dst: col.clone(), protocol: t.protocol, port: t.port, family: t.family };
-                        let families = match flow.families(c) {
-                            Ok(f) => f,
+                        let made = match one_flow(c, src.clone(), col, t.protocol, t.port, t.family) {
+                            Ok(m) => m,
                             // A table over mixed single-stack pods has cells with no
                             // common family: with `?` they are simply not checked.
                             Err(_) if cell.is_none() => continue,
-                            Err(e) => return Err(cell_at.error(&file, &e)),
+                            Err(e) => return Err(cell_at.error(&file, &e.message)),
                         };
-                        for family in families {
-                            checks.push(Check { flow: flow.clone(), family, line: row.line.0, at: cell_at.clone(), expected: *cell, via: None });
+                        for (family, flow, via) in made {
+                            checks.push(Check { flow, family, line: row.line.0, at: cell_at.clone(), expected: *cell, via });
                         }
                     }
                 }
@@ -322,6 +321,56 @@ fn expand(test: &PolicyTest) -> Result<(Vec<Check>, Tables<'_>), String> {
     Ok((checks, tables))
 }
 
+/// A destination as written: an endpoint, or `svc/NS/NAME`.
+enum Dest<'c> {
+    Endpoint(Endpoint),
+    Service(&'c crate::model::service::Service),
+}
+
+/// The checks of one flow: per family, the flow itself, or through a
+/// Service one check per backend (a node at a nodePort is NodePort
+/// traffic).
+fn one_flow(
+    c: &Cluster,
+    src: Endpoint,
+    dst: &Dest<'_>,
+    protocol: crate::model::Protocol,
+    port: u16,
+    family: Option<Family>,
+) -> Result<Vec<(Family, Flow, Option<service::Via>)>, service::ViaError> {
+    let through = |target, written: Option<&Endpoint>| {
+        service::expand(c, &src, written, target, protocol, port, family)
+            .map(|v| v.into_iter().map(|t| (t.family, t.flow, Some(t.via))).collect())
+    };
+    match dst {
+        Dest::Service(svc) => through(service::Target::ClusterIp(svc), None),
+        Dest::Endpoint(d) => {
+            if let Some(target) = service::node_port_target(c, d, protocol, port) {
+                return through(target, Some(d));
+            }
+            let flow = Flow { src: src.clone(), dst: d.clone(), protocol, port, family };
+            let families = flow.families(c).map_err(|e| service::ViaError {
+                // Located at `family` when written, else at the expectation.
+                field: service::Field::Family,
+                message: e.to_string(),
+            })?;
+            Ok(families.into_iter().map(|f| (f, flow.clone(), None)).collect())
+        }
+    }
+}
+
+/// The reference verdict of one check, with its trace.
+pub fn judge<R: crate::ir::Resolution + ?Sized>(c: &Cluster, ir: &R, ch: &Check) -> Result<crate::eval::FamilyVerdict, crate::eval::EndpointError> {
+    match &ch.via {
+        Some(via) => Ok(service::evaluate(c, ir, &ch.flow, via, ch.family)),
+        None => {
+            let one = Flow { family: Some(ch.family), ..ch.flow.clone() };
+            let v = evaluate(c, ir, &one)?;
+            v.families.into_iter().next().ok_or(crate::eval::EndpointError::MissingFamily { endpoint: one.src.display(c), family: ch.family })
+        }
+    }
+}
+
 fn word(allowed: bool) -> &'static str {
     if allowed {
         "allow"
@@ -330,11 +379,28 @@ fn word(allowed: bool) -> &'static str {
     }
 }
 
-fn describe(c: &Cluster, f: &Flow) -> String {
-    format!("{} -> {} {}/{}", f.src.display(c), f.dst.display(c), f.port, f.protocol)
+/// A check in words; through a Service, naming the backend.
+pub fn describe(c: &Cluster, ch: &Check) -> String {
+    let f = &ch.flow;
+    match &ch.via {
+        Some(via) => via.describe(c, f),
+        None => format!("{} -> {} {}/{}", f.src.display(c), f.dst.display(c), f.port, f.protocol),
+    }
+}
+
+/// The destination a check's expectation wrote (`svc/NS/NAME` for a
+/// check through a Service, not its backend).
+fn written_dst(c: &Cluster, ch: &Check) -> String {
+    match &ch.via {
+        Some(via) => via.written_to(c),
+        None => ch.flow.dst.display(c),
+    }
 }
 
 fn explain_one(c: &Cluster, ir: &Ir, ch: &Check) -> explain::Report {
+    if let Some(via) = &ch.via {
+        return service::explain(c, &ch.flow, via, &service::evaluate(c, ir, &ch.flow, via, ch.family));
+    }
     let one = Flow { family: Some(ch.family), ..ch.flow.clone() };
     // The check's family was validated when it was expanded.
     match evaluate(c, ir, &one) {
@@ -365,7 +431,7 @@ fn draw_table(c: &Cluster, t: &format::Table, checks: &[Check], actual: &[bool])
             let cell: Vec<(usize, &Check)> = checks
                 .iter()
                 .enumerate()
-                .filter(|(_, ch)| ch.flow.src.display(c) == normalize(c, &row.endpoint) && ch.flow.dst.display(c) == normalize(c, col))
+                .filter(|(_, ch)| ch.flow.src.display(c) == normalize(c, &row.endpoint) && written_dst(c, ch) == normalize(c, col))
                 .collect();
             let expected = row.cells[ci];
             let text = match expected {
@@ -374,7 +440,14 @@ fn draw_table(c: &Cluster, t: &format::Table, checks: &[Check], actual: &[bool])
                     let wrong: Vec<String> = cell
                         .iter()
                         .filter(|(i, _)| actual[*i] != e)
-                        .map(|(i, ch)| if cell.len() > 1 { format!("{}{}", sym(actual[*i]), ch.family.to_string().trim_start_matches("IP")) } else { sym(actual[*i]).to_string() })
+                        .map(|(i, ch)| {
+                            let backend = ch.via.as_ref().and_then(|v| v.backend.as_ref()).map(|b| format!("@{}", b.ip)).unwrap_or_default();
+                            if cell.len() > 1 {
+                                format!("{}{}{backend}", sym(actual[*i]), ch.family.to_string().trim_start_matches("IP"))
+                            } else {
+                                sym(actual[*i]).to_string()
+                            }
+                        })
                         .collect();
                     if wrong.is_empty() {
                         sym(e).to_string()
