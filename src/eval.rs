@@ -45,6 +45,8 @@ pub enum EndpointError {
     NodeWithoutIp(String),
     #[error("{0} is the address of pod {1}: name the pod instead")]
     IpOfPod(IpAddr, String),
+    #[error("{0} is the ClusterIP of Service {1}, which kube-proxy translates before policy sees it: write svc/{1}")]
+    IpOfService(IpAddr, String),
     #[error("{0:?} is not an endpoint (expected ns/pod, node/NAME or an IP address)")]
     Syntax(String),
     #[error("{endpoint} has no {family} address")]
@@ -62,6 +64,9 @@ impl Endpoint {
             }
             if let Some(pod) = cluster.pod_by_ip(ip) {
                 return Err(EndpointError::IpOfPod(ip, cluster.pods[pod].key()));
+            }
+            if let Some(svc) = cluster.services.iter().find(|s| s.cluster_ips.contains(&ip)) {
+                return Err(EndpointError::IpOfService(ip, svc.key()));
             }
             return Ok(Endpoint::Ip(ip));
         }

@@ -17,9 +17,8 @@ use std::collections::BTreeMap;
 
 use super::service::{self, Entry};
 use super::{in_pod_cidr, Backend, Check, PolicyTest};
-use crate::eval::Endpoint;
-use crate::ir::{Ir, Resolution};
-use crate::model::{Cluster, Direction, Family};
+use crate::ir::Ir;
+use crate::model::Cluster;
 use crate::nft::{compile_all, interp, Program};
 
 pub struct InterpBackend;
@@ -41,7 +40,7 @@ impl Backend for InterpBackend {
                     return Ok(Err(why));
                 }
                 if let Some(via) = &ch.via {
-                    return through_service(&test.cluster, ir, &programs, ch, via);
+                    return through_service(&test.cluster, &programs, ch, via);
                 }
                 interp::flow_verdict(&test.cluster, &|n| programs.get(n), &ch.flow, ch.family)
                     .map(|t| Ok(t.allowed))
@@ -54,16 +53,13 @@ impl Backend for InterpBackend {
 /// A check through a Service, judged along the path its packets take.
 fn through_service(
     cluster: &Cluster,
-    ir: &Ir,
     programs: &BTreeMap<String, Program>,
     ch: &Check,
     via: &service::Via,
 ) -> anyhow::Result<Result<bool, String>> {
-    if via.backend.is_none() {
+    // No backend, or one the connection cannot reach (`why`): no path.
+    if via.backend.is_none() || via.why.is_some() {
         return Ok(Ok(false));
-    }
-    if let Some(why) = not_judged(cluster, ir, programs, ch, via) {
-        return Ok(Err(why));
     }
     let t = interp::Translated {
         client: ch.flow.src.clone(),
@@ -81,37 +77,3 @@ fn through_service(
         .ok_or_else(|| anyhow::anyhow!("line {}: no {} address", ch.line, ch.family))
 }
 
-/// Why the compiled programs cannot be held to the reference on this
-/// check, if they cannot.
-fn not_judged(cluster: &Cluster, ir: &Ir, programs: &BTreeMap<String, Program>, ch: &Check, via: &service::Via) -> Option<String> {
-    let Endpoint::Pod(client) = ch.flow.src else { return None };
-    let pod = &cluster.pods[client];
-    let node = crate::nft::compile::node_of(pod);
-    // A hairpin is allowed by isolating NetworkPolicies only through the
-    // kernel's `@hairpin4`/`@hairpin6` set: until the compiler emits it,
-    // such checks cannot agree.
-    if via.hairpin(&ch.flow) {
-        let isolated = ir.selecting(client).iter().any(|&p| {
-            let p = &cluster.policies[p];
-            p.isolates(Direction::Ingress) || p.isolates(Direction::Egress)
-        });
-        let set = if ch.family == Family::IPv4 { "hairpin4" } else { "hairpin6" };
-        if isolated && programs.get(node).is_none_or(|p| !p.sets.contains_key(set)) {
-            return Some(format!("hairpin of a pod isolated by NetworkPolicies: node {node}'s program has no set {set} exempting it yet"));
-        }
-    }
-    // `externalTrafficPolicy: Local` short-circuits pod traffic without a
-    // masquerade: a nodePort of another node sends the client's own
-    // address back to its node off the wire, which anti-spoofing drops
-    // (as strict rp_filter would), whatever policy says.
-    if let (Entry::NodePort { node: entry, .. }, None) = (&via.entry, via.source_nat) {
-        let back_home = via.backend.as_ref().and_then(|b| b.node.as_deref()) == Some(node);
-        if entry != node && back_home {
-            return Some(format!(
-                "entry node {entry} sends {}'s own address back to node {node} without a masquerade (externalTrafficPolicy Local, pod traffic): anti-spoofing drops it",
-                pod.key()
-            ));
-        }
-    }
-    None
-}

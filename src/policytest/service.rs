@@ -30,7 +30,8 @@ pub struct Via {
     /// The backend kube-proxy sends this check's connection to; `None`
     /// when the Service has no backend for this client (none at all, or
     /// none the traffic policy leaves): the check is a deny, and `why` says
-    /// why.
+    /// why. `why` with a backend: the connection cannot be set up through
+    /// that backend whatever policy says (a deny too).
     pub backend: Option<Backend>,
     pub why: Option<String>,
     /// The source the backend's ingress sees when kube-proxy masquerades
@@ -294,10 +295,21 @@ pub fn expand(
                 }
                 _ => None,
             };
+            // A pod short-circuited past `Local` through another node's
+            // nodePort is not masqueraded: a backend off the entry node
+            // answers the pod directly, never through the entry node that
+            // translated the connection, so it cannot be set up.
+            let why = match &entry_node {
+                Some(e) if svc.external_local && from_pod && from_node.as_deref() != Some(e.as_str()) && b.node.as_deref() != Some(e.as_str()) => Some(format!(
+                    "externalTrafficPolicy Local, pod traffic: kube-proxy sends it to backend {} on another node than {e} without a masquerade, so the backend answers the pod directly and the connection cannot be set up",
+                    std::net::SocketAddr::new(b.ip, b.port)
+                )),
+                _ => None,
+            };
             out.push(Through {
                 family: f,
                 flow: Flow { src: client.clone(), dst: backend_endpoint(cluster, &b), protocol, port: b.port, family: Some(f) },
-                via: Via { service: svc.key(), entry: entry.clone(), port, protocol, backend: Some(b), why: None, source_nat },
+                via: Via { service: svc.key(), entry: entry.clone(), port, protocol, backend: Some(b), why, source_nat },
             });
         }
     }
@@ -395,9 +407,9 @@ impl Via {
 /// The reference verdict of a check through a Service.
 pub fn evaluate<R: Resolution + ?Sized>(cluster: &Cluster, ir: &R, flow: &Flow, via: &Via, family: Family) -> FamilyVerdict {
     let (egress, ingress) = via.views(cluster, flow);
-    match &via.backend {
-        Some(_) => eval::evaluate_sides(cluster, ir, &egress, &ingress, family),
-        None => eval::evaluate_no_backend(cluster, ir, &egress, family, via.why.as_deref().unwrap_or("no backend")),
+    match (&via.backend, &via.why) {
+        (Some(_), None) => eval::evaluate_sides(cluster, ir, &egress, &ingress, family),
+        (_, why) => eval::evaluate_no_backend(cluster, ir, &egress, family, why.as_deref().unwrap_or("no backend")),
     }
 }
 
@@ -422,7 +434,8 @@ mod tests {
 
     /// Expand `from -> to` at TCP `port` (`to` a `svc/` or a node at a
     /// nodePort): one line per check, `family backend ip:port`, then what
-    /// egress sees when it is not the backend (`egress=`), then the
+    /// egress sees when it is not the backend (`egress=`), `unreachable`
+    /// when the connection cannot be set up through that backend, then the
     /// masquerade (`nat=`), or `no backend: why`.
     fn expansion(c: &Cluster, from: &str, to: &str, port: u16) -> Result<String, String> {
         let src = Endpoint::parse(c, from).unwrap();
@@ -443,6 +456,9 @@ mod tests {
                 let mut s = format!("{} {} {}:{}", t.family, t.flow.dst.display(c), b.ip, b.port);
                 if egress.dst != t.flow.dst {
                     s.push_str(&format!(" egress={}:{}", egress.dst.display(c), egress.port));
+                }
+                if v.why.is_some() {
+                    s.push_str(" unreachable");
                 }
                 if let Some(nat) = v.source_nat {
                     s.push_str(&format!(" nat={nat}"));
@@ -517,7 +533,7 @@ mod tests {
             "client/c2",
             "node/node-1",
             30081,
-            "IPv4 shop/web-1 10.244.1.10:8080 egress=node/node-1:30081\nIPv4 shop/web-2 10.244.2.10:8081 egress=node/node-1:30081",
+            "IPv4 shop/web-1 10.244.1.10:8080 egress=node/node-1:30081\nIPv4 shop/web-2 10.244.2.10:8081 egress=node/node-1:30081 unreachable",
         );
         // The entry node's own traffic: every backend, masqueraded.
         check("node/node-1", "node/node-1", 30081, "IPv4 shop/web-1 10.244.1.10:8080\nIPv4 shop/web-2 10.244.2.10:8081 nat=172.18.0.2");
