@@ -165,8 +165,9 @@ pub struct SizeReport {
     pub spec: Spec,
     pub generate: Duration,
     pub manifest_bytes: u64,
-    pub load: Duration,
-    /// CPU time of the load (all threads): what a busy machine does not hide.
+    pub load: Timing,
+    /// CPU time of the fastest load (all threads): what a busy machine
+    /// does not hide (wall equal to CPU means one core did the work).
     pub load_cpu: Duration,
     pub resolve: Timing,
     pub node: String,
@@ -237,9 +238,19 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
     drop(plan);
 
     eprintln!("[{label}] loading");
-    let (start, cpu) = (Instant::now(), cpu_time());
-    let (cluster, _) = crate::model::load_paths(&[&dir.0])?;
-    let (load, load_cpu) = (start.elapsed(), cpu_time().saturating_sub(cpu));
+    // Not `time`: it keeps the last result while making the next, and two
+    // clusters at once would double the peak memory reported below.
+    let mut loads = Vec::new();
+    let mut load_cpu = Duration::MAX;
+    let mut cluster = None;
+    for _ in 0..runs {
+        drop(cluster.take());
+        let (start, cpu) = (Instant::now(), cpu_time());
+        cluster = Some(crate::model::load_paths(&[&dir.0])?.0);
+        loads.push(start.elapsed());
+        load_cpu = load_cpu.min(cpu_time().saturating_sub(cpu));
+    }
+    let (load, cluster) = (Timing::of(loads), cluster.context("loaded at least once")?);
     let load_peak_kb = memory_kb("VmHWM");
 
     // From here on the peak is what the agent would need: the cluster it
@@ -752,8 +763,14 @@ pub fn checks(r: &SizeReport) -> Vec<Check> {
         });
         out.push(Check {
             target: "load 100k pods < 2 s".to_string(),
-            measured: format!("{} (one run; CPU {})", fmt_duration(r.load), fmt_duration(r.load_cpu)),
-            pass: Some(r.load < Duration::from_secs(2)),
+            measured: format!(
+                "median {} (min {}, {} runs; CPU {})",
+                fmt_duration(r.load.median),
+                fmt_duration(r.load.min),
+                r.load.runs,
+                fmt_duration(r.load_cpu)
+            ),
+            pass: Some(r.load.median < Duration::from_secs(2)),
             indicative: None,
         });
         let peak = r.memory.compile_peak_kb;
@@ -813,7 +830,7 @@ pub fn ratios(r: &SizeReport) -> Vec<(String, String)> {
     out.push(("compile per pod in the cluster".to_string(), per(r.compile.median, r.spec.pods)));
     out.push(("compile per pod on the node".to_string(), per(r.compile.median, r.local_pods)));
     out.push(("resolve per policy".to_string(), per(r.resolve.median, r.spec.policies)));
-    out.push(("load per pod".to_string(), per(r.load, r.spec.pods)));
+    out.push(("load per pod".to_string(), per(r.load.median, r.spec.pods)));
     out.push(("compile / resolve".to_string(), format!("{:.2}", secs(r.compile.median) / secs(r.resolve.median))));
     out.push(("rules per policy".to_string(), format!("{:.2}", r.program.rules as f64 / r.spec.policies.max(1) as f64)));
     out
@@ -849,7 +866,7 @@ pub fn render(r: &SizeReport) -> String {
     };
     let once = |d: Duration| Some(Timing { min: d, median: d, runs: 1 });
     row("generate manifests", once(r.generate), format!("{:.1} MB, one run", r.manifest_bytes as f64 / 1e6));
-    row("load manifests", once(r.load), format!("YAML → validated cluster, one run; {} CPU", fmt_duration(r.load_cpu)));
+    row("load manifests", Some(r.load), format!("YAML → validated cluster; {} CPU (fastest run)", fmt_duration(r.load_cpu)));
     row("resolve (IR)", Some(r.resolve), "all policies".to_string());
     row(&format!("compile {}", r.node), Some(r.compile), format!("{} pods on the node", r.local_pods));
     row("incremental engine: build", once(r.incremental_build), "nft::incremental for the node from the cluster, one run".to_string());
@@ -963,7 +980,7 @@ pub fn render_scaling(reports: &[SizeReport]) -> String {
     let _ = writeln!(s, "{header}\n|---|{}", "---|".repeat(reports.len() - 1));
     type Measure = fn(&SizeReport) -> Option<f64>;
     let measures: [(&str, Measure); 6] = [
-        ("load", |r| Some(r.load.as_secs_f64())),
+        ("load", |r| Some(r.load.median.as_secs_f64())),
         ("resolve", |r| Some(r.resolve.median.as_secs_f64())),
         ("compile one node", |r| Some(r.compile.median.as_secs_f64())),
         ("full apply", |r| r.full_apply.map(|t| t.median.as_secs_f64())),
