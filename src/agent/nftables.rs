@@ -165,12 +165,6 @@ impl NftDataplane {
     /// `None` when the engine cannot say (not built yet, or a name
     /// collision only the full path resolves).
     fn sync_incremental(&mut self, cluster: &Cluster) -> Option<Result<SyncReport, SyncError>> {
-        self.engine.as_ref()?;
-        if !cluster.cluster_policies.is_empty() {
-            // Cluster policies arrived: the full path compiles them.
-            self.drop_engine();
-            return None;
-        }
         self.engine.as_mut()?.update_to(cluster);
         self.commit_engine()
     }
@@ -238,11 +232,6 @@ impl NftDataplane {
     /// Build the engine from `cluster` after a sync through the full path
     /// committed `program`; kept only if it agrees with the full path.
     fn rebuild_engine(&mut self, cluster: &Cluster, program: &Program) {
-        // What the engine does not compile: cluster policies.
-        if !cluster.cluster_policies.is_empty() {
-            self.engine = None;
-            return;
-        }
         let engine = Incremental::new(cluster, &self.node);
         let same = match &self.drop_log {
             Some(d) => {
@@ -332,27 +321,23 @@ impl Dataplane for NftDataplane {
 
     /// A delta from the objects changed, each through the engine's own
     /// method: no snapshot, no walk of the cluster. `None` (nothing
-    /// applied, the engine let go) when a change is one the engine does not
-    /// compile: a cluster policy.
+    /// applied) without an engine.
     fn sync_changes(&mut self, changes: &[Change]) -> Option<Result<SyncReport, SyncError>> {
-        self.engine.as_ref()?;
-        let cluster_wide = |c: &&Change| !matches!(c.kind, Kind::Namespace | Kind::Node | Kind::Pod | Kind::NetworkPolicy);
-        if changes.iter().any(|c| cluster_wide(&c)) {
-            self.drop_engine();
-            return None;
-        }
         let engine = self.engine.as_mut()?;
-        // As `update_to` does: namespaces, this node, policies, pods; of
-        // policies and pods, deletions first (what goes frees what comes).
+        // As `update_to` does: namespaces, nodes, cluster policies,
+        // policies, pods; of each kind of policy and of pods, deletions
+        // first (what goes frees what comes).
         let rank = |c: &Change| {
             let gone = c.after.is_none();
             match c.kind {
                 Kind::Namespace => 0,
                 Kind::Node => 1,
-                Kind::NetworkPolicy if gone => 2,
-                Kind::NetworkPolicy => 3,
-                Kind::Pod if gone => 4,
-                _ => 5,
+                Kind::ClusterNetworkPolicy | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy if gone => 2,
+                Kind::ClusterNetworkPolicy | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => 3,
+                Kind::NetworkPolicy if gone => 4,
+                Kind::NetworkPolicy => 5,
+                Kind::Pod if gone => 6,
+                Kind::Pod => 7,
             }
         };
         let mut order: Vec<&Change> = changes.iter().collect();
@@ -387,7 +372,14 @@ impl Dataplane for NftDataplane {
                     };
                     engine.set_pod_shared(&p.namespace.clone(), &p.name.clone(), pod);
                 }
-                (Some(Entry::ClusterPolicy(_)), _) | (None, _) => {}
+                (Some(Entry::ClusterPolicy(p)), after) => {
+                    let policy = match after {
+                        Some(Entry::ClusterPolicy(p)) => Some(crate::model::ClusterPolicy::clone(p)),
+                        _ => None,
+                    };
+                    engine.set_cluster_policy(p.kind, &p.name.clone(), policy);
+                }
+                (None, _) => {}
             }
         }
         self.commit_engine()
