@@ -795,11 +795,26 @@ spec:
         ix.take_changes();
         dp.sync(&cluster(""), true).unwrap();
         let deny_b = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\nspec: {podSelector: {matchLabels: {app: b}}}\n";
+        // Cluster policies of both tiers, with a pod added and one changed
+        // while they are in force.
+        let cnp = |app: &str| {
+            format!(
+                "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: guard}}\nspec: {{tier: Admin, priority: 10, \
+                 subject: {{namespaces: {{}}}}, ingress: [{{action: Deny, from: [{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: {app}}}}}}}}}]}}], \
+                 egress: [{{action: Pass, to: [{{nodes: {{}}}}]}}]}}\n"
+            )
+        };
+        let banp = "---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec: {subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}\n";
         let steps = [
             pod("c", "n1", "10.0.1.3", "b"),
             format!("{}{}", pod("c", "n1", "10.0.1.3", "b"), pod("d", "n2", "10.0.2.4", "b")),
             format!("{}{deny_b}", pod("d", "n2", "10.0.2.4", "a")),
             deny_b.to_string(),
+            String::new(),
+            format!("{}{banp}", cnp("d")),
+            format!("{}{banp}{}", cnp("d"), pod("d", "n2", "10.0.2.4", "d")),
+            format!("{}{banp}{}", cnp("d"), pod("d", "n2", "10.0.2.4", "e")),
+            format!("{}{}", cnp("e"), pod("d", "n2", "10.0.2.4", "e")),
             String::new(),
         ];
         let mut before = program("");
@@ -807,7 +822,13 @@ spec:
             ix.replace(cluster(extra));
             assert!(dp.takes_changes(), "step {i}");
             let r = dp.sync_changes(&ix.take_changes()).expect("the engine takes it").unwrap();
+            if i == 6 || i == 7 {
+                assert_eq!(r.ops, r.element_ops, "step {i}: pod churn under cluster policies is element operations");
+            }
             let want = program(extra);
+            if i == 5 {
+                assert!(["cnp_ing_admin", "cnp_egr_admin", "cnp_ing_baseline"].iter().all(|c| want.chains.contains_key(*c)), "{want}");
+            }
             assert_eq!(dp.committed(), Some(&want), "step {i}");
             assert_eq!(k.0.lock().unwrap().table(TABLE), Some(&want), "step {i}");
             let scope = r.changes.unwrap().scope;
