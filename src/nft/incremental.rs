@@ -6,28 +6,35 @@
 //! node's program from scratch: most of a second at 100k pods, for a change
 //! that usually touches a few set elements. The program's layout is what
 //! makes a cheaper path possible: rule chains read a policy alone (who a
-//! selector means is a set's elements, never a rule), group chains read a
-//! list of policy names, and pods appear only as set and map elements. So
-//! [`Incremental`] keeps, beside the program, what each part of it was made
-//! from and who uses it:
+//! selector means is a set's elements, never a rule), cluster-policy tier
+//! chains read the cluster policies alone (subjects, peers and nodes are
+//! sets too), group chains read a list of policy names, and pods and nodes
+//! appear only as set and map elements. So [`Incremental`] keeps, beside
+//! the program, what each part of it was made from and who uses it:
 //!
-//! - every object it was told about (namespaces, this node, pods,
-//!   policies);
+//! - every object it was told about (namespaces, nodes, pods, policies,
+//!   cluster policies);
 //! - the live parts of the program, reference counted: group chains (used
 //!   by local pods), rule chains (used by groups; built when they become
 //!   live by [`super::compile::policy_chain`], the full path's own code),
-//!   sets (used by rule chains), the elements more than one pod gives (two
-//!   pods can claim one address), and the local pods claiming each address
-//!   (the last by namespace/name decides the dispatch, as in the full path);
-//! - live selector sets indexed by the namespace they are confined to, or
-//!   as reaching namespaces by selector (matched once per namespace and
-//!   cached until a namespace or such a set changes).
+//!   tier chains (built by [`super::compile::tier_chain`], likewise), sets
+//!   (used by rule and tier chains; a named-port set is shared by both),
+//!   the elements more than one pod or node gives (two pods can claim one
+//!   address), and the local pods claiming each address (the last by
+//!   namespace/name decides the dispatch, as in the full path);
+//! - live selector sets (NetworkPolicy peers, cluster-policy subjects and
+//!   `namespaces`/`pods` peers) indexed by the namespace they are confined
+//!   to, or as reaching namespaces by selector (matched once per namespace
+//!   and cached until a namespace or such a set changes), and live `nodes`
+//!   peer sets.
 //!
 //! One change then costs (n: pods, p: policies of the cluster):
 //! - a pod added, deleted or changed: a selector match per live set that
-//!   reaches its namespace and per live named-port set, and, for a pod of
-//!   this node, a podSelector match per policy of its namespace; set and
-//!   map elements only. Independent of n and p.
+//!   reaches its namespace (cluster-policy subject and peer sets included)
+//!   and per live named-port set, and, for a pod of this node, a
+//!   podSelector match per policy of its namespace; set and map elements
+//!   only. Independent of n and p; grows with the live sets reaching the
+//!   pod's namespace, a few per cluster policy at most.
 //! - a policy added, changed or deleted: its rule chains rebuilt, the group
 //!   chains naming it rebuilt, and every local pod of its namespace matched
 //!   against the namespace's policies; a set that becomes live is filled by
@@ -35,7 +42,15 @@
 //! - a namespace relabelled: each live set with a namespaceSelector is
 //!   matched against it, and the pods of the namespace against those whose
 //!   answer changed.
-//! - this node changed: its base chains rebuilt.
+//! - a node added, changed or deleted: a selector match per live `nodes`
+//!   peer set (elements only); this node's, its base chains rebuilt too.
+//! - a cluster policy added, changed or deleted: the chain of each tier and
+//!   direction it had or has rules in rebuilt from that tier's policies
+//!   (rules grow with policies, never with pods); a set that becomes live
+//!   is filled by a scan of the pods of the namespaces it reaches (or of
+//!   the nodes); when an Admin chain appears or goes, that direction's
+//!   base chains; when a Baseline chain does, the dispatch element of
+//!   every local pod no NetworkPolicy isolates (O(local pods)).
 //!
 //! Each change is applied whole (state, program and a journal of what it
 //! touched), so [`Incremental::commit`] gives exactly the transaction
@@ -53,11 +68,6 @@
 //! collide: it detects that (and two policies or two groups sharing a
 //! chain name) and says so ([`Incremental::commit`] gives `None`); the
 //! caller then takes the full path.
-//!
-//! Cluster-scoped policies (their tier chains) are not modelled: while a
-//! cluster has any, the agent compiles every change in full
-//! (`agent::nftables`), and the engine's program is not that of the full
-//! path.
 //!
 //! Pure: no I/O, no clock.
 
