@@ -352,6 +352,15 @@ async fn a_cluster_network_policy_added_changed_and_deleted_is_applied_as_a_delt
     wait_metric(&running, "netfence_invalid_objects_total{kind=\"ClusterNetworkPolicy\"}", "1").await;
     assert!(running.is_ready() && !has_cnp_chain(&kernel.chains()));
     assert_eq!(fake.served(Kind::ClusterNetworkPolicy).lists, 1, "one list, then watching");
+
+    // One with a domainNames peer, by a delta: counted while in force.
+    let mut dns = cnp("to-hosts", "b");
+    dns["spec"]["egress"] = json!([{"action": "Accept", "to": [{"domainNames": ["example.com"]}, {"namespaces": {}}]}]);
+    fake.apply(&dns);
+    wait_metric(&running, "netfence_cluster_policy_domain_name_rules", "1").await;
+    fake.delete(Kind::ClusterNetworkPolicy, &Key::cluster("to-hosts"));
+    wait_metric(&running, "netfence_cluster_policy_domain_name_rules", "0").await;
+    assert_eq!(metric(&running, "netfence_syncs_total{mode=\"full\"}").await.as_deref(), Some("1"), "never a full resync");
     running.stop().await.unwrap();
 }
 

@@ -23,6 +23,11 @@ fn smoke_run_measures_every_stage() {
     assert!(add.only_elements && add.ops > 0, "a pod add must change set elements only:\n{text}");
     assert!(r.deltas.iter().all(|d| d.ops > 0), "every change reaches the node's program:\n{text}");
     assert!(r.deltas.iter().all(|d| d.incremental_exact), "the incremental engine gives the full path's transactions:\n{text}");
+    let names: Vec<&str> = r.cluster_policy_deltas.iter().map(|d| d.what).collect();
+    assert_eq!(names, ["pod added", "cluster policy changed"], "{text}");
+    assert!(r.cluster_policy_deltas.iter().all(|d| d.exact && d.ops > 0), "with cluster policies in force, the engine gives the full path's transactions:\n{text}");
+    assert!(r.cluster_policy_deltas[0].only_elements, "a pod add under cluster policies changes set elements only:\n{text}");
+    assert!(text.contains("| pod added, 10 cluster policies: incremental |"), "{text}");
     assert!(!text.contains("a netfence bug"), "{text}");
     match r.full_apply {
         Some(_) => {

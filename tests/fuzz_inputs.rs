@@ -317,12 +317,17 @@ fn downstream(c: &Cluster, sources: &Sources) -> Result<(), String> {
         p.validate().map_err(|e| format!("invalid-program | node {node:?}: {e}"))?;
         let _ = p.to_string();
         let _ = nft::json::transaction_to_json(&nft::diff(None, p));
-        // The agent's incremental engine, built from the same cluster, is
-        // the full compile (or says it cannot be). It does not model
-        // cluster policies: while any exist the agent compiles in full.
+        // The agent's incremental engine, built from the same cluster or
+        // brought to it from an empty one object by object (cluster
+        // policies included), is the full compile (or says it cannot be).
         let engine = nft::incremental::Incremental::new(c, node);
-        if c.cluster_policies.is_empty() && engine.is_exact() && engine.program() != p {
+        if engine.is_exact() && engine.program() != p {
             return Err(format!("incremental | node {node:?}: the engine's program differs from the full compile"));
+        }
+        let mut stepped = nft::incremental::Incremental::new(&Cluster::default(), node);
+        stepped.update_to(c);
+        if stepped.is_exact() && stepped.program() != p {
+            return Err(format!("incremental | node {node:?}: the engine brought to the cluster change by change differs from the full compile"));
         }
     }
     let _ = lint::lint(c, &ir, sources, &lint::Config::default());

@@ -72,6 +72,11 @@ impl Kind {
     fn slot(self) -> usize {
         self as usize
     }
+
+    /// Is it one of the cluster-scoped policy kinds?
+    pub const fn is_cluster_policy(self) -> bool {
+        matches!(self, Kind::ClusterNetworkPolicy | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy)
+    }
 }
 
 impl fmt::Display for Kind {
@@ -525,6 +530,19 @@ impl Index {
             Entry::Pod(p) if p.node.as_deref() == Some(node) => Some(&**p),
             _ => None,
         })
+    }
+
+    /// The cluster policies held, in no particular order: what a delta
+    /// that changed one leaves in force, without a snapshot.
+    pub fn cluster_policies(&self) -> Vec<ClusterPolicy> {
+        let kinds = Kind::ALL.into_iter().filter(|k| k.is_cluster_policy());
+        kinds
+            .flat_map(|k| self.entries[k.slot()].values())
+            .filter_map(|e| match e {
+                Entry::ClusterPolicy(p) => Some(ClusterPolicy::clone(p)),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> Cluster {

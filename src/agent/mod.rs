@@ -253,11 +253,12 @@ impl Store {
         }
         if snapshot {
             let gone = index.take_gone();
-            return Some(Taken { since, changes: Vec::new(), gone, cluster: Some(index.snapshot()) });
+            return Some(Taken { since, changes: Vec::new(), gone, cluster: Some(index.snapshot()), cluster_policies: None });
         }
         let changes = index.take_changes();
         let gone = conntrack::gone_in(&changes);
-        Some(Taken { since, changes, gone, cluster: None })
+        let cluster_policies = changes.iter().any(|c| c.kind.is_cluster_policy()).then(|| index.cluster_policies());
+        Some(Taken { since, changes, gone, cluster: None, cluster_policies })
     }
 
     pub fn is_listed(&self) -> bool {
@@ -293,6 +294,10 @@ pub struct Taken {
     /// The whole cluster, when asked for (a full sync, or a dataplane
     /// that compiles deltas from whole clusters).
     pub cluster: Option<Cluster>,
+    /// Without the whole cluster, when a cluster policy changed: those in
+    /// force after the changes (what the reconciler's `domainNames`
+    /// notices read; a delta no longer takes a snapshot for them).
+    pub cluster_policies: Option<Vec<crate::model::ClusterPolicy>>,
 }
 
 /// A started agent: its tasks run until [`Running::stop`].

@@ -165,12 +165,6 @@ impl NftDataplane {
     /// `None` when the engine cannot say (not built yet, or a name
     /// collision only the full path resolves).
     fn sync_incremental(&mut self, cluster: &Cluster) -> Option<Result<SyncReport, SyncError>> {
-        self.engine.as_ref()?;
-        if !cluster.cluster_policies.is_empty() {
-            // Cluster policies arrived: the full path compiles them.
-            self.drop_engine();
-            return None;
-        }
         self.engine.as_mut()?.update_to(cluster);
         self.commit_engine()
     }
@@ -238,11 +232,6 @@ impl NftDataplane {
     /// Build the engine from `cluster` after a sync through the full path
     /// committed `program`; kept only if it agrees with the full path.
     fn rebuild_engine(&mut self, cluster: &Cluster, program: &Program) {
-        // What the engine does not compile: cluster policies.
-        if !cluster.cluster_policies.is_empty() {
-            self.engine = None;
-            return;
-        }
         let engine = Incremental::new(cluster, &self.node);
         let same = match &self.drop_log {
             Some(d) => {
@@ -332,27 +321,23 @@ impl Dataplane for NftDataplane {
 
     /// A delta from the objects changed, each through the engine's own
     /// method: no snapshot, no walk of the cluster. `None` (nothing
-    /// applied, the engine let go) when a change is one the engine does not
-    /// compile: a cluster policy.
+    /// applied) without an engine.
     fn sync_changes(&mut self, changes: &[Change]) -> Option<Result<SyncReport, SyncError>> {
-        self.engine.as_ref()?;
-        let cluster_wide = |c: &&Change| !matches!(c.kind, Kind::Namespace | Kind::Node | Kind::Pod | Kind::NetworkPolicy);
-        if changes.iter().any(|c| cluster_wide(&c)) {
-            self.drop_engine();
-            return None;
-        }
         let engine = self.engine.as_mut()?;
-        // As `update_to` does: namespaces, this node, policies, pods; of
-        // policies and pods, deletions first (what goes frees what comes).
+        // As `update_to` does: namespaces, nodes, cluster policies,
+        // policies, pods; of each kind of policy and of pods, deletions
+        // first (what goes frees what comes).
         let rank = |c: &Change| {
             let gone = c.after.is_none();
             match c.kind {
                 Kind::Namespace => 0,
                 Kind::Node => 1,
-                Kind::NetworkPolicy if gone => 2,
-                Kind::NetworkPolicy => 3,
-                Kind::Pod if gone => 4,
-                _ => 5,
+                Kind::ClusterNetworkPolicy | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy if gone => 2,
+                Kind::ClusterNetworkPolicy | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => 3,
+                Kind::NetworkPolicy if gone => 4,
+                Kind::NetworkPolicy => 5,
+                Kind::Pod if gone => 6,
+                Kind::Pod => 7,
             }
         };
         let mut order: Vec<&Change> = changes.iter().collect();
@@ -387,7 +372,14 @@ impl Dataplane for NftDataplane {
                     };
                     engine.set_pod_shared(&p.namespace.clone(), &p.name.clone(), pod);
                 }
-                (Some(Entry::ClusterPolicy(_)), _) | (None, _) => {}
+                (Some(Entry::ClusterPolicy(p)), after) => {
+                    let policy = match after {
+                        Some(Entry::ClusterPolicy(p)) => Some(crate::model::ClusterPolicy::clone(p)),
+                        _ => None,
+                    };
+                    engine.set_cluster_policy(p.kind, &p.name.clone(), policy);
+                }
+                (None, _) => {}
             }
         }
         self.commit_engine()
@@ -803,11 +795,26 @@ spec:
         ix.take_changes();
         dp.sync(&cluster(""), true).unwrap();
         let deny_b = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\nspec: {podSelector: {matchLabels: {app: b}}}\n";
+        // Cluster policies of both tiers, with a pod added and one changed
+        // while they are in force.
+        let cnp = |app: &str| {
+            format!(
+                "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: guard}}\nspec: {{tier: Admin, priority: 10, \
+                 subject: {{namespaces: {{}}}}, ingress: [{{action: Deny, from: [{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: {app}}}}}}}}}]}}], \
+                 egress: [{{action: Pass, to: [{{nodes: {{}}}}]}}]}}\n"
+            )
+        };
+        let banp = "---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec: {subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}\n";
         let steps = [
             pod("c", "n1", "10.0.1.3", "b"),
             format!("{}{}", pod("c", "n1", "10.0.1.3", "b"), pod("d", "n2", "10.0.2.4", "b")),
             format!("{}{deny_b}", pod("d", "n2", "10.0.2.4", "a")),
             deny_b.to_string(),
+            String::new(),
+            format!("{}{banp}", cnp("d")),
+            format!("{}{banp}{}", cnp("d"), pod("d", "n2", "10.0.2.4", "d")),
+            format!("{}{banp}{}", cnp("d"), pod("d", "n2", "10.0.2.4", "e")),
+            format!("{}{}", cnp("e"), pod("d", "n2", "10.0.2.4", "e")),
             String::new(),
         ];
         let mut before = program("");
@@ -815,7 +822,13 @@ spec:
             ix.replace(cluster(extra));
             assert!(dp.takes_changes(), "step {i}");
             let r = dp.sync_changes(&ix.take_changes()).expect("the engine takes it").unwrap();
+            if i == 6 || i == 7 {
+                assert_eq!(r.ops, r.element_ops, "step {i}: pod churn under cluster policies is element operations");
+            }
             let want = program(extra);
+            if i == 5 {
+                assert!(["cnp_ing_admin", "cnp_egr_admin", "cnp_ing_baseline"].iter().all(|c| want.chains.contains_key(*c)), "{want}");
+            }
             assert_eq!(dp.committed(), Some(&want), "step {i}");
             assert_eq!(k.0.lock().unwrap().table(TABLE), Some(&want), "step {i}");
             let scope = r.changes.unwrap().scope;

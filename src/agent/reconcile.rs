@@ -289,6 +289,7 @@ impl Reconciler {
     async fn sync(&mut self, taken: Taken, full: bool) -> anyhow::Result<()> {
         let mut full = full;
         let mut cluster = taken.cluster.map(Arc::new);
+        let cluster_policies = taken.cluster_policies;
         let mut result = match &cluster {
             Some(c) => Some(self.attempt(c, full).await?),
             None => self.attempt_changes(taken.changes).await?,
@@ -314,8 +315,10 @@ impl Reconciler {
         match result {
             Ok(report) => {
                 self.succeeded(&report, full, now);
-                if let Some(c) = &cluster {
-                    self.notice_unenforceable(c);
+                match (&cluster, &cluster_policies) {
+                    (Some(c), _) => self.notice_unenforceable(&c.cluster_policies),
+                    (None, Some(policies)) => self.notice_unenforceable(policies),
+                    (None, None) => {}
                 }
                 if let Some(d) = &self.drop_log {
                     // Names for the drop log (off by default): a snapshot
@@ -403,12 +406,12 @@ impl Reconciler {
     /// in force (what they cannot match, see
     /// [`crate::model::cluster_policy::ClusterPolicy::domain_names_notice`]),
     /// and count its rules in a gauge.
-    fn notice_unenforceable(&mut self, cluster: &Cluster) {
-        let now: std::collections::BTreeSet<String> = cluster.cluster_policies.iter().filter_map(|p| p.domain_names_notice()).collect();
+    fn notice_unenforceable(&mut self, policies: &[crate::model::ClusterPolicy]) {
+        let now: std::collections::BTreeSet<String> = policies.iter().filter_map(|p| p.domain_names_notice()).collect();
         for n in now.difference(&self.notices) {
             tracing::warn!("{n}");
         }
-        let rules: usize = cluster.cluster_policies.iter().map(|p| p.domain_name_rules().len()).sum();
+        let rules: usize = policies.iter().map(|p| p.domain_name_rules().len()).sum();
         self.metrics.domain_name_rules.set(rules as i64);
         self.notices = now;
     }

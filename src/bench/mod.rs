@@ -134,6 +134,21 @@ pub struct Delta {
     pub apply_spawn: Option<Timing>,
 }
 
+/// A change through the incremental engine with cluster policies in force
+/// ([`bench_cluster_policies`]): informational, beside the targets' rows.
+#[derive(Debug, Clone)]
+pub struct ClusterPolicyDelta {
+    pub what: &'static str,
+    /// The object changed, for the reader.
+    pub subject: String,
+    /// The change given to the engine, and its commit.
+    pub incremental: Timing,
+    /// Did the engine's transaction equal the full path's?
+    pub exact: bool,
+    pub ops: usize,
+    pub only_elements: bool,
+}
+
 /// The size of a compiled program.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProgramSize {
@@ -179,6 +194,9 @@ pub struct SizeReport {
     /// `None` when the kernel part was skipped; see `notes`.
     pub full_apply: Option<Timing>,
     pub deltas: Vec<Delta>,
+    /// A pod added and a cluster policy changed, with ten cluster policies
+    /// in force.
+    pub cluster_policy_deltas: Vec<ClusterPolicyDelta>,
     pub flow: String,
     pub eval: Timing,
     /// Endpoint parsing, resolve, evaluation and rendering: `explain` after load.
@@ -367,6 +385,9 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         });
     }
     drop(ns);
+    drop(engine);
+    eprintln!("[{label}] changes with cluster policies in force");
+    let cluster_policy_deltas = cluster_policy_deltas(&cluster, &ir, &node, runs, &mut notes);
     let mut packet_report = None;
     if let (Some(popts), Some(_)) = (opts.packet, full_apply) {
         eprintln!("[{label}] packet path");
@@ -424,6 +445,7 @@ pub fn run_size(label: &str, spec: Spec, opts: &Options) -> anyhow::Result<SizeR
         program: ProgramSize::of(&program),
         full_apply,
         deltas,
+        cluster_policy_deltas,
         flow: flow_text,
         eval,
         explain,
@@ -600,6 +622,103 @@ impl Object {
             Object::Policy(p) => e.set_policy(&p.namespace, &p.name, Some(p.clone())),
         }
     }
+}
+
+/// Ten ClusterNetworkPolicies, seven Admin and three Baseline, each with
+/// a subject of whole namespaces by their `env` label (half the cluster or
+/// all of it) and every action and kind of peer: what a cluster with a few
+/// guardrails holds. Each gives its tier chain a few rules and its sets
+/// elements from most pods.
+pub fn bench_cluster_policies() -> Vec<crate::model::ClusterPolicy> {
+    use crate::model::cluster_policy::{Action, ClusterKind, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, Subject, Tier};
+    use crate::selector::{Operator, Requirement, Selector};
+    let env = |operator, values: &[&str]| Selector {
+        match_labels: Default::default(),
+        match_expressions: vec![Requirement { key: "env".to_string(), operator, values: values.iter().map(|v| v.to_string()).collect() }],
+    };
+    (0..10u32)
+        .map(|i| {
+            let action = [Action::Accept, Action::Deny, Action::Pass][i as usize % 3];
+            let subject = if i % 2 == 0 { Subject::Namespaces(env(Operator::In, &["prod"])) } else { Subject::Namespaces(env(Operator::Exists, &[])) };
+            let from = vec![
+                ClusterPeer::Namespaces(env(Operator::NotIn, &["prod"])),
+                ClusterPeer::Pods { namespaces: Selector::default(), pods: Selector { match_labels: [("tier".to_string(), "frontend".to_string())].into(), ..Selector::default() } },
+            ];
+            let to = vec![ClusterPeer::Nodes(Selector::default()), ClusterPeer::Networks(vec!["192.0.2.0/24".parse().expect("a CIDR"), "2001:db8::/32".parse().expect("a CIDR")])];
+            ClusterPolicy {
+                kind: ClusterKind::ClusterNetworkPolicy,
+                name: format!("bench-{i}"),
+                origin: Default::default(),
+                tier: if i < 7 { Tier::Admin } else { Tier::Baseline },
+                priority: i,
+                subject,
+                ingress: vec![ClusterRule {
+                    name: None,
+                    action,
+                    peers: from,
+                    ports: vec![ClusterPort::Named("http".to_string()), ClusterPort::Range { protocol: Protocol::Tcp, start: 8000, end: 8100 }],
+                }],
+                egress: vec![ClusterRule { name: None, action, peers: to, ports: vec![ClusterPort::Range { protocol: Protocol::Tcp, start: 10250, end: 10250 }] }],
+            }
+        })
+        .collect()
+}
+
+/// A pod added and a cluster policy changed through the incremental engine
+/// with [`bench_cluster_policies`] in force, each checked against the full
+/// path's transaction.
+fn cluster_policy_deltas(cluster: &Cluster, ir: &Ir, node: &str, runs: usize, notes: &mut Vec<String>) -> Vec<ClusterPolicyDelta> {
+    let mut c = cluster.clone();
+    c.cluster_policies = bench_cluster_policies();
+    c.normalize();
+    // Cluster policies take no part in the IR: `ir` is this cluster's too.
+    let program = nft::compile(&c, ir, node);
+    let mut engine = Incremental::new(&c, node);
+    if engine.program() != &program {
+        notes.push("with cluster policies: the incremental engine's program differs from the full compile (a netfence bug)".to_string());
+    }
+    let mut measure = |what: &'static str, subject: String, new: &Program, forward: &dyn Fn(&mut Incremental), back: &dyn Fn(&mut Incremental)| {
+        let tx = nft::diff(Some(&program), new);
+        let (mut samples, mut exact) = (Vec::new(), true);
+        for _ in 0..runs {
+            let start = Instant::now();
+            forward(&mut engine);
+            let got = engine.commit(nft::TABLE);
+            samples.push(start.elapsed());
+            exact &= got.as_ref() == Some(&tx);
+            back(&mut engine);
+            engine.commit(nft::TABLE);
+        }
+        if !exact {
+            notes.push(format!("{what} (cluster policies): the incremental transaction differs from the full path's (a netfence bug)"));
+        }
+        ClusterPolicyDelta { what, subject, incremental: Timing::of(samples), exact, ops: tx.len(), only_elements: tx.only_elements() }
+    };
+    let mut out = Vec::new();
+    if let Some((subject, changed, (object, before))) = Change::PodAdded.apply(&c, ir, node) {
+        let new = nft::compile(&changed, &ir::resolve(&changed), node);
+        drop(changed);
+        out.push(measure("pod added", subject, &new, &|e| object.send(e), &|e| before.send(e)));
+    }
+    if let Some(old) = c.cluster_policies.iter().find(|p| p.name == "bench-0").cloned() {
+        // It opens one more port to its peers.
+        let mut policy = old.clone();
+        if let Some(rule) = policy.ingress.first_mut() {
+            rule.ports.push(crate::model::cluster_policy::ClusterPort::Range { protocol: Protocol::Udp, start: 53, end: 53 });
+        }
+        let mut changed = c.clone();
+        changed.cluster_policies.retain(|p| p.name != old.name);
+        changed.cluster_policies.push(policy.clone());
+        changed.normalize();
+        let new = nft::compile(&changed, ir, node);
+        drop(changed);
+        let subject = format!("{} opens 53/UDP", old.name);
+        let (kind, name) = (old.kind, old.name.clone());
+        let forward = |e: &mut Incremental| e.set_cluster_policy(kind, &name, Some(policy.clone()));
+        let back = |e: &mut Incremental| e.set_cluster_policy(kind, &name, Some(old.clone()));
+        out.push(measure("cluster policy changed", subject, &new, &forward, &back));
+    }
+    out
 }
 
 /// The highest unused address of `node`'s first pod CIDR.
@@ -898,6 +1017,15 @@ pub fn render(r: &SizeReport) -> String {
         let kind = if d.only_elements { "element ops only" } else { "includes chain/rule/set ops" };
         row(&format!("{}: apply", d.what), d.apply, format!("{} ops, {} elements, {kind}; the agent's kept-open nft -i", d.ops, d.elements));
         row(&format!("{}: apply, new nft", d.what), d.apply_spawn, "the same through a fresh nft -j -f, interleaved".to_string());
+    }
+    for d in &r.cluster_policy_deltas {
+        let same = if d.exact { "the full path's transaction" } else { "DIFFERS from the full path's transaction" };
+        let kind = if d.only_elements { "element ops only" } else { "includes chain/rule/set ops" };
+        row(
+            &format!("{}, 10 cluster policies: incremental", d.what),
+            Some(d.incremental),
+            format!("{}: the object to nft::incremental + commit, {} ops, {kind}: {same}", d.subject, d.ops),
+        );
     }
     row("eval one flow", Some(r.eval), r.flow.clone());
     row("explain one flow", Some(r.explain), "parse endpoints + resolve what they touch + eval + render".to_string());

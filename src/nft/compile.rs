@@ -173,7 +173,7 @@ use super::counters::{Origin, Origins};
 use super::program::*;
 use crate::ir::{Ir, PeerIr, PeerKey};
 use crate::model::cluster_policy::{Action as CnpAction, ClusterPeer, ClusterPort, Subject, Tier};
-use crate::model::{Cluster, Direction, Family, Peer, PodId, Policy, PolicyId, PortRef, PortSpec, Protocol};
+use crate::model::{Cluster, ClusterPolicy, Direction, Family, Peer, PodId, Policy, PolicyId, PortRef, PortSpec, Protocol};
 use crate::selector::Selector;
 
 /// A base chain: where, and in which direction, local pods are judged.
@@ -410,6 +410,14 @@ pub(crate) enum Fill {
     /// local pod, so the rest of the cluster would only be dead weight
     /// (most of a busy node's elements at 100k pods).
     NamedPort { family: Family, proto: Protocol, name: String, local: bool },
+    /// The addresses in `family` of the policy pods cluster-policy selector
+    /// `key` means (a subject, or a `namespaces`/`pods` peer); with
+    /// `local`, of this node's pods only (a subject: the rules read it on
+    /// the local pod's side).
+    Selected { family: Family, key: PeerKey, local: bool },
+    /// The addresses in `family` (InternalIP, ExternalIP) of the nodes
+    /// `selector` matches: a cluster policy's `nodes` peer.
+    Nodes { family: Family, selector: Selector },
 }
 
 /// A set a rule chain reads: its declaration, and what fills it.
@@ -468,6 +476,112 @@ pub(crate) fn policy_chain(names: &mut Names, dir: Direction, policy: &Policy) -
         }
     }
     Some(PolicyChain { name: policy_chain_name(dir, policy), rules, sets: b.sets })
+}
+
+/// The name of cluster-policy `tier`'s chain in `dir` (`cnp_ing_admin`, ...).
+pub(crate) fn tier_chain_name(tier: Tier, dir: Direction) -> String {
+    format!("cnp_{}_{}", dir_prefix(dir), if tier == Tier::Admin { "admin" } else { "baseline" })
+}
+
+/// The chain of cluster-policy `tier` for `dir`, from `policies` in judging
+/// order (those of other tiers are skipped): one rule per (policy, rule,
+/// peer, protocol, family), matching the local pod against the policy's
+/// subject set and the peer against a set; Accept is `accept`, Deny `drop`,
+/// Pass `return` in the Admin tier (on to the NetworkPolicy dispatch) and
+/// `accept` in the Baseline tier (on to the default, which allows). The
+/// Baseline chain ends in `accept` (it is reached only for pods no
+/// NetworkPolicy isolates); falling off the Admin chain goes on to the
+/// dispatch. `None` when no policy of the tier has rules in `dir`: the
+/// program is then what it was without cluster policies. Reads the
+/// policies alone, as [`policy_chain`] does: pods, namespaces and nodes
+/// are set elements, so the incremental engine rebuilds a tier chain only
+/// when a cluster policy changes.
+pub(crate) fn tier_chain<'a>(
+    names: &mut Names,
+    tier: Tier,
+    dir: Direction,
+    policies: impl IntoIterator<Item = &'a ClusterPolicy>,
+) -> Option<PolicyChain> {
+    let policies: Vec<&ClusterPolicy> = policies.into_iter().filter(|p| p.tier == tier && !p.rules(dir).is_empty()).collect();
+    if policies.is_empty() {
+        return None;
+    }
+    let mut b = ChainBuilder { names, sets: Vec::new() };
+    let (pod_field, peer_field) = fields(dir);
+    let mut rules: Rules = Vec::new();
+    for policy in policies {
+        let key = policy.key();
+        for (ri, rule) in policy.rules(dir).iter().enumerate() {
+            let verdict = match (rule.action, tier) {
+                (CnpAction::Accept, _) | (CnpAction::Pass, Tier::Baseline) => Verdict::Accept,
+                (CnpAction::Deny, _) => Verdict::Drop,
+                (CnpAction::Pass, Tier::Admin) => Verdict::Return,
+            };
+            let ports: Vec<Option<(usize, &ClusterPort)>> =
+                if rule.ports.is_empty() { vec![None] } else { rule.ports.iter().enumerate().map(Some).collect() };
+            for (peer_i, peer) in rule.peers.iter().enumerate() {
+                for f in FAMILIES {
+                    let Some(peer_match) = b.cluster_peer_match(f, peer_field, peer) else { continue };
+                    let subj = b.subject_set(f, &policy.subject);
+                    for port in &ports {
+                        let mut text = format!(" {dir} rule {ri} peer {peer_i}");
+                        if let Some((i, _)) = port {
+                            text.push_str(&format!(" port {i}"));
+                        }
+                        text.push_str(&format!(" {}", rule.action));
+                        let c = comment(&format!("{tier} {key}"), &text);
+                        let port_matches: Vec<Option<Match>> = match port {
+                            None => vec![None],
+                            Some((_, ClusterPort::Range { protocol, start, end })) => {
+                                vec![Some(Match::Proto { proto: *protocol, dport: Some(PortRange { lo: *start, hi: *end }) })]
+                            }
+                            // Declared with any protocol: one rule per protocol's set,
+                            // the same sets a NetworkPolicy rule's named port uses.
+                            Some((_, ClusterPort::Named(n))) => Protocol::ALL
+                                .into_iter()
+                                .map(|proto| {
+                                    let set = b.named_port_set(f, n, proto, dir == Direction::Ingress);
+                                    Some(Match::NamedPort { family: f, set })
+                                })
+                                .collect(),
+                        };
+                        for pm in port_matches {
+                            let mut m = vec![addr_match(f, pod_field, false, AddrMatch::Set(subj.clone()))];
+                            m.extend(peer_match.iter().cloned());
+                            m.extend(pm);
+                            let origin = Origin::Cluster { policy: key.clone(), dir, rule: ri, action: rule.action };
+                            rules.push((Rule::verdict(m, verdict.clone()).counted(c.clone()), Some(origin)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if tier == Tier::Baseline {
+        rules.push((Rule::verdict(vec![], Verdict::Accept), None));
+    }
+    Some(PolicyChain { name: tier_chain_name(tier, dir), rules, sets: b.sets })
+}
+
+/// Who a cluster policy's subject means, as a selector peer's key (always
+/// with a namespaceSelector): the same scoping.
+fn subject_key(subject: &Subject) -> PeerKey {
+    match subject {
+        Subject::Namespaces(n) => PeerKey::new("", &Some(n.clone()), &None),
+        Subject::Pods { namespaces, pods } => PeerKey::new("", &Some(namespaces.clone()), &Some(pods.clone())),
+    }
+}
+
+/// Whether `pod` can give an element to a [`Fill::Selected`] set of
+/// `node` (given its selectors mean it).
+pub(crate) fn selected_member(pod: &crate::model::Pod, local: bool, node: &str) -> bool {
+    pod.is_policy_pod() && (!local || node_of(pod) == node)
+}
+
+/// The elements node `n` gives a [`Fill::Nodes`] set.
+pub(crate) fn node_elements<'n>(n: &'n crate::model::Node, f: Family, selector: &'n Selector) -> impl Iterator<Item = Element> + 'n {
+    let matched = selector.matches(&n.labels);
+    n.addresses.iter().filter(move |ip| matched && Family::of(ip) == f).map(|ip| Element::Addr(*ip))
 }
 
 struct ChainBuilder<'n> {
@@ -579,6 +693,41 @@ impl ChainBuilder<'_> {
         let def = set_name.clone();
         self.set(set_name, KeyType::AddrProtoPort(f), false, def, Fill::NamedPort { family: f, proto, name: name.to_string(), local })
     }
+
+    /// The local pods of a cluster policy's subject in family `f`, as a
+    /// hash set named from the subject's definition.
+    fn subject_set(&mut self, f: Family, subject: &Subject) -> String {
+        let def = serde_json::json!({"subject": subject}).to_string();
+        let name = self.names.hashed(&format!("subj{}", fam_digit(f)), &def);
+        self.set(name, KeyType::Addr(f), false, def, Fill::Selected { family: f, key: subject_key(subject), local: true })
+    }
+
+    /// The matches of one cluster policy peer in family `f`; `None` when it
+    /// can match nothing there (networks of the other family, domainNames).
+    fn cluster_peer_match(&mut self, f: Family, field: AddrField, peer: &ClusterPeer) -> Option<Vec<Match>> {
+        let def = serde_json::json!({"peer": peer}).to_string();
+        let selected = |namespaces: &Selector, pods: Option<&Selector>| Fill::Selected {
+            family: f,
+            key: PeerKey::new("", &Some(namespaces.clone()), &pods.cloned()),
+            local: false,
+        };
+        let (prefix, interval, fill) = match peer {
+            ClusterPeer::Namespaces(n) => ("cpod", false, selected(n, None)),
+            ClusterPeer::Pods { namespaces, pods } => ("cpod", false, selected(namespaces, Some(pods))),
+            ClusterPeer::Nodes(sel) => ("cnode", false, Fill::Nodes { family: f, selector: sel.clone() }),
+            ClusterPeer::Networks(nets) => {
+                let nets: Vec<IpNet> = nets.iter().filter(|n| Family::of_net(n) == f).copied().collect();
+                if nets.is_empty() {
+                    return None;
+                }
+                ("cnet", true, Fill::Nets(IpNet::aggregate(&nets).into_iter().map(Element::Net).collect()))
+            }
+            ClusterPeer::DomainNames(_) => return None,
+        };
+        let name = self.names.hashed(&format!("{prefix}{}", fam_digit(f)), &def);
+        let name = self.set(name, KeyType::Addr(f), interval, def, fill);
+        Some(vec![addr_match(f, field, false, AddrMatch::Set(name))])
+    }
 }
 
 /// `np4_tcp_http`, or `npl4_tcp_http` for the set of this node's pods only.
@@ -606,8 +755,8 @@ impl Compiler<'_> {
     fn direction(&mut self, dir: Direction, local: &[PodId], node: Option<&crate::model::Node>) {
         // Cluster policies: the Admin tier before the NetworkPolicy
         // dispatch; the Baseline tier where the dispatch says "not isolated".
-        let admin = self.tier_chain(Tier::Admin, dir, local);
-        let not_isolated = match self.tier_chain(Tier::Baseline, dir, local) {
+        let admin = self.tier_chain(Tier::Admin, dir);
+        let not_isolated = match self.tier_chain(Tier::Baseline, dir) {
             Some(baseline) => Verdict::Jump(baseline),
             None => Verdict::Accept,
         };
@@ -644,153 +793,38 @@ impl Compiler<'_> {
         name
     }
 
-    /// The chain of cluster-policy `tier` for `dir`: one rule per (policy,
-    /// rule, peer, protocol, family), in judging order, matching the local
-    /// pod against the policy's subject set and the peer against a set;
-    /// Accept is `accept`, Deny `drop`, Pass `return` in the Admin tier
-    /// (on to the NetworkPolicy dispatch) and `accept` in the Baseline
-    /// tier (on to the default, which allows). The Baseline chain ends in
-    /// `accept` (it is reached only for pods no NetworkPolicy isolates);
-    /// falling off the Admin chain goes on to the dispatch. `None` when no
-    /// policy of the tier has rules in `dir`: the program is then what it
-    /// was without cluster policies. Which rules exist depends on the
-    /// policies only; pods are set elements.
-    fn tier_chain(&mut self, tier: Tier, dir: Direction, local: &[PodId]) -> Option<String> {
+    /// The chain of cluster-policy `tier` for `dir` ([`tier_chain`]), its
+    /// sets filled from the cluster.
+    fn tier_chain(&mut self, tier: Tier, dir: Direction) -> Option<String> {
         let cluster = self.cluster;
-        let policies: Vec<usize> = (0..cluster.cluster_policies.len())
-            .filter(|&i| cluster.cluster_policies[i].tier == tier && !cluster.cluster_policies[i].rules(dir).is_empty())
-            .collect();
-        if policies.is_empty() {
-            return None;
-        }
-        let name = format!("cnp_{}_{}", dir_prefix(dir), if tier == Tier::Admin { "admin" } else { "baseline" });
-        if self.p.chains.contains_key(&name) {
-            return Some(name);
-        }
-        let (pod_field, peer_field) = fields(dir);
-        let mut rules: Vec<(Rule, Option<Origin>)> = Vec::new();
-        for pi in policies {
-            let policy = &cluster.cluster_policies[pi];
-            let key = policy.key();
-            let subject: Vec<PodId> = local.iter().copied().filter(|&id| policy.subject.selects(cluster, id)).collect();
-            for (ri, rule) in policy.rules(dir).iter().enumerate() {
-                let verdict = match (rule.action, tier) {
-                    (CnpAction::Accept, _) | (CnpAction::Pass, Tier::Baseline) => Verdict::Accept,
-                    (CnpAction::Deny, _) => Verdict::Drop,
-                    (CnpAction::Pass, Tier::Admin) => Verdict::Return,
-                };
-                let ports: Vec<Option<(usize, &ClusterPort)>> =
-                    if rule.ports.is_empty() { vec![None] } else { rule.ports.iter().enumerate().map(Some).collect() };
-                for (peer_i, peer) in rule.peers.iter().enumerate() {
-                    for f in FAMILIES {
-                        let Some(peer_match) = self.cluster_peer_match(f, peer_field, peer) else { continue };
-                        let subj = self.subject_set(f, &policy.subject, &subject);
-                        for port in &ports {
-                            let mut text = format!(" {dir} rule {ri} peer {peer_i}");
-                            if let Some((i, _)) = port {
-                                text.push_str(&format!(" port {i}"));
-                            }
-                            text.push_str(&format!(" {}", rule.action));
-                            let c = comment(&format!("{tier} {key}"), &text);
-                            let port_matches: Vec<Option<Match>> = match port {
-                                None => vec![None],
-                                Some((_, ClusterPort::Range { protocol, start, end })) => {
-                                    vec![Some(Match::Proto { proto: *protocol, dport: Some(PortRange { lo: *start, hi: *end }) })]
-                                }
-                                // Declared with any protocol: one rule per protocol's set.
-                                Some((_, ClusterPort::Named(n))) => Protocol::ALL
-                                    .into_iter()
-                                    .map(|proto| {
-                                        let set = self.cluster_named_port_set(f, n, proto, dir == Direction::Ingress);
-                                        Some(Match::NamedPort { family: f, set })
-                                    })
-                                    .collect(),
-                            };
-                            for pm in port_matches {
-                                let mut m = vec![addr_match(f, pod_field, false, AddrMatch::Set(subj.clone()))];
-                                m.extend(peer_match.iter().cloned());
-                                m.extend(pm);
-                                let origin = Origin::Cluster { policy: key.clone(), dir, rule: ri, action: rule.action };
-                                rules.push((Rule::verdict(m, verdict.clone()).counted(c.clone()), Some(origin)));
-                            }
-                        }
-                    }
-                }
+        let chain = tier_chain(&mut self.names, tier, dir, &cluster.cluster_policies)?;
+        for s in chain.sets {
+            if !self.p.sets.contains_key(&s.name) {
+                let elements = self.cluster_fill(&s.fill);
+                self.p.add_set(Set::of(s.name, s.key, s.interval, elements));
             }
         }
-        if tier == Tier::Baseline {
-            rules.push((Rule::verdict(vec![], Verdict::Accept), None));
-        }
-        self.add_chain(name.clone(), None, rules);
-        Some(name)
+        self.add_chain(chain.name.clone(), None, chain.rules);
+        Some(chain.name)
     }
 
-    /// The local pods of a cluster policy's subject in family `f`, as a
-    /// hash set named from the subject's definition.
-    fn subject_set(&mut self, f: Family, subject: &Subject, pods: &[PodId]) -> String {
-        let def = serde_json::json!({"subject": subject}).to_string();
-        let name = self.names.hashed(&format!("subj{}", fam_digit(f)), &def);
-        if !self.p.sets.contains_key(&name) {
-            let elements = pods.iter().filter_map(|&id| self.cluster.pods[id].ip(f)).map(Element::Addr).collect();
-            self.p.add_set(Set::of(name.clone(), KeyType::Addr(f), false, elements));
-        }
-        name
-    }
-
-    /// The matches of one cluster policy peer in family `f`; `None` when it
-    /// can match nothing there (networks of the other family, domainNames).
-    fn cluster_peer_match(&mut self, f: Family, field: AddrField, peer: &ClusterPeer) -> Option<Vec<Match>> {
+    /// The elements of a set whose fill reads the cluster directly (not
+    /// the IR: [`Fill::Pods`] is filled by [`Compiler::policy_chain`]).
+    fn cluster_fill(&self, fill: &Fill) -> BTreeSet<Element> {
         let cluster = self.cluster;
-        let def = serde_json::json!({"peer": peer}).to_string();
-        let (prefix, interval, elements): (&str, bool, BTreeSet<Element>) = match peer {
-            ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. } => {
-                let elements = cluster
-                    .pods
-                    .iter()
-                    .enumerate()
-                    .filter(|(id, p)| p.is_policy_pod() && peer.has_pod(cluster, *id))
-                    .filter_map(|(_, p)| p.ip(f))
-                    .map(Element::Addr)
-                    .collect();
-                ("cpod", false, elements)
-            }
-            ClusterPeer::Nodes(sel) => {
-                let elements = cluster
-                    .nodes
-                    .values()
-                    .filter(|n| sel.matches(&n.labels))
-                    .flat_map(|n| n.addresses.iter().copied())
-                    .filter(|ip| Family::of(ip) == f)
-                    .map(Element::Addr)
-                    .collect();
-                ("cnode", false, elements)
-            }
-            ClusterPeer::Networks(nets) => {
-                let nets: Vec<IpNet> = nets.iter().filter(|n| Family::of_net(n) == f).copied().collect();
-                if nets.is_empty() {
-                    return None;
-                }
-                ("cnet", true, IpNet::aggregate(&nets).into_iter().map(Element::Net).collect())
-            }
-            ClusterPeer::DomainNames(_) => return None,
-        };
-        let name = self.names.hashed(&format!("{prefix}{}", fam_digit(f)), &def);
-        if !self.p.sets.contains_key(&name) {
-            self.p.add_set(Set::of(name.clone(), KeyType::Addr(f), interval, elements));
+        match fill {
+            Fill::Pods { .. } => BTreeSet::new(),
+            Fill::Selected { family, key, local } => cluster
+                .pods
+                .iter()
+                .filter(|p| selected_member(p, *local, self.node) && key.contains(cluster, p))
+                .filter_map(|p| p.ip(*family))
+                .map(Element::Addr)
+                .collect(),
+            Fill::Nodes { family, selector } => cluster.nodes.values().flat_map(|n| node_elements(n, *family, selector)).collect(),
+            Fill::Nets(nets) => nets.clone(),
+            Fill::NamedPort { family, proto, name, local } => self.named_port_elements(*family, *proto, name, *local),
         }
-        Some(vec![addr_match(f, field, false, AddrMatch::Set(name))])
-    }
-
-    /// `addr . proto . port` of every policy pod declaring `name`/`proto`
-    /// (with `local`, of this node's): the same set a NetworkPolicy rule's
-    /// named port uses.
-    fn cluster_named_port_set(&mut self, f: Family, name: &str, proto: Protocol, local: bool) -> String {
-        let set_name = named_port_set_name(f, name, proto, local);
-        if !self.p.sets.contains_key(&set_name) {
-            let elements = self.named_port_elements(f, proto, name, local);
-            self.p.add_set(Set::of(set_name.clone(), KeyType::AddrProtoPort(f), false, elements));
-        }
-        set_name
     }
 
     fn named_port_elements(&self, f: Family, proto: Protocol, name: &str, local: bool) -> BTreeSet<Element> {
@@ -825,8 +859,7 @@ impl Compiler<'_> {
                         _ => BTreeSet::new(),
                     }
                 }
-                Fill::Nets(nets) => nets.clone(),
-                Fill::NamedPort { family, proto, name, local } => self.named_port_elements(*family, *proto, name, *local),
+                other => self.cluster_fill(other),
             };
             self.p.add_set(Set::of(s.name, s.key, s.interval, elements));
         }
