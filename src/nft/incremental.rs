@@ -347,6 +347,17 @@ fn changes<'a, T: PartialEq + Clone + 'a>(
     out
 }
 
+/// What turns `old` into `new`, by key: each entry changed or added (with
+/// its new value) and each removed (`None`). Collected, so the caller may
+/// then change the map `old` borrows from.
+fn map_changes<V: PartialEq + Clone>(old: &BTreeMap<String, V>, new: &BTreeMap<String, V>) -> Vec<(String, Option<V>)> {
+    new.iter()
+        .filter(|(k, v)| old.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .chain(old.keys().filter(|k| !new.contains_key(*k)).map(|k| (k.clone(), None)))
+        .collect()
+}
+
 fn labels_of(namespaces: &BTreeMap<String, Namespace>, ns: &str) -> Labels {
     match namespaces.get(ns) {
         Some(n) => n.labels.clone(),
@@ -703,24 +714,10 @@ impl Incremental {
             c.normalize();
             return self.update_to(&c);
         }
-        let ns: Vec<(String, Option<Namespace>)> = cluster
-            .namespaces
-            .iter()
-            .filter(|(n, v)| self.namespaces.get(*n) != Some(v))
-            .map(|(n, v)| (n.clone(), Some(v.clone())))
-            .chain(self.namespaces.keys().filter(|n| !cluster.namespaces.contains_key(*n)).map(|n| (n.clone(), None)))
-            .collect();
-        for (n, v) in ns {
+        for (n, v) in map_changes(&self.namespaces, &cluster.namespaces) {
             self.set_namespace(&n, v);
         }
-        let nodes: Vec<(String, Option<Node>)> = cluster
-            .nodes
-            .iter()
-            .filter(|(n, v)| self.nodes.get(*n) != Some(v))
-            .map(|(n, v)| (n.clone(), Some(v.clone())))
-            .chain(self.nodes.keys().filter(|n| !cluster.nodes.contains_key(*n)).map(|n| (n.clone(), None)))
-            .collect();
-        for (n, v) in nodes {
+        for (n, v) in map_changes(&self.nodes, &cluster.nodes) {
             self.set_node(&n, v);
         }
         // Cluster policies: few, compared whole.
